@@ -1,0 +1,100 @@
+"""BPMT: Body Part as Modality Transformer.
+
+Three uses of one network, picked by `stage`:
+- "part"     (stage 1): each part's encoder reconstructs that part's masked frames;
+- "pair"     (stage 2): for each of the 10 part pairs, cross-part attention in both directions (20 ordered
+                        pairs) over the stage-1 features reconstructs both parts' masked frames;
+- "finetune": stage-1 features plus the stage-2 cross-part features (kept, not thrown away) are pooled over
+              valid frames into an identity embedding and optional classifier.
+Every part and every pair is a slice of a batch dimension: one attention call per layer covers them all.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn as nn
+
+from .attention_blocks import CrossPartBlock
+from .common import IdentityHead, ModelConfig, PartEncoder, check_pose_batch, model_output, valid_frames
+from .layers import GroupedLinear, masked_temporal_pool
+from .skeleton import PART_NAMES, get_format
+from .tokenizer import PartTokenizer
+
+STAGES = ("part", "pair", "finetune")
+
+
+def ordered_part_pairs(num_parts: int) -> list[tuple[int, int]]:
+    """Both directions of every unordered pair: 10 pairs of 5 parts -> 20 (query part, key part) pairs."""
+    return [ordered for a, b in itertools.combinations(range(num_parts), 2) for ordered in ((a, b), (b, a))]
+
+
+class CrossPartEncoder(nn.Module):
+    """Stage 2: the query part's stream attends to the key part's (fixed) stage-1 features, per ordered pair."""
+
+    def __init__(self, pairs, config: ModelConfig):
+        super().__init__()
+        self.register_buffer("query_parts", torch.tensor([a for a, _ in pairs]), persistent=False)
+        self.register_buffer("key_parts", torch.tensor([b for _, b in pairs]), persistent=False)
+        self.blocks = nn.ModuleList(
+            CrossPartBlock(pairs, config.dim, config.heads, config.mlp_ratio, config.dropout, config.attn_backend)
+            for _ in range(config.pair_layers))
+
+    def forward(self, parts: torch.Tensor, lengths=None) -> torch.Tensor:
+        """parts `(B, P, T, d)` -> `(B, Q, T, d)` for the Q ordered pairs."""
+        queries, keys = parts[:, self.query_parts], parts[:, self.key_parts]  # (B, Q, T, d) each
+        for block in self.blocks:
+            queries = block(queries, keys, lengths)
+        return queries
+
+
+class BPMT(nn.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        self.skeleton = get_format(config.skeleton)
+        part_joints = [self.skeleton.parts[name] for name in PART_NAMES]
+        self.pairs = ordered_part_pairs(len(part_joints))
+        self.tokenizer = PartTokenizer(part_joints, self.skeleton.num_joints, config.in_channels, config.dim)
+        parts = self.tokenizer.num_parts
+        self.part_encoder = PartEncoder(parts, config)  # stage 1
+        self.part_decoder = GroupedLinear(parts, config.dim, self.tokenizer.feature_dim)
+        self.pair_encoder = CrossPartEncoder(self.pairs, config)  # stage 2
+        self.pair_decoder = GroupedLinear(len(self.pairs), config.dim, self.tokenizer.feature_dim)
+        self.head = IdentityHead(parts * 2 * config.dim, config)  # finetune
+        # Each part is the query side of (P - 1) ordered pairs; their cross features are averaged into it.
+        self.register_buffer("pairs_per_part", torch.bincount(self.pair_encoder.query_parts, minlength=parts),
+                             persistent=False)
+
+    def forward(self, poses, lengths=None, frame_mask=None, stage: str = "finetune") -> dict:
+        """poses `(B, T, J, C)`, lengths `(B,)`, frame_mask `(B, P, T)` bool (True = masked frame)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+        lengths = check_pose_batch(poses, lengths, frame_mask, self.skeleton.num_joints, self.config.in_channels,
+                                   self.tokenizer.num_parts)
+        batch, frames = poses.shape[:2]
+        valid = valid_frames(lengths, batch, frames, poses.device)
+        tokens = self.tokenizer(poses, lengths, frame_mask)  # (B, P, T, d)
+        parts = self.part_encoder(tokens, lengths)  # (B, P, T, d)
+        summary = {"lengths": valid.sum(1)}
+        if stage == "part":
+            target = self.tokenizer.part_features(torch.where(valid[:, :, None, None], poses, 0.0))
+            recon = {"pred": self.part_decoder(parts), "target": target, "frame_mask": frame_mask, "valid": valid,
+                     "joint_valid": self.tokenizer.joint_valid}
+            return model_output({"reconstruction": recon}, {}, **summary)
+
+        cross = self.pair_encoder(parts, lengths)  # (B, Q, T, d)
+        if stage == "pair":
+            target = self.tokenizer.part_features(torch.where(valid[:, :, None, None], poses, 0.0))
+            query_parts = self.pair_encoder.query_parts
+            mask = None if frame_mask is None else frame_mask[:, query_parts]
+            recon = {"pred": self.pair_decoder(cross), "target": target[:, query_parts], "frame_mask": mask,
+                     "valid": valid, "joint_valid": self.tokenizer.joint_valid[query_parts]}
+            return model_output({"reconstruction": recon}, {}, **summary)
+
+        cross_per_part = torch.zeros_like(parts).index_add(1, self.pair_encoder.query_parts, cross)
+        fused = parts + cross_per_part / self.pairs_per_part[None, :, None, None]  # (B, P, T, d)
+        pooled = masked_temporal_pool(fused, valid).flatten(1)  # (B, P*2d)
+        head = self.head(pooled)
+        return model_output({"embeddings": head["embeddings"], "logits": head["logits"]},
+                            {"embeddings": head["normed"]}, **summary)

@@ -1,0 +1,101 @@
+"""Pieces shared by BPMT and the baseline: the model config, input checks, encoders and the identity head."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .attention_blocks import PartTransformerBlock
+from .layers import GroupedLayerNorm
+
+
+@dataclass
+class ModelConfig:
+    skeleton: str = "coco17"  # joint layout of the input poses (see bpmt_fast.model.skeleton)
+    in_channels: int = 3  # per joint: x, y, confidence
+    dim: int = 64  # token width
+    heads: int = 4  # attention heads (head_dim = dim / heads)
+    part_layers: int = 2  # depth of each stage-1 part encoder (baseline: of its whole-body encoder)
+    pair_layers: int = 1  # depth of each stage-2 cross-part block stack
+    mlp_ratio: float = 4.0  # FFN hidden width / dim
+    dropout: float = 0.1
+    embedding_dim: int = 128  # identity embedding size
+    num_classes: int = 0  # >0 adds a classifier (cross-entropy) on top of the embedding
+    attn_backend: str | None = None  # None: env BPMT_ATTN_BACKEND, else auto
+
+
+def check_pose_batch(poses, lengths, frame_mask, num_joints: int, in_channels: int, num_parts: int):
+    """Validate a model input batch; returns lengths, or None when every sequence is full length."""
+    if not isinstance(poses, torch.Tensor) or poses.dim() != 4:
+        raise ValueError(f"poses must be a (B, T, J, C) tensor, got {getattr(poses, 'shape', type(poses))}")
+    batch, frames, joints, channels = poses.shape
+    if joints != num_joints or channels != in_channels:
+        raise ValueError(f"poses have {joints} joints x {channels} channels, the model expects "
+                         f"{num_joints} x {in_channels}")
+    if not poses.is_floating_point():
+        raise ValueError(f"poses must be floating point, got {poses.dtype}")
+    if frame_mask is not None and (frame_mask.shape != (batch, num_parts, frames) or frame_mask.dtype != torch.bool):
+        raise ValueError(f"frame_mask must be bool of shape ({batch}, {num_parts}, {frames}), got "
+                         f"{frame_mask.dtype} {tuple(frame_mask.shape)}")
+    if lengths is not None and lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+    if torch.compiler.is_compiling():
+        return lengths
+    if lengths is not None:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > frames:
+            raise ValueError(f"lengths must lie in [1, {frames}], got values from {low} to {high}")
+        if low == frames:
+            lengths = None  # nothing is padded: lets mask-free kernels run
+    valid = poses if lengths is None else poses[torch.arange(frames, device=poses.device)[None] < lengths[:, None]]
+    if not bool(torch.isfinite(valid).all()):
+        raise ValueError("poses contain NaN or inf in valid frames; clean or mark them (confidence 0) first")
+    return lengths
+
+
+def valid_frames(lengths, batch: int, frames: int, device) -> torch.Tensor:
+    """`(B, T)` bool, True at real frames."""
+    if lengths is None:
+        return torch.ones(batch, frames, dtype=torch.bool, device=device)
+    return torch.arange(frames, device=device)[None] < lengths[:, None]
+
+
+class PartEncoder(nn.Module):
+    """A stack of transformer blocks over G groups at once, with a final norm."""
+
+    def __init__(self, groups: int, config: ModelConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            PartTransformerBlock(groups, config.dim, config.heads, config.mlp_ratio, config.dropout,
+                                 config.attn_backend)
+            for _ in range(config.part_layers))
+        self.norm = GroupedLayerNorm(groups, config.dim)
+
+    def forward(self, x, lengths=None):
+        for block in self.blocks:
+            x = block(x, lengths)
+        return self.norm(x)
+
+
+class IdentityHead(nn.Module):
+    """Pooled features -> identity embedding, BN-neck and optional classifier (OpenGait-style)."""
+
+    def __init__(self, in_dim: int, config: ModelConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(config.dropout)
+        self.embed = nn.Linear(in_dim, config.embedding_dim)
+        self.neck = nn.BatchNorm1d(config.embedding_dim)
+        self.classifier = nn.Linear(config.embedding_dim, config.num_classes, bias=False) if config.num_classes else None
+
+    def forward(self, pooled: torch.Tensor) -> dict:
+        embeddings = self.embed(self.dropout(pooled))  # (B, E): metric losses use this
+        normed = self.neck(embeddings)  # (B, E): retrieval uses this
+        logits = self.classifier(normed) if self.classifier is not None else None
+        return {"embeddings": embeddings, "normed": normed, "logits": logits}
+
+
+def model_output(training_feat: dict, inference_feat: dict, **summary) -> dict:
+    """The OpenGait-style result dict every model returns."""
+    return {"training_feat": training_feat, "inference_feat": inference_feat,
+            "visual_summary": {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in summary.items()}}
