@@ -155,6 +155,9 @@ class AttentionBackend:
 @functools.cache
 def _cached_unavailable_reason(cls) -> str | None:
     try:
-        return cls.unavailable_reason()
+        reason = cls.unavailable_reason()
     except Exception as error:  # a broken install is a reason, not a crash
         return f"probe failed: {type(error).__name__}: {error}"
+    if reason is None and "cpu" not in cls.SUPPORTED_DEVICES and not torch.cuda.is_available():
+        reason = "needs a CUDA GPU (torch.cuda.is_available() is False here)"
+    return reason

@@ -1,0 +1,104 @@
+"""Command line: `bpmt-fast backends | demo`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from bpmt_fast.attention import BACKENDS, ENV_VAR, AUTO_PRIORITY, BackendError, check_backend_name
+from bpmt_fast.env import environment_info
+
+
+def attn_backend_arg(name: str) -> str:
+    """argparse type: a valid backend name, else the list of valid ones."""
+    try:
+        return check_backend_name(name)
+    except BackendError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_attn_backend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--attn-backend", type=attn_backend_arg, metavar="NAME",
+                        help=f"attention backend for every attention in the model (default: env {ENV_VAR} or auto)")
+
+
+def apply_attn_backend(args) -> None:
+    """The CLI choice becomes the process default (and is inherited by torchrun workers)."""
+    if getattr(args, "attn_backend", None):
+        os.environ[ENV_VAR] = args.attn_backend
+
+
+def short_dtypes(dtypes) -> str:
+    order = ["float16", "bfloat16", "float32", "float64"]
+    names = {str(d).replace("torch.", "") for d in dtypes}
+    return ",".join(n.replace("float", "f").replace("bf", "bf") for n in order if n in names)
+
+
+def backend_rows() -> list[dict]:
+    rows = []
+    for name, cls in BACKENDS.items():
+        reason = cls.why_unavailable()
+        rows.append({
+            "name": name,
+            "available": reason is None,
+            "reason": reason,
+            "exact": cls.IS_EXACT,
+            "devices": sorted(cls.SUPPORTED_DEVICES),
+            "dtypes": sorted(str(d).replace("torch.", "") for d in cls.SUPPORTED_DTYPES),
+            "max_head_dim": cls.MAX_HEAD_DIM,
+            "varlen": cls.SUPPORTS_VARLEN,
+            "version": cls.version() if reason is None else None,
+            "description": cls.DESCRIPTION,
+        })
+    return rows
+
+
+def cmd_backends(args) -> int:
+    info, rows = environment_info(), backend_rows()
+    if args.json:
+        print(json.dumps({"environment": info, "auto_priority": AUTO_PRIORITY, "backends": rows}, indent=2))
+        return 0
+    print(f"torch {info['torch']} | triton {info['triton'] or 'not installed'} | CUDA {info['cuda'] or 'none'} | "
+          f"GPU {info['gpu'] or 'none'}")
+    header = f"{'backend':<15} {'available':<9} {'exact':<5} {'devices':<9} {'dtypes':<16} {'max D':<5}  notes"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        dtypes = short_dtypes(BACKENDS[row["name"]].SUPPORTED_DTYPES)
+        note = row["description"] if row["available"] else f"unavailable: {row['reason']}"
+        print(f"{row['name']:<15} {'yes' if row['available'] else 'no':<9} {'yes' if row['exact'] else 'no':<5} "
+              f"{','.join(row['devices']):<9} {dtypes:<16} {str(row['max_head_dim'] or '-'):<5}  {note}")
+    device = info["device"]
+    print(f"\nauto on {device}: first supporting of {', '.join(AUTO_PRIORITY.get(device, ('math',)))}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from bpmt_fast.demo import run_demo
+
+    return run_demo(args.attn_backend, steps=args.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bpmt-fast", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    backends = commands.add_parser("backends", help="list attention backends, why unavailable ones are, versions")
+    backends.add_argument("--json", action="store_true", help="machine-readable output")
+    backends.set_defaults(run=cmd_backends)
+    demo = commands.add_parser("demo", help="forward + backward of BPMT and the baseline on a synthetic padded batch "
+                                            "with every available backend (or one), compared with math")
+    add_attn_backend_option(demo)
+    demo.add_argument("--steps", type=int, default=3, help="optimizer steps per backend and model")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    apply_attn_backend(args)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
