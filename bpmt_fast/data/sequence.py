@@ -1,0 +1,56 @@
+"""The one record every loader yields: a pose sequence with its identity labels."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A file or sequence that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class PoseSequence:
+    poses: np.ndarray  # (T, J, C) float32: x, y[, z], confidence in [0, 1]; confidence 0 = joint missing
+    subject: str  # identity label
+    view: str  # viewpoint or camera id ("" when unknown)
+    condition: str = ""  # walking condition: nm, bg, cl, ... ("" when unknown)
+    frame_times: np.ndarray | None = None  # (T,) int frame numbers (may skip: missing detections)
+    skeleton: str = "coco17"  # joint layout, see bpmt_fast.model.skeleton
+    sequence_id: str = ""  # unique within a dataset, e.g. "0000/camid0_videoid2/seq0"
+    source: str = ""  # file or folder it came from
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.poses = np.asarray(self.poses, dtype=np.float32)
+        if self.poses.ndim != 3:
+            raise DataError(f"{self.source or self.sequence_id}: poses must be (T, J, C), got shape {self.poses.shape}")
+        if self.frame_times is None:
+            self.frame_times = np.arange(len(self.poses))
+        self.frame_times = np.asarray(self.frame_times, dtype=np.int64)
+        if len(self.frame_times) != len(self.poses):
+            raise DataError(f"{self.source or self.sequence_id}: {len(self.frame_times)} frame times for "
+                            f"{len(self.poses)} frames")
+
+    @property
+    def num_frames(self) -> int:
+        return self.poses.shape[0]
+
+
+@dataclass
+class LoadReport:
+    """What lenient loading skipped, and why (strict loading raises DataError instead)."""
+
+    loaded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def skip(self, source: str, reason: str) -> None:
+        self.skipped.append((source, reason))
+
+    def __str__(self) -> str:
+        lines = [f"loaded {self.loaded} sequences, skipped {len(self.skipped)}"]
+        lines += [f"  skipped {source}: {reason}" for source, reason in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            lines.append(f"  ... and {len(self.skipped) - 20} more")
+        return "\n".join(lines)
