@@ -24,7 +24,7 @@ from bpmt_fast.attention.flash_attn import FlashAttnBackend
 from bpmt_fast.attention.flex import FlexBackend
 from bpmt_fast.attention.flow import FlowBackend
 from bpmt_fast.attention.math import MathBackend
-from bpmt_fast.attention.sdpa import SdpaBackend
+from bpmt_fast.attention.sdpa import SdpaBackend, SdpaEfficientBackend
 from bpmt_fast.attention.xformers import XformersBackend
 from bpmt_fast.reference.softmax import softmax_attention_reference
 
@@ -97,7 +97,8 @@ PADDED_CASES = [
     ("lengths-zero", _set(q_lengths=torch.tensor([0, 4])), r"q_lengths must lie in \[1, 4\], got values from 0 to 4"),
     ("lengths-too-long", _set(kv_lengths=torch.tensor([1, N + 1])),
      r"kv_lengths must lie in \[1, 4\], got values from 1 to 5"),
-    ("nan-q", _poison("q", (1, 2, 0, 3), float("nan")), r"q contains NaN or inf in valid tokens \(first at index \(1, 2, 0, 3\)\)"),
+    ("nan-q", _poison("q", (1, 2, 0, 3), float("nan")),
+     r"q contains NaN or inf in valid tokens \(first at index \(1, 2, 0, 3\)\)"),
     ("inf-k", _poison("k", (0, 0, 1, 0), float("inf")), r"k contains NaN or inf in valid tokens"),
     ("neg-inf-v", _poison("v", (0, 3, 0, 0), float("-inf")), r"v contains NaN or inf in valid tokens"),
     ("nan-v-valid-with-lengths", _poison("v", (0, 1, 0, 0), float("nan"), kv_lengths=torch.tensor([2, 4])),
@@ -150,7 +151,8 @@ VARLEN_CASES = [
      r"cu_seqlens_q and cu_seqlens_k must have the same number of segments, got 1 and 2"),
     ("max-seqlen-q", _set(max_seqlen_q=2), r"max_seqlen 2 is smaller than the longest segment 3 in cu_seqlens_q"),
     ("max-seqlen-k", _set(max_seqlen_k=3), r"max_seqlen 3 is smaller than the longest segment 4 in cu_seqlens_k"),
-    ("nan-q", _poison("q", (4, 1, 7), float("nan")), r"q contains NaN or inf in valid tokens \(first at index \(4, 1, 7\)\)"),
+    ("nan-q", _poison("q", (4, 1, 7), float("nan")),
+     r"q contains NaN or inf in valid tokens \(first at index \(4, 1, 7\)\)"),
     ("inf-k", _poison("k", (0, 0, 0), float("inf")), r"k contains NaN or inf"),
     ("nan-v", _poison("v", (6, 1, 0), float("nan")), r"v contains NaN or inf"),
     ("causal-different-segments", _set(causal=True, k=randn(TQ, H, D), v=randn(TQ, H, D),
@@ -202,10 +204,6 @@ def test_causal_with_equal_lengths_is_accepted():
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "validation.check_padded only compares q_lengths with kv_lengths for causal attention when q_lengths is "
-    "given (`if causal and q_lengths is not None`); q_lengths=None means 'all N valid', so causal with "
-    "kv_lengths < N is accepted while the same call with q_lengths=full_lengths is rejected"))
 def test_causal_rejects_short_kv_lengths_when_q_lengths_is_none():
     q, k, v = randn(B, N, H, D), randn(B, N, H, D), randn(B, N, H, D)
     kv_lengths = torch.tensor([2, 4])
@@ -258,7 +256,7 @@ def test_default_is_auto_without_env():
 
 
 @pytest.mark.parametrize("value, cls", [("math", MathBackend), ("sdpa", SdpaBackend), (" flow ", FlowBackend),
-                                        ("flex", FlexBackend)])
+                                        ("flex", FlexBackend)], ids=["math", "sdpa", "flow-with-spaces", "flex"])
 def test_env_var_selects_default_backend(monkeypatch, value, cls):
     monkeypatch.setenv(ENV_VAR, value)
     assert ENV_VAR == "BPMT_ATTN_BACKEND"
@@ -360,21 +358,36 @@ def test_entry_point_recorder_sees_calls(entry_point_calls):
 
 
 def test_sdpa_efficient_on_cpu_raises_with_inputs_and_reasons(entry_point_calls):
+    """A CUDA-only backend given CPU inputs: the error lists the inputs and every reason, nothing runs."""
     q = randn(2, 3, 2, 8)
     with pytest.raises(BackendError) as info:
-        attention(q, q, q, backend="sdpa-efficient", q_lengths=torch.tensor([3, 1]))
+        attention(q, q, q, backend=SdpaEfficientBackend(), q_lengths=torch.tensor([3, 1]))
     message = str(info.value)
     assert message.startswith("attention backend 'sdpa-efficient' cannot run inputs (device=cpu, dtype=float32, "
-                              "heads=2, head_dim=8, head_dim_v=8, masked=True")
-    assert "- device 'cpu' not in ['cuda']" in message
+                              "heads=2, head_dim=8, head_dim_v=8, masked=True, causal=False, custom_scale=False, "
+                              "requires_grad=False):\n  - ")
+    assert "\n  - device 'cpu' not in ['cuda']" in message
     assert entry_point_calls == []  # raised, not run by another backend
+
+
+def test_sdpa_efficient_by_name_on_cpu_raises(entry_point_calls):
+    """By name, a CUDA-only backend on CPU inputs fails with one error listing the inputs and every reason
+    (availability included); never by running another backend."""
+    q = randn(2, 3, 2, 8)
+    with pytest.raises(BackendError, match=r"(?s)attention backend 'sdpa-efficient' cannot run inputs "
+                                           r"\(device=cpu, dtype=float32.*device 'cpu' not in"):
+        attention(q, q, q, backend="sdpa-efficient")
+    with pytest.raises(BackendError, match="sdpa-efficient"):
+        attention_varlen(q[0], q[0], q[0], torch.tensor([0, 3]), torch.tensor([0, 3]), backend="sdpa-efficient")
+    assert entry_point_calls == []
 
 
 def test_sdpa_efficient_rejects_float64_too():
     q = randn(1, 3, 1, 8, dtype=torch.float64)
-    with pytest.raises(BackendError, match=r"dtype=float64.*\n  - device 'cpu' not in \['cuda'\]\n  - dtype float64 "
-                                           r"not in \['bfloat16', 'float16', 'float32'\]"):
-        attention(q, q, q, backend="sdpa-efficient")
+    with pytest.raises(BackendError, match=r"'sdpa-efficient' cannot run inputs \(device=cpu, dtype=float64") as info:
+        attention(q, q, q, backend=SdpaEfficientBackend())
+    assert "\n  - device 'cpu' not in ['cuda']" in str(info.value)
+    assert "\n  - dtype float64 not in ['bfloat16', 'float16', 'float32']" in str(info.value)
 
 
 def test_flow_with_custom_scale_raises(entry_point_calls):
@@ -399,13 +412,29 @@ def test_causal_on_backend_without_causal_raises(entry_point_calls):
 
 def test_flex_with_grad_on_cpu_raises(entry_point_calls):
     q = randn(1, 4, 2, 16).requires_grad_()
-    with pytest.raises(BackendError, match=r"'flex' cannot run inputs.*requires_grad=True.*no backward on CPU"):
+    with pytest.raises(BackendError, match=r"(?s)'flex' cannot run inputs.*requires_grad=True.*no backward on CPU"):
         attention(q, q.detach(), q.detach(), backend="flex")
     assert entry_point_calls == []
+    lengths = torch.tensor([3])
     with torch.no_grad():  # forward only is fine
-        out = attention(q, q.detach(), q.detach(), backend="flex")
-    torch.testing.assert_close(out, softmax_attention_reference(q.detach(), q.detach(), q.detach()), atol=ATOL,
-                               rtol=RTOL)
+        out = attention(q, q.detach(), q.detach(), backend="flex", q_lengths=lengths, kv_lengths=lengths)
+    ref = attention(q.detach(), q.detach(), q.detach(), backend="math", q_lengths=lengths, kv_lengths=lengths)
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("layout_kind", ["padded", "varlen"])
+def test_flex_inference_on_cpu_with_grad_requiring_leaves(layout_kind):
+    q = randn(1, 4, 2, 16).requires_grad_()
+    k, v = randn(1, 4, 2, 16), randn(1, 4, 2, 16)
+    with torch.no_grad():
+        if layout_kind == "padded":
+            out = attention(q, k, v, backend="flex")
+            ref = attention(q, k, v, backend="math")
+        else:
+            cu = torch.tensor([0, 1, 4])
+            out = attention_varlen(q[0], k[0], v[0], cu, cu, backend="flex")
+            ref = attention_varlen(q[0], k[0], v[0], cu, cu, backend="math")
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
 
 
 def test_backend_object_can_be_passed():
@@ -463,7 +492,7 @@ def test_auto_priority_holds_only_exact_backends():
     ({"dtype": torch.bfloat16, "head_dim": 300, "head_dim_v": 3}, "sdpa"),
     ({"causal": True}, "math"),
     ({"causal": True, "custom_scale": True, "masked": True}, "math"),
-], ids=str)
+], ids=lambda x: x if isinstance(x, str) else "-".join(f"{k}={v}" for k, v in x.items()) or "plain")
 def test_auto_on_cpu_picks_an_exact_backend(changes, expected):
     chosen = AutoBackend().choose(cpu_inputs(**changes))
     assert chosen.NAME == expected
@@ -493,13 +522,14 @@ def test_auto_is_chosen_for_float32_cpu_through_attention(entry_point_calls):
 @needs_no_xformers
 @pytest.mark.usefixtures("fresh_availability_cache")
 @pytest.mark.parametrize("changes, expected", [({}, "sdpa"), ({"dtype": torch.float32}, "sdpa"),
-                                               ({"causal": True}, "math")], ids=str)
+                                               ({"causal": True}, "math")],
+                         ids=["fp16-masked", "fp32-masked", "causal"])
 def test_auto_on_cuda_description_without_packages(changes, expected):
     """Declarative: the CUDA choice is made from the description alone, no GPU needed."""
     assert AutoBackend().choose(cuda_inputs(**changes)).NAME == expected
 
 
-def test_auto_unknown_device_falls_to_math_or_raises():
+def test_auto_on_unknown_device_raises():
     with pytest.raises(BackendError, match=r"no attention backend supports inputs \(device=meta"):
         AutoBackend().choose(cpu_inputs(device_type="meta"))
 
@@ -547,8 +577,10 @@ def test_auto_padded_calls_reuse_the_cache(monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 
 def reasons(name, inputs):
-    """not_supported_reasons minus 'package not installed' (this machine), which the checks below don't test."""
-    return [r for r in BACKENDS[name].not_supported_reasons(inputs) if "not installed" not in r]
+    """not_supported_reasons minus this machine's availability reason (package not installed, no GPU): the
+    checks below are about the description, and must hold on any machine."""
+    unavailable = BACKENDS[name].why_unavailable()
+    return [r for r in BACKENDS[name].not_supported_reasons(inputs) if r != unavailable]
 
 
 def test_describe_reads_shapes_and_grad():
@@ -786,13 +818,18 @@ def test_flash_attn_varlen_via_fake(fake_flash_attn, scale):
 
 
 @pytest.mark.usefixtures("fake_flash_attn")
-def test_flash_attn_fake_makes_it_available_but_cpu_still_refused(entry_point_calls):
-    """With the package importable the backend resolves; CPU inputs are still refused, not run elsewhere."""
-    assert FlashAttnBackend.is_available() and FlashAttnBackend.version() == "0.0.fake"
-    assert type(get_backend("flash-attn")) is FlashAttnBackend
+def test_flash_attn_fake_passes_the_import_probe_but_cpu_is_still_refused(entry_point_calls):
+    """With the package importable the import probe passes; CPU inputs are still refused, not run elsewhere."""
+    assert FlashAttnBackend.unavailable_reason() is None
+    assert "not installed" not in str(FlashAttnBackend.why_unavailable())
+    if torch.cuda.is_available():
+        assert type(get_backend("flash-attn")) is FlashAttnBackend
+        assert FlashAttnBackend.version() == "0.0.fake"
     q = randn(1, 3, 2, 8, dtype=torch.float16)
-    with pytest.raises(BackendError, match=r"'flash-attn' cannot run inputs \(device=cpu, dtype=float16.*\n"
-                                           r"  - device 'cpu' not in \['cuda'\]"):
+    with pytest.raises(BackendError, match=r"'flash-attn' cannot run inputs \(device=cpu, dtype=float16") as info:
+        attention(q, q, q, backend=FlashAttnBackend())
+    assert "\n  - device 'cpu' not in ['cuda']" in str(info.value)
+    with pytest.raises(BackendError, match="flash-attn"):
         attention(q, q, q, backend="flash-attn")
     assert entry_point_calls == []
 
@@ -843,11 +880,17 @@ def test_xformers_repeated_key_segments_via_fake(fake_xformers):
 
 
 @pytest.mark.usefixtures("fake_xformers")
-def test_xformers_fake_makes_it_available_but_cpu_still_refused(entry_point_calls):
-    assert XformersBackend.is_available() and XformersBackend.version() == "0.0.fake"
-    assert type(get_backend("xformers")) is XformersBackend
+def test_xformers_fake_passes_the_import_probe_but_cpu_is_still_refused(entry_point_calls):
+    assert XformersBackend.unavailable_reason() is None
+    assert "not installed" not in str(XformersBackend.why_unavailable())
+    if torch.cuda.is_available():
+        assert type(get_backend("xformers")) is XformersBackend
+        assert XformersBackend.version() == "0.0.fake"
     q = randn(1, 3, 2, 8)
-    with pytest.raises(BackendError, match=r"'xformers' cannot run inputs \(device=cpu.*\n  - device 'cpu' not in"):
+    with pytest.raises(BackendError, match=r"'xformers' cannot run inputs \(device=cpu.*\n(.*\n)*"
+                                           r"  - device 'cpu' not in"):
+        attention_varlen(q[0], q[0], q[0], torch.tensor([0, 3]), torch.tensor([0, 3]), backend=XformersBackend())
+    with pytest.raises(BackendError, match="xformers"):
         attention_varlen(q[0], q[0], q[0], torch.tensor([0, 3]), torch.tensor([0, 3]), backend="xformers")
     assert entry_point_calls == []
 

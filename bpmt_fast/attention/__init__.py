@@ -22,7 +22,12 @@ __all__ = ["attention", "attention_varlen", "get_backend", "backend_names", "reg
 
 
 def _resolve(backend):
-    return backend if isinstance(backend, (AttentionBackend, AutoBackend)) else get_backend(backend)
+    """Backend object for a call. Availability is not checked here: `check(inputs)` reports it together with
+    every other reason, in one error that lists the inputs."""
+    if isinstance(backend, (AttentionBackend, AutoBackend)):
+        return backend
+    name = check_backend_name(default_backend_name() if backend is None else backend)
+    return AutoBackend() if name == AUTO else BACKENDS[name]()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str | None = None,

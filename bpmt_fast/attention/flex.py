@@ -62,6 +62,8 @@ class FlexBackend(AttentionBackend):
     def _run(self, q, k, v, block_mask, scale):
         """q `(B, N, H, D)` layout in and out; FlexAttention wants `(B, H, N, D)`."""
         flex = _compiled_flex_attention() if q.is_cuda else _flex_modules().flex_attention
+        if not torch.is_grad_enabled():  # views of grad-requiring leaves would trip the CPU no-backward guard
+            q, k, v = q.detach(), k.detach(), v.detach()
         with warnings.catch_warnings():
             # Eager FlexAttention warns that it is unfused; on CPU that is the intended mode.
             warnings.filterwarnings("ignore", message=".*flex_attention.*", category=UserWarning)

@@ -40,9 +40,11 @@ def check_padded(q, k, v, q_lengths, kv_lengths, causal: bool) -> None:
         raise ValueError(f"causal attention needs Nq == Nk, got {q.shape[1]} and {k.shape[1]}")
     for name, lengths, n in (("q_lengths", q_lengths, q.shape[1]), ("kv_lengths", kv_lengths, k.shape[1])):
         _check_lengths(name, lengths, q.shape[0], n, q.device)
-    if causal and q_lengths is not None and not _is_compiling():
-        kv = kv_lengths if kv_lengths is not None else layout.full_lengths(q.shape[0], k.shape[1], q.device)
-        if not torch.equal(q_lengths.to(q.device).long(), kv.to(q.device).long()):
+    if causal and (q_lengths is not None or kv_lengths is not None) and not _is_compiling():
+        full = layout.full_lengths(q.shape[0], q.shape[1], q.device)
+        q_len = full if q_lengths is None else q_lengths.to(q.device).long()
+        kv_len = full if kv_lengths is None else kv_lengths.to(q.device).long()
+        if not torch.equal(q_len, kv_len):
             raise ValueError("causal attention needs q_lengths == kv_lengths")
     if not _is_compiling():
         for name, x, lengths in (("q", q, q_lengths), ("k", k, kv_lengths), ("v", v, kv_lengths)):
