@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from bpmt_fast.attention import BACKENDS, AttentionInputs
 from bpmt_fast.model import BPMT, Baseline, ModelConfig
+from bpmt_fast.train.losses import masked_reconstruction_loss
 
 CONFIG = ModelConfig(dim=64, heads=4, part_layers=2, pair_layers=1, embedding_dim=64, num_classes=6)
 BATCH, FRAMES = 12, 48
@@ -24,16 +25,6 @@ def synthetic_batch(seed: int = 0):
     labels = torch.arange(BATCH) % CONFIG.num_classes
     frame_mask = torch.rand(BATCH, 5, FRAMES, generator=generator) < 0.4
     return poses, lengths, labels, frame_mask
-
-
-def masked_reconstruction_loss(recon: dict) -> torch.Tensor:
-    """Squared error over masked, valid frames and real joint slots only."""
-    pred, target = recon["pred"], recon["target"]  # (B, G, T, F)
-    channels = pred.shape[-1] // recon["joint_valid"].shape[-1]
-    joints = recon["joint_valid"].repeat_interleave(channels, -1)[None, :, None, :]  # (1, G, 1, F)
-    frames = (recon["frame_mask"] & recon["valid"][:, None, :])[..., None]  # (B, G, T, 1)
-    weight = (frames & joints).to(pred.dtype)
-    return ((pred - target).square() * weight).sum() / weight.sum().clamp(min=1)
 
 
 def train_steps(model_cls, backend: str, stage: str, steps: int, batch) -> tuple[float, float]:

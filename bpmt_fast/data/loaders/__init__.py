@@ -1,0 +1,66 @@
+"""Pose-data loaders: every format yields ``PoseSequence`` records plus a ``LoadReport``.
+
+One entry point::
+
+    sequences, report = load_dataset("gait3d:../shared/data/gait3d_sample")
+    sequences, report = load_dataset("alphapose:../shared/data/psymo_alphapose", lenient=True)
+
+Schemes (``SCHEMES``): ``gait3d:FOLDER`` (Gait3D pose txt), ``alphapose:FOLDER|FILE`` (AlphaPose JSON,
+PsyMo layout), ``casiab:FILE.csv`` (GaitGraph CASIA-B CSV; a folder of CSVs works too), ``npz:FILE|FOLDER``.
+Each format's module documents its layout and labels; ``_common`` documents the bad-data rules
+(strict mode raises ``DataError`` naming the file and the problem, lenient mode skips the bad
+file/line/frame and records ``(source, reason)`` in the report).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from bpmt_fast.data.loaders.alphapose import load_alphapose, select_walker
+from bpmt_fast.data.loaders.casiab import load_casiab
+from bpmt_fast.data.loaders.gait3d import load_gait3d
+from bpmt_fast.data.loaders.npz import load_npz
+from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
+
+__all__ = [
+    "SCHEMES",
+    "load_dataset",
+    "load_gait3d",
+    "load_alphapose",
+    "load_casiab",
+    "load_npz",
+    "select_walker",
+    "DataError",
+    "LoadReport",
+    "PoseSequence",
+]
+
+Loader = Callable[..., "tuple[list[PoseSequence], LoadReport]"]
+
+SCHEMES: dict[str, Loader] = {
+    "gait3d": load_gait3d,
+    "alphapose": load_alphapose,
+    "casiab": load_casiab,
+    "npz": load_npz,
+}
+_USAGE = "gait3d:FOLDER, alphapose:FOLDER_OR_FILE, casiab:FILE.csv, npz:FILE_OR_FOLDER"
+
+
+def load_dataset(spec: str | os.PathLike, *, lenient: bool = False) -> tuple[list[PoseSequence], LoadReport]:
+    """Load a dataset named ``SCHEME:PATH``; returns the sequences and a report of what was skipped.
+
+    Unknown scheme or missing path: DataError listing the valid schemes. Strict (default): any bad file
+    raises DataError naming it. ``lenient=True``: bad files/lines/frames are skipped and recorded.
+    """
+    spec = os.fspath(spec)
+    scheme, sep, path = spec.partition(":")
+    loader = SCHEMES.get(scheme.strip().lower()) if sep else None
+    if loader is None:
+        raise DataError(f"unknown dataset spec {spec!r}: expected SCHEME:PATH with one of {_USAGE}")
+    if not path.strip():
+        raise DataError(f"dataset spec {spec!r} has no path; valid schemes: {_USAGE}")
+    target = Path(path).expanduser()
+    if not target.exists():
+        raise DataError(f"{target}: no such file or folder (spec {spec!r}); valid schemes: {_USAGE}")
+    return loader(target, lenient=lenient)

@@ -1,0 +1,131 @@
+"""Shared machinery of the loaders: strict/lenient error handling, number parsing, sequence checks.
+
+Bad-data rules (the same for every format):
+
+* The unit a loader can skip is the smallest thing that is bad on its own: one Gait3D frame file, one
+  CSV line, one AlphaPose JSON file, one ``.npz`` file.
+* **Strict** (default): the first problem raises ``DataError("<file>: <problem>")``.
+* **Lenient**: the bad unit is skipped and recorded in the ``LoadReport`` as ``(source, reason)``; loading goes on.
+* Coordinates must be finite (after conversion to float32): NaN / inf / overflow is a bad unit.
+* Confidences are clipped to [0, 1] (AlphaPose scores can exceed 1 slightly).
+* A frame whose every joint has confidence 0 carries no pose: strict raises, lenient drops the frame
+  and records it.
+* A sequence with no usable frame left is an error in strict mode and skipped (recorded) in lenient mode.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
+
+try:  # tqdm is a declared dependency; degrade to a plain iterator if it is missing
+    from tqdm.auto import tqdm as _tqdm
+except ImportError:  # pragma: no cover
+    _tqdm = None
+
+
+class Context:
+    """Carries the strict/lenient choice and the report through one load."""
+
+    def __init__(self, lenient: bool = False, report: LoadReport | None = None):
+        self.lenient = bool(lenient)
+        self.report = report if report is not None else LoadReport()
+
+    def fail(self, source: str | os.PathLike, reason: str) -> None:
+        """Strict: raise DataError naming `source`. Lenient: record the skip and return."""
+        if not self.lenient:
+            raise DataError(f"{source}: {reason}")
+        self.report.skip(str(source), reason)
+
+
+def progress(items: Sequence, desc: str, unit: str = "file") -> Iterable:
+    """tqdm progress bar for long walks; silent when stderr is not a terminal (``disable=None``)."""
+    if _tqdm is None or len(items) < 2:
+        return items
+    return _tqdm(items, desc=desc, unit=unit, disable=None, leave=False)
+
+
+def read_text(path: Path) -> str:
+    """A file's text, or DataError for unreadable / non-UTF-8 content (a BOM is ignored)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def parse_floats(fields: Sequence[str], what: str) -> np.ndarray:
+    """Parse text fields as numbers into float32; ValueError with a readable reason when one is not
+    a number or is not finite in float32 (NaN, inf, or out of range)."""
+    values = []
+    for k, field in enumerate(fields):
+        text = field.strip()
+        try:
+            v = float(text)
+        except ValueError:
+            raise ValueError(f"non-numeric value {text[:30]!r} at {what} {k}") from None
+        if not math.isfinite(v) or abs(v) > 3.0e38:
+            raise ValueError(f"non-finite or out-of-range value {text[:30]!r} at {what} {k}")
+        values.append(v)
+    return np.asarray(values, dtype=np.float32)
+
+
+def _frame_list(frames: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(f)) for f in frames[:limit])
+    return shown + (f", ... ({len(frames)} in all)" if len(frames) > limit else "")
+
+
+def build_sequence(ctx: Context, poses, frame_times, *, where: str, **fields) -> PoseSequence | None:
+    """Check a parsed sequence and wrap it in a PoseSequence, or report it and return None.
+
+    `where` names the file (and the sequence inside it, for multi-sequence files) in messages.
+    Applies the rules in this module's docstring: finite values, confidence clipped to [0, 1],
+    all-zero-confidence frames (strict: error, lenient: dropped and recorded), no empty sequence.
+    """
+    poses = np.asarray(poses, dtype=np.float32)
+    frame_times = np.asarray(frame_times, dtype=np.int64)
+    if poses.ndim != 3 or poses.shape[2] < 3 or poses.shape[1] < 1:
+        ctx.fail(where, f"poses must be (frames, joints, x/y[/z]/confidence), got shape {poses.shape}")
+        return None
+    if len(frame_times) != len(poses):
+        ctx.fail(where, f"{len(frame_times)} frame times for {len(poses)} frames")
+        return None
+    if len(poses) == 0:
+        ctx.fail(where, "empty sequence (no usable frame)")
+        return None
+    bad = ~np.isfinite(poses).all(axis=(1, 2))
+    if bad.any():
+        ctx.fail(where, f"non-finite coordinates (NaN/inf) in frame(s) {_frame_list(frame_times[bad])}")
+        return None
+    poses[..., -1] = np.clip(poses[..., -1], 0.0, 1.0)
+    empty = ~(poses[..., -1] > 0).any(axis=1)
+    if empty.any():
+        ctx.fail(where, f"all joints have zero confidence in frame(s) {_frame_list(frame_times[empty])}"
+                        + ("; frames dropped" if ctx.lenient else ""))
+        poses, frame_times = poses[~empty], frame_times[~empty]
+        if len(poses) == 0:
+            ctx.fail(where, "empty sequence (no usable frame)")
+            return None
+    return PoseSequence(poses=poses, frame_times=frame_times, source=str(fields.pop("source", where)), **fields)
+
+
+MAX_FRAME = 2**62
+
+
+def frame_number(text: str) -> int:
+    """A frame number written in ASCII digits; ValueError if it is not one or is absurdly large."""
+    text = text.strip()
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"frame number {text[:30]!r} is not a non-negative integer")
+    value = int(text)
+    if value > MAX_FRAME:
+        raise ValueError(f"frame number {text[:30]!r} is too large")
+    return value

@@ -1,0 +1,377 @@
+"""Dataset splits as lists of indices into a list of ``PoseSequence`` (only the labels are read).
+
+Every function is deterministic given its arguments: all randomness comes from ``numpy.random.default_rng(seed)``
+and subjects are visited in sorted order, so the same input list and seed always give the same split. Only
+``subject``, ``view``, ``condition`` and ``sequence_id`` are read, so any object with these attributes works.
+
+A ``Split`` partitions the input: every index is in exactly one of ``train``, ``val``, ``test``, ``gallery``,
+``probe`` or ``dropped`` (``dropped`` holds the sequences a protocol leaves out, each function says which).
+Closed-set splits fill ``train`` / ``val`` / ``test``; retrieval splits fill ``train`` / ``val`` / ``gallery`` /
+``probe``, where ``val`` (subjects unseen in training, for early stopping on retrieval) is itself divided into
+``val_gallery`` and ``val_probe`` (``val == sorted(val_gallery + val_probe)``). Every list is sorted ascending.
+
+Subject counts (``test_subjects``, ``val_subjects``): an ``int`` is a number of subjects, a ``float`` in
+[0, 1] a fraction of the candidate subjects, rounded half up and at least one when the fraction is positive.
+Which subjects: the sorted subject labels are permuted by the seeded generator; the first ones are the test
+subjects, the next ones the validation subjects, the rest train. A split that cannot be made (too few subjects,
+no training subject left, a missing gallery condition, ...) raises ``ValueError`` naming the problem.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PARTS = ("train", "val", "test", "gallery", "probe")  # with `dropped`, these partition the input
+
+
+@dataclass
+class Split:
+    """Named index lists into the input sequence list (see the module docstring for the invariants)."""
+
+    protocol: str
+    train: list[int] = field(default_factory=list)
+    val: list[int] = field(default_factory=list)
+    test: list[int] = field(default_factory=list)  # closed-set only
+    gallery: list[int] = field(default_factory=list)  # retrieval only
+    probe: list[int] = field(default_factory=list)
+    val_gallery: list[int] = field(default_factory=list)  # retrieval: val = val_gallery + val_probe
+    val_probe: list[int] = field(default_factory=list)
+    probe_by_condition: dict[str, list[int]] = field(default_factory=dict)  # cross_condition_split only
+    dropped: list[int] = field(default_factory=list)
+    subjects: dict[str, list[str]] = field(default_factory=dict)  # sorted subject labels of each non-empty list
+    params: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def parts(self) -> dict[str, list[int]]:
+        """The disjoint lists that, with ``dropped``, cover every input index exactly once."""
+        return {name: getattr(self, name) for name in PARTS}
+
+    def counts(self) -> dict[str, int]:
+        """Number of sequences in each list (zero lists included)."""
+        names = PARTS + ("val_gallery", "val_probe", "dropped")
+        out = {name: len(getattr(self, name)) for name in names}
+        out.update({f"probe/{cond}": len(ix) for cond, ix in self.probe_by_condition.items()})
+        return out
+
+    def describe(self) -> str:
+        """Human-readable counts of sequences (and subjects) per list, then the notes."""
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        lines = [f"{self.protocol} split ({params})"]
+        for name, count in self.counts().items():
+            if count or name in PARTS[:1]:
+                subjects = self.subjects.get(name)
+                who = f", {len(subjects)} subjects" if subjects is not None else ""
+                lines.append(f"  {name}: {count} sequences{who}")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _check_sequences(sequences, fn: str) -> None:
+    if len(sequences) == 0:
+        raise ValueError(f"{fn}: no sequences")
+
+
+def _by_subject(sequences) -> dict[str, list[int]]:
+    """Subject -> its indices (ascending), subjects in sorted order."""
+    groups: dict[str, list[int]] = {}
+    for i, seq in enumerate(sequences):
+        groups.setdefault(seq.subject, []).append(i)
+    return {subject: groups[subject] for subject in sorted(groups)}
+
+
+def _round_half_up(x: float) -> int:
+    return int(np.floor(x + 0.5 + 1e-9))
+
+
+def _num_subjects(spec, total: int, name: str, fn: str) -> int:
+    if isinstance(spec, bool) or not isinstance(spec, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{fn}: {name} must be an int (count) or a float in [0, 1] (fraction), got {spec!r}")
+    if isinstance(spec, (int, np.integer)):
+        if not 0 <= spec <= total:
+            raise ValueError(f"{fn}: {name}={spec} but there are {total} candidate subjects")
+        return int(spec)
+    if not 0.0 <= spec <= 1.0:
+        raise ValueError(f"{fn}: {name}={spec} is not a fraction in [0, 1]")
+    return max(1, _round_half_up(spec * total)) if spec > 0 else 0
+
+
+def _choose_subjects(subjects: list[str], test_spec, val_spec, rng, fn: str, require_train: bool = True):
+    """Permute the (sorted) candidate subjects: first the test subjects, then val; returns (test, val) sets."""
+    num_test = _num_subjects(test_spec, len(subjects), "test_subjects", fn)
+    num_val = _num_subjects(val_spec, len(subjects), "val_subjects", fn)
+    if num_test == 0:
+        raise ValueError(f"{fn}: test_subjects={test_spec!r} selects no test subject")
+    if num_test + num_val > len(subjects) - (1 if require_train else 0):
+        raise ValueError(f"{fn}: {num_test} test + {num_val} validation subjects out of {len(subjects)} "
+                         f"candidates leaves no training subject")
+    permuted = [subjects[i] for i in rng.permutation(len(subjects))]
+    return set(permuted[:num_test]), set(permuted[num_test:num_test + num_val])
+
+
+def _sort_key(sequences, i: int):
+    return (str(sequences[i].sequence_id), i)
+
+
+def _one_per_view(indices: list[int], sequences) -> list[bool]:
+    """Gallery mask: in each view, the sequence with the smallest (sequence_id, index) goes to the gallery."""
+    chosen = {}
+    for i in sorted(indices, key=lambda i: _sort_key(sequences, i)):
+        chosen.setdefault(sequences[i].view, i)
+    keep = set(chosen.values())
+    return [i in keep for i in indices]
+
+
+GalleryRule = str | Callable[[list], Sequence[bool]]
+
+
+def _gallery_mask(subject: str, indices: list[int], sequences, rule: GalleryRule, gallery_condition: str,
+                  fn: str, notes: list[str]) -> list[bool]:
+    if callable(rule):
+        mask = [bool(m) for m in rule([sequences[i] for i in indices])]
+        if len(mask) != len(indices):
+            raise ValueError(f"{fn}: gallery_rule returned {len(mask)} flags for subject {subject!r} "
+                             f"with {len(indices)} sequences")
+        return mask
+    by_condition = [sequences[i].condition == gallery_condition for i in indices]
+    if rule == "condition":
+        if not any(by_condition):
+            raise ValueError(f"{fn}: subject {subject!r} has no {gallery_condition!r} sequence for the gallery "
+                             f"(gallery_rule='condition'; use 'auto' to fall back to one sequence per view)")
+        return by_condition
+    if rule == "one_per_view":
+        return _one_per_view(indices, sequences)
+    if rule == "auto":
+        if any(by_condition):
+            return by_condition
+        if any(sequences[i].condition for i in indices):
+            notes.append(f"subject {subject!r} has no {gallery_condition!r} sequence: gallery = one per view")
+        return _one_per_view(indices, sequences)
+    raise ValueError(f"{fn}: unknown gallery_rule {rule!r}: expected 'auto', 'condition', 'one_per_view' "
+                     f"or a callable")
+
+
+def _finish(split: Split, sequences) -> Split:
+    """Sort every list, record the subjects of each list, and check the partition invariant."""
+    for name in PARTS + ("val_gallery", "val_probe", "dropped"):
+        setattr(split, name, sorted(getattr(split, name)))
+    split.probe_by_condition = {c: sorted(ix) for c, ix in split.probe_by_condition.items() if ix}
+    for name in PARTS + ("val_gallery", "val_probe"):
+        indices = getattr(split, name)
+        if indices:
+            split.subjects[name] = sorted({sequences[i].subject for i in indices})
+    assigned = sorted(i for name in PARTS + ("dropped",) for i in getattr(split, name))
+    assert assigned == list(range(len(sequences))), "internal error: split is not a partition"
+    return split
+
+
+# ----------------------------------------------------------------------------------------------- protocols
+
+
+def closed_set_split(sequences, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Closed-set identification: every subject in train; each subject's sequences divided train/val/test.
+
+    For a subject with n sequences (shuffled by the seeded generator): ``n_test = round_half_up(n *
+    test_fraction)``, ``n_val = round_half_up(n * val_fraction)``, then train keeps at least one sequence: while
+    ``n_test + n_val > n - 1``, val gives one up first, then test. So a subject with a single sequence is
+    train-only, and small subjects may have no val/test sequence (counted in ``notes``). Nothing is dropped.
+    """
+    fn = "closed_set_split"
+    _check_sequences(sequences, fn)
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{fn}: {name}={value} is not in [0, 1)")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"{fn}: val_fraction + test_fraction = {val_fraction + test_fraction} leaves no training data")
+    rng = np.random.default_rng(seed)
+    split = Split("closed_set", params={"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed})
+    short = 0
+    for indices in _by_subject(sequences).values():
+        n = len(indices)
+        num_test, num_val = _round_half_up(n * test_fraction), _round_half_up(n * val_fraction)
+        wanted = (num_test, num_val)
+        while num_test + num_val > n - 1:
+            if num_val:
+                num_val -= 1
+            else:
+                num_test -= 1
+        short += (num_test, num_val) != wanted or (test_fraction > 0 and num_test == 0)
+        shuffled = [indices[i] for i in rng.permutation(n)]
+        split.test += shuffled[:num_test]
+        split.val += shuffled[num_test:num_test + num_val]
+        split.train += shuffled[num_test + num_val:]
+    if test_fraction > 0 and not split.test:
+        raise ValueError(f"{fn}: no subject has enough sequences for a test set at test_fraction={test_fraction}")
+    if short:
+        split.notes.append(f"{short} subjects have too few sequences for their full val/test share")
+    return _finish(split, sequences)
+
+
+def subject_disjoint_split(sequences, test_subjects: int | float = 0.5, val_subjects: int | float = 0,
+                           seed: int = 0, gallery_rule: GalleryRule = "auto",
+                           gallery_condition: str = "nm") -> Split:
+    """Open-set retrieval: train / val / test subjects disjoint; test (and val) divided into gallery and probe.
+
+    ``gallery_rule`` decides, per test or validation subject, which of its sequences form the gallery (the rest
+    are probes):
+
+    * ``"auto"`` (default): the subject's ``gallery_condition`` ("nm") sequences; when it has none (e.g. the
+      dataset has no conditions), one sequence per view: in each view, the one with the smallest
+      ``(sequence_id, index)``.
+    * ``"condition"``: the ``gallery_condition`` sequences; a subject without one is an error.
+    * ``"one_per_view"``: one sequence per view as above, conditions ignored.
+    * a callable: gets the subject's ``PoseSequence`` list, returns one bool per sequence (True = gallery).
+
+    A subject whose sequences all land in the gallery simply has no probe. Nothing is dropped.
+    """
+    fn = "subject_disjoint_split"
+    _check_sequences(sequences, fn)
+    groups = _by_subject(sequences)
+    rng = np.random.default_rng(seed)
+    test, val = _choose_subjects(list(groups), test_subjects, val_subjects, rng, fn)
+    split = Split("subject_disjoint", params={"test_subjects": test_subjects, "val_subjects": val_subjects,
+                                              "seed": seed, "gallery_rule": getattr(gallery_rule, "__name__",
+                                                                                    gallery_rule)})
+    for subject, indices in groups.items():
+        if subject not in test and subject not in val:
+            split.train += indices
+            continue
+        mask = _gallery_mask(subject, indices, sequences, gallery_rule, gallery_condition, fn, split.notes)
+        gallery, probe = (split.gallery, split.probe) if subject in test else (split.val_gallery, split.val_probe)
+        gallery += [i for i, m in zip(indices, mask) if m]
+        probe += [i for i, m in zip(indices, mask) if not m]
+    split.val = split.val_gallery + split.val_probe
+    return _finish(split, sequences)
+
+
+def camera_split(sequences, min_cameras: int = 3, probe_cameras: int = 1, val_cameras: int = 0,
+                 test_subjects: int | float | None = None, val_subjects: int | float = 0,
+                 seed: int = 0) -> Split:
+    """The BPMT seed protocol on Gait3D: subjects seen by >= ``min_cameras`` cameras, split by camera.
+
+    Cameras are ``PoseSequence.view``. Subjects seen by fewer than ``min_cameras`` distinct cameras are dropped
+    (all their sequences go to ``dropped``). For each kept subject, the seeded generator permutes its sorted
+    camera list; the first ``probe_cameras`` cameras are *held out*, the next ``val_cameras`` are validation
+    cameras, and every other camera (at least one) is *kept*. Then:
+
+    * ``test_subjects=None`` (closed set, unseen cameras): sequences of kept cameras -> ``train``, of held-out
+      cameras -> ``test``, of validation cameras -> ``val``. Every kept subject is in train and in test.
+    * ``test_subjects`` given (open set, unseen people): the kept subjects are divided train / val / test as in
+      ``subject_disjoint_split``; training subjects put all their sequences in ``train``; for test (validation)
+      subjects, kept cameras -> ``gallery`` (``val_gallery``) and held-out cameras -> ``probe``
+      (``val_probe``). ``val_cameras`` must be 0 here.
+
+    Every probe's camera is thus absent from its subject's gallery / training cameras.
+    """
+    fn = "camera_split"
+    _check_sequences(sequences, fn)
+    if probe_cameras < 1 or val_cameras < 0 or probe_cameras + val_cameras > min_cameras - 1:
+        raise ValueError(f"{fn}: need probe_cameras >= 1, val_cameras >= 0 and probe_cameras + val_cameras <= "
+                         f"min_cameras - 1 (one camera must stay on the train/gallery side); got probe_cameras="
+                         f"{probe_cameras}, val_cameras={val_cameras}, min_cameras={min_cameras}")
+    if test_subjects is not None and val_cameras:
+        raise ValueError(f"{fn}: val_cameras is for the closed-set mode; with test_subjects use val_subjects")
+    unknown = sum(not seq.view for seq in sequences)
+    if unknown:
+        raise ValueError(f"{fn}: {unknown} sequences have no camera id (empty PoseSequence.view)")
+    groups = _by_subject(sequences)
+    cameras = {s: sorted({sequences[i].view for i in ix}) for s, ix in groups.items()}
+    kept = [s for s in groups if len(cameras[s]) >= min_cameras]
+    if not kept:
+        most = max(len(c) for c in cameras.values())
+        raise ValueError(f"{fn}: no subject is seen by >= {min_cameras} cameras (the most is {most})")
+    rng = np.random.default_rng(seed)
+    split = Split("camera", params={"min_cameras": min_cameras, "probe_cameras": probe_cameras,
+                                    "val_cameras": val_cameras, "test_subjects": test_subjects,
+                                    "val_subjects": val_subjects, "seed": seed})
+    test, val = set(), set()
+    if test_subjects is not None:
+        test, val = _choose_subjects(kept, test_subjects, val_subjects, rng, fn)
+    for subject, indices in groups.items():
+        if subject not in kept:
+            split.dropped += indices
+            continue
+        if test_subjects is not None and subject not in test and subject not in val:
+            split.train += indices
+            continue
+        order = [cameras[subject][i] for i in rng.permutation(len(cameras[subject]))]
+        held_out, val_cams = set(order[:probe_cameras]), set(order[probe_cameras:probe_cameras + val_cameras])
+        if test_subjects is None:
+            sides = (split.train, split.val, split.test)
+        elif subject in test:
+            sides = (split.gallery, None, split.probe)
+        else:
+            sides = (split.val_gallery, None, split.val_probe)
+        for i in indices:
+            camera = sequences[i].view
+            side = 2 if camera in held_out else 1 if camera in val_cams else 0
+            sides[side].append(i)
+    if test_subjects is not None:
+        split.val = split.val_gallery + split.val_probe
+    num_dropped_subjects = len(groups) - len(kept)
+    if num_dropped_subjects:
+        split.notes.append(f"dropped {num_dropped_subjects} subjects seen by fewer than {min_cameras} cameras "
+                           f"({len(split.dropped)} sequences)")
+    return _finish(split, sequences)
+
+
+def cross_condition_split(sequences, gallery_conditions: Sequence[str] = ("nm",),
+                          probe_conditions: Sequence[str] = ("bg", "cl", "ph", "txt", "wsf", "wss"),
+                          test_subjects: int | float = 0.5, val_subjects: int | float = 0,
+                          seed: int = 0) -> Split:
+    """PsyMo protocol: subject-disjoint train/test; on test subjects gallery = ``gallery_conditions``, each
+    ``probe_conditions`` condition is a probe set (``probe_by_condition``; ``probe`` is their union).
+
+    Test and validation subjects are drawn (see the module docstring) from the *candidate* subjects: those with
+    at least one gallery-condition and one probe-condition sequence; every other subject trains. Training
+    subjects put all their sequences in ``train`` (whatever the condition). Test / validation sequences whose
+    condition is in neither list are dropped (counted in ``notes``). Validation subjects are divided the same
+    way into ``val_gallery`` / ``val_probe``.
+    """
+    fn = "cross_condition_split"
+    _check_sequences(sequences, fn)
+    gallery_conditions, probe_conditions = tuple(gallery_conditions), tuple(probe_conditions)
+    if not gallery_conditions or not probe_conditions:
+        raise ValueError(f"{fn}: gallery_conditions and probe_conditions must not be empty")
+    overlap = set(gallery_conditions) & set(probe_conditions)
+    if overlap:
+        raise ValueError(f"{fn}: conditions {sorted(overlap)} are both gallery and probe conditions")
+    groups = _by_subject(sequences)
+    present = {s: {sequences[i].condition for i in ix} for s, ix in groups.items()}
+    candidates = [s for s in groups
+                  if present[s] & set(gallery_conditions) and present[s] & set(probe_conditions)]
+    if not candidates:
+        seen = sorted(set().union(*present.values()))
+        raise ValueError(f"{fn}: no subject has both a gallery condition {list(gallery_conditions)} and a probe "
+                         f"condition {list(probe_conditions)}; conditions present: {seen}")
+    rng = np.random.default_rng(seed)
+    test, val = _choose_subjects(candidates, test_subjects, val_subjects, rng, fn, require_train=False)
+    if not set(groups) - test - val:
+        raise ValueError(f"{fn}: the test and validation subjects leave no training subject")
+    split = Split("cross_condition", params={"gallery_conditions": gallery_conditions,
+                                             "probe_conditions": probe_conditions, "test_subjects": test_subjects,
+                                             "val_subjects": val_subjects, "seed": seed})
+    split.probe_by_condition = {c: [] for c in probe_conditions}
+    for subject, indices in groups.items():
+        if subject not in test and subject not in val:
+            split.train += indices
+            continue
+        gallery, probe = (split.gallery, split.probe) if subject in test else (split.val_gallery, split.val_probe)
+        for i in indices:
+            condition = sequences[i].condition
+            if condition in gallery_conditions:
+                gallery.append(i)
+            elif condition in probe_conditions:
+                probe.append(i)
+                if subject in test:
+                    split.probe_by_condition[condition].append(i)
+            else:
+                split.dropped.append(i)
+    split.val = split.val_gallery + split.val_probe
+    if split.dropped:
+        split.notes.append(f"dropped {len(split.dropped)} test/validation sequences of other conditions")
+    return _finish(split, sequences)

@@ -1,0 +1,266 @@
+"""Dataset splits: partitions, subject disjointness, determinism, camera and condition rules, errors."""
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bpmt_fast.data.sequence import PoseSequence
+from bpmt_fast.data.splits import (
+    PARTS,
+    Split,
+    camera_split,
+    closed_set_split,
+    cross_condition_split,
+    subject_disjoint_split,
+)
+
+POSES = np.zeros((2, 17, 3), dtype=np.float32)
+
+
+def seq(subject, view="", condition="", sequence_id=""):
+    return PoseSequence(POSES, subject=subject, view=view, condition=condition,
+                        sequence_id=sequence_id or f"{subject}/{condition}/{view}")
+
+
+def grid(subjects, views, conditions, repeats=1):
+    return [seq(f"{s:03d}", v, c, f"{s:03d}/{c}-{r}/{v}")
+            for s, c, r, v in itertools.product(range(subjects), conditions, range(repeats), views)]
+
+
+CASIA = grid(10, ["000", "090", "180"], ["nm", "bg", "cl"], repeats=2)  # 180 sequences
+PSYMO = grid(12, ["0", "1"], ["nm", "bg", "cl", "ph", "txt", "wsf", "wss"])
+
+
+def assert_partition(split: Split, sequences):
+    """Every index in exactly one of the parts or dropped; sub-lists consistent with their parents."""
+    everything = [i for name in PARTS for i in getattr(split, name)] + split.dropped
+    assert sorted(everything) == list(range(len(sequences)))
+    assert split.val_gallery + split.val_probe == [] or sorted(split.val_gallery + split.val_probe) == split.val
+    assert sorted(i for ix in split.probe_by_condition.values() for i in ix) in ([], split.probe)
+    for name in PARTS + ("dropped",):
+        assert getattr(split, name) == sorted(getattr(split, name))
+
+
+def subjects_of(indices, sequences):
+    return {sequences[i].subject for i in indices}
+
+
+# ----------------------------------------------------------------------------------------------- closed set
+
+
+def test_closed_set_every_subject_trains_and_counts_follow_the_rule():
+    sequences = grid(4, ["a", "b"], ["nm"], repeats=5)  # 10 sequences per subject
+    split = closed_set_split(sequences, val_fraction=0.1, test_fraction=0.2, seed=3)
+    assert_partition(split, sequences)
+    assert subjects_of(split.train, sequences) == {f"{s:03d}" for s in range(4)}
+    for subject in range(4):
+        mine = lambda ix: sum(sequences[i].subject == f"{subject:03d}" for i in ix)  # noqa: E731
+        assert (mine(split.train), mine(split.val), mine(split.test)) == (7, 1, 2)
+    assert split.dropped == []
+
+
+def test_closed_set_small_subjects():
+    # n=1: train only. n=2, fractions .4/.4: test round(.8)=1, val 1 -> too many: val gives up -> 1/0/1.
+    # n=3, fractions .4/.4: test 1, val 1, train 1.
+    sequences = [seq("one")] + [seq("two", sequence_id=f"t{i}") for i in range(2)] + \
+                [seq("three", sequence_id=f"h{i}") for i in range(3)]
+    split = closed_set_split(sequences, val_fraction=0.4, test_fraction=0.4, seed=0)
+    assert_partition(split, sequences)
+    count = lambda ix, s: sum(sequences[i].subject == s for i in ix)  # noqa: E731
+    assert [(count(split.train, s), count(split.val, s), count(split.test, s)) for s in ("one", "two", "three")] \
+        == [(1, 0, 0), (1, 0, 1), (1, 1, 1)]
+    assert "too few" in split.describe()
+
+
+def test_closed_set_deterministic_by_seed():
+    a, b = closed_set_split(CASIA, 0.1, 0.2, seed=7), closed_set_split(CASIA, 0.1, 0.2, seed=7)
+    assert a == b
+    assert closed_set_split(CASIA, 0.1, 0.2, seed=8).test != a.test
+
+
+def test_closed_set_errors():
+    with pytest.raises(ValueError, match="test_fraction"):
+        closed_set_split(CASIA, 0.1, 1.0, seed=0)
+    with pytest.raises(ValueError, match="leaves no training"):
+        closed_set_split(CASIA, 0.5, 0.5, seed=0)
+    with pytest.raises(ValueError, match="no sequences"):
+        closed_set_split([], 0.1, 0.2, seed=0)
+    with pytest.raises(ValueError, match="enough sequences"):
+        closed_set_split([seq("a"), seq("b")], 0.1, 0.2, seed=0)
+
+
+# ------------------------------------------------------------------------------------------ subject-disjoint
+
+
+def test_subject_disjoint_gallery_is_nm_and_subjects_disjoint():
+    split = subject_disjoint_split(CASIA, test_subjects=3, val_subjects=0.2, seed=1)
+    assert_partition(split, CASIA)
+    train, val = subjects_of(split.train, CASIA), subjects_of(split.val, CASIA)
+    test = subjects_of(split.gallery + split.probe, CASIA)
+    assert (len(train), len(val), len(test)) == (5, 2, 3)
+    assert not (train & val or train & test or val & test)
+    assert {CASIA[i].condition for i in split.gallery + split.val_gallery} == {"nm"}
+    assert {CASIA[i].condition for i in split.probe + split.val_probe} == {"bg", "cl"}
+    assert subjects_of(split.val_gallery, CASIA) == subjects_of(split.val_probe, CASIA) == val
+    assert split.test == [] and split.dropped == []
+    assert split.subjects["gallery"] == sorted(test)
+
+
+def test_subject_disjoint_without_conditions_uses_one_sequence_per_view():
+    sequences = grid(6, ["c1", "c2", "c3"], [""], repeats=3)
+    split = subject_disjoint_split(sequences, test_subjects=2, seed=0)
+    assert_partition(split, sequences)
+    for subject in subjects_of(split.gallery, sequences):
+        views = [sequences[i].view for i in split.gallery if sequences[i].subject == subject]
+        assert sorted(views) == ["c1", "c2", "c3"]  # exactly one per view ...
+        chosen = [sequences[i].sequence_id for i in split.gallery if sequences[i].subject == subject]
+        assert all(sid.split("/")[1] == "-0" for sid in chosen)  # ... the smallest sequence_id
+    assert len(split.probe) == 2 * 3 * 2
+
+
+def test_subject_disjoint_rules_and_determinism():
+    assert subject_disjoint_split(CASIA, 0.3, seed=5) == subject_disjoint_split(CASIA, 0.3, seed=5)
+    assert subject_disjoint_split(CASIA, 0.3, seed=5).gallery != subject_disjoint_split(CASIA, 0.3, seed=6).gallery
+    no_nm = [s for s in CASIA if not (s.subject == "000" and s.condition == "nm")]
+    with pytest.raises(ValueError, match="'000' has no 'nm'"):
+        subject_disjoint_split(no_nm, test_subjects=9, seed=0, gallery_rule="condition")
+    auto = subject_disjoint_split(no_nm, test_subjects=9, seed=0)  # falls back to one per view for 000
+    assert any("'000'" in note for note in auto.notes)
+    per_view = subject_disjoint_split(CASIA, test_subjects=2, seed=0, gallery_rule="one_per_view")
+    assert len(per_view.gallery) == 2 * 3
+    custom = subject_disjoint_split(CASIA, test_subjects=2, seed=0,
+                                    gallery_rule=lambda seqs: [s.condition == "cl" for s in seqs])
+    assert {CASIA[i].condition for i in custom.gallery} == {"cl"}
+
+
+def test_subject_disjoint_errors():
+    with pytest.raises(ValueError, match="test_subjects=11 but there are 10"):
+        subject_disjoint_split(CASIA, test_subjects=11)
+    with pytest.raises(ValueError, match="leaves no training subject"):
+        subject_disjoint_split(CASIA, test_subjects=6, val_subjects=4)
+    with pytest.raises(ValueError, match="selects no test subject"):
+        subject_disjoint_split(CASIA, test_subjects=0)
+    with pytest.raises(ValueError, match="must be an int"):
+        subject_disjoint_split(CASIA, test_subjects=True)
+    with pytest.raises(ValueError, match="not a fraction"):
+        subject_disjoint_split(CASIA, test_subjects=1.5)
+    with pytest.raises(ValueError, match="unknown gallery_rule"):
+        subject_disjoint_split(CASIA, test_subjects=2, gallery_rule="first")
+    with pytest.raises(ValueError, match="flags"):
+        subject_disjoint_split(CASIA, test_subjects=2, gallery_rule=lambda seqs: [True])
+
+
+# ---------------------------------------------------------------------------------------------------- cameras
+
+
+def gait3d_like():
+    """Subjects 0-5 seen by 4 cameras, 6-7 by 3, 8-9 by 2 (dropped at min_cameras=3); 2 sequences each."""
+    cams = {s: 4 if s < 6 else 3 if s < 8 else 2 for s in range(10)}
+    return [seq(f"{s:04d}", f"camid{c}", "", f"{s:04d}/camid{c}_videoid2/seq{r}")
+            for s in range(10) for c in range(cams[s]) for r in range(2)]
+
+
+def test_camera_split_closed_set_holds_out_cameras():
+    sequences = gait3d_like()
+    split = camera_split(sequences, min_cameras=3, seed=0)
+    assert_partition(split, sequences)
+    assert subjects_of(split.dropped, sequences) == {"0008", "0009"}
+    assert subjects_of(split.train, sequences) == subjects_of(split.test, sequences) == {f"{s:04d}" for s in range(8)}
+    for subject in subjects_of(split.train, sequences):
+        train_cams = {sequences[i].view for i in split.train if sequences[i].subject == subject}
+        test_cams = {sequences[i].view for i in split.test if sequences[i].subject == subject}
+        assert len(test_cams) == 1 and not train_cams & test_cams  # one held-out camera, unseen in training
+        assert len(train_cams | test_cams) >= 3
+    assert "dropped 2 subjects" in split.describe()
+    with_val = camera_split(sequences, min_cameras=3, probe_cameras=1, val_cameras=1, seed=0)
+    assert_partition(with_val, sequences)
+    assert subjects_of(with_val.val, sequences) == subjects_of(with_val.train, sequences)
+
+
+def test_camera_split_open_set_gallery_and_probe_cameras():
+    sequences = gait3d_like()
+    split = camera_split(sequences, min_cameras=3, probe_cameras=2, test_subjects=3, val_subjects=1, seed=4)
+    assert_partition(split, sequences)
+    train, test = subjects_of(split.train, sequences), subjects_of(split.gallery, sequences)
+    assert len(test) == 3 and len(subjects_of(split.val, sequences)) == 1 and len(train) == 4
+    assert not train & test and subjects_of(split.probe, sequences) == test
+    for subject in test:
+        gallery_cams = {sequences[i].view for i in split.gallery if sequences[i].subject == subject}
+        probe_cams = {sequences[i].view for i in split.probe if sequences[i].subject == subject}
+        assert len(probe_cams) == 2 and gallery_cams and not gallery_cams & probe_cams
+    assert camera_split(sequences, test_subjects=3, seed=4) == camera_split(sequences, test_subjects=3, seed=4)
+
+
+def test_camera_split_errors():
+    sequences = gait3d_like()
+    with pytest.raises(ValueError, match="no subject is seen by >= 5 cameras"):
+        camera_split(sequences, min_cameras=5)
+    with pytest.raises(ValueError, match="probe_cameras"):
+        camera_split(sequences, min_cameras=3, probe_cameras=3)
+    with pytest.raises(ValueError, match="no camera id"):
+        camera_split(sequences + [seq("x")])
+    with pytest.raises(ValueError, match="val_cameras"):
+        camera_split(sequences, val_cameras=1, test_subjects=2)
+
+
+# ---------------------------------------------------------------------------------------------- conditions
+
+
+def test_cross_condition_psymo_protocol():
+    sequences = PSYMO + [seq("000", "0", "odd")]  # a condition in neither list: dropped on test subjects
+    split = cross_condition_split(sequences, test_subjects=0.5, seed=2)
+    assert_partition(split, sequences)
+    train, test = subjects_of(split.train, sequences), subjects_of(split.gallery, sequences)
+    assert len(test) == 6 and not train & test
+    assert {sequences[i].condition for i in split.gallery} == {"nm"}
+    assert list(split.probe_by_condition) == ["bg", "cl", "ph", "txt", "wsf", "wss"]
+    for condition, indices in split.probe_by_condition.items():
+        assert {sequences[i].condition for i in indices} == {condition}
+        assert subjects_of(indices, sequences) == test and len(indices) == 6 * 2
+    assert split.dropped == ([len(PSYMO)] if "000" in test else [])
+    assert cross_condition_split(sequences, seed=2) == split
+
+
+def test_cross_condition_candidates_and_errors():
+    # Subject 'nm_only' cannot be tested (no probe condition): it always trains.
+    sequences = PSYMO + [seq("nm_only", "0", "nm")]
+    for seed in range(5):
+        split = cross_condition_split(sequences, test_subjects=12, seed=seed, val_subjects=0)
+        assert subjects_of(split.train, sequences) == {"nm_only"}
+    with pytest.raises(ValueError, match="both gallery and probe"):
+        cross_condition_split(PSYMO, gallery_conditions=("nm",), probe_conditions=("nm", "bg"))
+    with pytest.raises(ValueError, match="no subject has both"):
+        cross_condition_split(PSYMO, gallery_conditions=("xx",))
+    with pytest.raises(ValueError, match="no training subject"):
+        cross_condition_split(PSYMO, test_subjects=12)
+
+
+def test_describe_lists_counts():
+    text = subject_disjoint_split(CASIA, test_subjects=2, val_subjects=1, seed=0).describe()
+    assert "subject_disjoint split" in text
+    assert "train: 126 sequences, 7 subjects" in text
+    assert "gallery: 12 sequences, 2 subjects" in text and "probe: 24 sequences, 2 subjects" in text
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from(["a", "b", "c"]), st.sampled_from(["", "nm", "bg"])),
+                min_size=3, max_size=40),
+       st.integers(0, 2**31))
+def test_random_datasets_are_partitioned(labels, seed):
+    sequences = [seq(f"s{s}", v, c, f"{k}") for k, (s, v, c) in enumerate(labels)]
+    per_subject = Counter(s for s, _, _ in labels)
+    if max(per_subject.values()) >= 2:  # someone can spare a test sequence
+        split = closed_set_split(sequences, 0.2, 0.3, seed=seed)
+        assert_partition(split, sequences)
+        assert subjects_of(split.train, sequences) == set(f"s{s}" for s in per_subject)
+    else:
+        with pytest.raises(ValueError, match="enough sequences"):
+            closed_set_split(sequences, 0.2, 0.3, seed=seed)
+    if len(per_subject) >= 2:
+        split = subject_disjoint_split(sequences, test_subjects=1, seed=seed)
+        assert_partition(split, sequences)
+        assert not subjects_of(split.train, sequences) & subjects_of(split.gallery + split.probe, sequences)
+        assert split.gallery  # the 'auto' rule always finds a gallery sequence
