@@ -1,4 +1,4 @@
-"""Command line: `bpmt-fast backends | demo`."""
+"""Command line: `bpmt-fast backends | train | eval | demo`."""
 from __future__ import annotations
 
 import argparse
@@ -80,12 +80,47 @@ def cmd_demo(args) -> int:
     return run_demo(args.attn_backend, steps=args.steps)
 
 
+def cmd_train(args) -> int:
+    from bpmt_fast.train.config import load_config
+    from bpmt_fast.train.pipeline import run_pipeline
+
+    overrides = {}
+    if args.data:
+        overrides["data"] = {"source": args.data}
+    if args.run_dir:
+        overrides["run_dir"] = args.run_dir
+    if args.attn_backend:
+        overrides["model"] = {"attn_backend": args.attn_backend}
+    config = load_config(args.config, overrides)
+    stages = args.stages.split(",") if args.stages else None
+    run_pipeline(config, stages)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from bpmt_fast.train.pipeline import evaluate_run
+
+    evaluate_run(args.run_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bpmt-fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     backends = commands.add_parser("backends", help="list attention backends, why unavailable ones are, versions")
     backends.add_argument("--json", action="store_true", help="machine-readable output")
     backends.set_defaults(run=cmd_backends)
+    train = commands.add_parser("train", help="stage 1 -> stage 2 -> finetune -> evaluation into one run directory "
+                                              "(resumes from its checkpoints)")
+    train.add_argument("--config", help="YAML preset, e.g. configs/quick.yaml")
+    train.add_argument("--data", help="synthetic | gait3d:PATH | alphapose:PATH | casiab:PATH | npz:PATH")
+    train.add_argument("--stages", help="comma-separated subset of 1,2,ft (default: the config's)")
+    train.add_argument("--run-dir", help="run directory (default: the config's)")
+    add_attn_backend_option(train)
+    train.set_defaults(run=cmd_train)
+    evaluate = commands.add_parser("eval", help="evaluate the best checkpoints of a run directory again")
+    evaluate.add_argument("run_dir")
+    evaluate.set_defaults(run=cmd_eval)
     demo = commands.add_parser("demo", help="forward + backward of BPMT and the baseline on a synthetic padded batch "
                                             "with every available backend (or one), compared with math")
     add_attn_backend_option(demo)

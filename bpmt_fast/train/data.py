@@ -1,0 +1,109 @@
+"""From a data spec to split datasets and loaders."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bpmt_fast.data.dataset import IdentityBatchSampler, PoseDataset, collate_padded
+from bpmt_fast.data.sequence import LoadReport, PoseSequence
+from bpmt_fast.data.splits import Split, camera_split, closed_set_split, cross_condition_split, subject_disjoint_split
+from bpmt_fast.data.transforms import (Compose, JointNoise, Mirror, PartMask, SpeedChange, TemporalCrop)
+
+from .config import AugmentConfig, DataConfig
+
+PROTOCOLS = ("subject-disjoint", "closed-set", "camera", "cross-condition")
+
+
+def load_sequences(config: DataConfig) -> tuple[list[PoseSequence], LoadReport]:
+    if config.source == "synthetic":
+        from bpmt_fast.data.synthetic import SyntheticGaitConfig, generate_synthetic_dataset
+
+        sequences = generate_synthetic_dataset(SyntheticGaitConfig(**config.synthetic), seed=config.seed)
+        return sequences, LoadReport(loaded=len(sequences))
+    from bpmt_fast.data.loaders import load_dataset
+
+    return load_dataset(config.source, lenient=config.lenient)
+
+
+def make_split(sequences, config: DataConfig) -> Split:
+    if config.protocol == "subject-disjoint":
+        return subject_disjoint_split(sequences, config.test_subjects, config.val_subjects, seed=config.seed)
+    if config.protocol == "closed-set":
+        return closed_set_split(sequences, seed=config.seed)
+    if config.protocol == "camera":
+        return camera_split(sequences, seed=config.seed)
+    if config.protocol == "cross-condition":
+        return cross_condition_split(sequences, test_subjects=config.test_subjects, val_subjects=config.val_subjects,
+                                     seed=config.seed)
+    raise ValueError(f"unknown protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+
+
+def augmentation(config: AugmentConfig, skeleton: str):
+    steps = [TemporalCrop(config.crop_min_fraction), SpeedChange(*config.speed)]
+    if config.mirror:
+        steps.append(Mirror(skeleton, probability=config.mirror))
+    if config.joint_noise:
+        steps.append(JointNoise(config.joint_noise))
+    if config.part_mask:
+        steps.append(PartMask(skeleton, probability=config.part_mask))
+    return Compose(steps)
+
+
+@dataclass
+class Datasets:
+    train: PoseDataset  # augmented
+    split: Split
+    sequences: list
+    label_map: dict  # training subjects -> class index (the classifier's classes)
+    eval_label_map: dict  # every subject -> an integer label for retrieval metrics
+    skeleton: str
+    max_frames: int
+
+    def subset(self, indices: list[int]) -> PoseDataset:
+        """Un-augmented, centre-cropped view of some sequences (validation / evaluation)."""
+        return PoseDataset([self.sequences[i] for i in indices], self.skeleton, max_frames=self.max_frames,
+                           label_map=self.eval_label_map, random_crop=False)
+
+
+def build_datasets(sequences, split: Split, data: DataConfig, augment: AugmentConfig, seed: int) -> Datasets:
+    train_sequences = [sequences[i] for i in split.train]
+    label_map = {subject: i for i, subject in enumerate(sorted({s.subject for s in train_sequences}))}
+    train = PoseDataset(train_sequences, data.skeleton, transform=augmentation(augment, data.skeleton),
+                        max_frames=data.max_frames, label_map=label_map, seed=seed)
+    eval_label_map = {subject: i for i, subject in enumerate(sorted({s.subject for s in sequences}))}
+    return Datasets(train, split, sequences, label_map, eval_label_map, data.skeleton, data.max_frames)
+
+
+def shuffled_loader(dataset: PoseDataset, batch_size: int, seed: int, epoch: int) -> DataLoader:
+    """Random batches for the reconstruction stages; the order is a function of (seed, epoch) only."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(dataset)).tolist()
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    dataset.set_epoch(epoch)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_padded)
+
+
+def identity_loader(dataset: PoseDataset, identities: int, per_identity: int, seed: int, epoch: int) -> DataLoader:
+    sampler = IdentityBatchSampler(dataset.labels, identities, per_identity, seed=seed)
+    sampler.set_epoch(epoch)
+    dataset.set_epoch(epoch)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_padded)
+
+
+def eval_loader(dataset: PoseDataset, batch_size: int = 64) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_padded)
+
+
+def frame_mask_for(batch: dict, parts: int, ratio: float, seed: int, epoch: int) -> torch.Tensor:
+    """`(B, P, T)` masked frames, drawn per sequence from (seed, epoch, dataset index): the same sequence gets
+    the same mask whatever batch or process it lands in."""
+    poses, lengths = batch["poses"], batch["lengths"]
+    masks = []
+    for index, length in zip(batch["indices"], lengths.tolist()):
+        rng = np.random.default_rng([seed, epoch, int(index)])
+        mask = rng.random((parts, poses.shape[1])) < ratio
+        mask[:, length:] = False
+        masks.append(mask)
+    return torch.from_numpy(np.stack(masks))

@@ -1,0 +1,169 @@
+"""The whole run: data -> split -> for each model: stage 1 -> stage 2 -> finetune -> evaluation, all in one run
+directory (resolved config, checkpoints, metrics.jsonl, plots, summary.md), resumable after a kill."""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from bpmt_fast.eval.metrics import evaluate_retrieval
+from bpmt_fast.eval.pose_stats import pose_statistics
+
+from .config import TrainConfig, to_dict
+from .data import build_datasets, load_sequences, make_split
+from .plots import plot_run
+from .stages import FinetuneStage, MetricsLog, jsonable, ReconstructionStage, build_model, closed_set, evaluate_model
+
+STAGE_NAMES = ("1", "2", "ft")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def reference_metrics(data, split) -> dict | None:
+    """The non-learned floor: 1-NN on z-scored pose statistics, same gallery / probe and metrics as the models."""
+    if not (split.gallery and split.probe):
+        return None
+
+    def features(indices):
+        seqs = [data.sequences[i] for i in indices]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            feats = np.stack([pose_statistics(s.poses, s.skeleton) for s in seqs])
+        labels = np.array([data.eval_label_map[s.subject] for s in seqs])
+        return {"features": feats, "labels": labels, "views": np.array([s.view for s in seqs]),
+                "conditions": np.array([s.condition for s in seqs])}
+
+    gallery, probe = features(split.gallery), features(split.probe)
+    mean, std = np.nanmean(gallery["features"], 0), np.nanstd(gallery["features"], 0)
+    std = np.where(np.isfinite(std) & (std > 1e-12), std, np.inf)
+    for part in (gallery, probe):
+        part["features"] = np.nan_to_num((part["features"] - mean) / std, nan=0.0)
+    return evaluate_retrieval(probe, gallery)
+
+
+def summarise(results: dict) -> str:
+    lines = ["# Run summary", ""]
+    lines.append(f"data: {results['data']}  ")
+    lines.append(f"split: {results['split']}  ")
+    lines.append(f"attention backend: {results['attn_backend']}, device: {results['device']}")
+    lines += ["", "| model | closed-set acc | rank-1 (per query) | rank-5 | mAP | rank-1 (per view pair) | train time |",
+              "|---|---|---|---|---|---|---|"]
+    for name, result in results["models"].items():
+        retrieval = result.get("test", {}).get("all", {})
+        per_query, per_pair = retrieval.get("per_query") or {}, retrieval.get("per_view_pair") or {}
+        cell = lambda d, k: f"{d[k]:.3f}" if k in d and d[k] is not None else "-"  # noqa: E731
+        acc = f"{result['closed_set_accuracy']:.3f}" if result.get("closed_set_accuracy") is not None else "-"
+        lines.append(f"| {name} | {acc} | {cell(per_query, 'rank1')} | {cell(per_query, 'rank5')} | "
+                     f"{cell(per_query, 'mAP')} | {cell(per_pair, 'rank1')} | {result.get('seconds', 0):.0f} s |")
+    conditions = [c for c in next(iter(results["models"].values()), {}).get("test", {}) if c != "all"]
+    if conditions:
+        lines += ["", "Rank-1 (per query, identical view excluded) per probe condition:", "",
+                  "| model | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
+        for name, result in results["models"].items():
+            test = result.get("test", {})
+            cells = [f"{test[c]['per_query']['rank1']:.3f}" if c in test else "-" for c in conditions]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_pipeline(config: TrainConfig, stages: list[str] | None = None) -> dict:
+    stages = stages or config.stages
+    unknown = [s for s in stages if s not in STAGE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(STAGE_NAMES)}")
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+
+    sequences, report = load_sequences(config.data)
+    print(report)
+    split = make_split(sequences, config.data)
+    print(split.describe())
+    data = build_datasets(sequences, split, config.data, config.augment, config.seed)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    ckpt_dir = run_dir / "checkpoints"
+    from bpmt_fast.attention import default_backend_name
+
+    results = {"data": config.data.source, "split": split.describe().splitlines()[0], "device": str(device),
+               "attn_backend": config.model.attn_backend or default_backend_name(), "models": {}}
+    reference = reference_metrics(data, split)
+    if reference is not None:
+        results["models"]["pose-stats 1-NN (reference)"] = {"test": reference}
+
+    for name in config.models:
+        torch.manual_seed(config.seed)
+        num_classes = len(data.label_map) if config.finetune.ce_weight else 0
+        model = build_model(name, config.model, num_classes).to(device)
+        started = time.perf_counter()
+        if "1" in stages:
+            ReconstructionStage("part", name, model, data, config.stage1, config, device, log, ckpt_dir).run()
+        if "2" in stages and name == "bpmt":
+            ReconstructionStage("pair", name, model, data, config.stage2, config, device, log, ckpt_dir).run()
+        result = {}
+        if "ft" in stages:
+            FinetuneStage(name, model, data, config.finetune, config, device, log, ckpt_dir).run()
+            if split.gallery and split.probe:
+                result["test"] = evaluate_model(model, data, split.gallery, split.probe, device)
+            if split.test:
+                result["closed_set_accuracy"] = closed_set(model, data, split.test, device)
+        result["seconds"] = time.perf_counter() - started
+        results["models"][name] = result
+        log.write(model=name, stage="test", **{k: v for k, v in result.items() if k != "seconds"})
+
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=jsonable))
+    (run_dir / "summary.md").write_text(summarise(results))
+    plots = plot_run(run_dir)
+    print(summarise(results))
+    print(f"run directory: {run_dir} ({len(plots)} plots)")
+    return results
+
+
+def evaluate_run(run_dir: str | Path) -> dict:
+    """Rebuild data and split from the run's resolved config and evaluate each model's best (else last) weights."""
+    from . import checkpoint
+    from .config import from_dict
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory: no config.yaml")
+    config = from_dict(TrainConfig, yaml.safe_load(config_path.read_text()))
+    device = resolve_device(config.device)
+    sequences, _ = load_sequences(config.data)
+    split = make_split(sequences, config.data)
+    data = build_datasets(sequences, split, config.data, config.augment, config.seed)
+    results = {"data": config.data.source, "split": split.describe().splitlines()[0], "device": str(device),
+               "attn_backend": config.model.attn_backend or "auto", "models": {}}
+    reference = reference_metrics(data, split)
+    if reference is not None:
+        results["models"]["pose-stats 1-NN (reference)"] = {"test": reference}
+    for name in config.models:
+        folder = (checkpoint.latest_checkpoint(run_dir / "checkpoints", f"{name}-best")
+                  or checkpoint.latest_checkpoint(run_dir / "checkpoints", f"{name}-finetune"))
+        if folder is None:
+            print(f"{name}: no finetuned checkpoint in {run_dir}")
+            continue
+        num_classes = len(data.label_map) if config.finetune.ce_weight else 0
+        model = build_model(name, config.model, num_classes).to(device)
+        checkpoint.load_weights(folder, model)
+        result = {}
+        if split.gallery and split.probe:
+            result["test"] = evaluate_model(model, data, split.gallery, split.probe, device)
+        if split.test:
+            result["closed_set_accuracy"] = closed_set(model, data, split.test, device)
+        results["models"][name] = result
+    print(summarise(results))
+    return results

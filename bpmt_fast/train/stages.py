@@ -1,0 +1,312 @@
+"""The three resumable training stages and evaluation.
+
+Each stage trains for its epochs, logs train / validation figures per epoch to metrics.jsonl, and checkpoints
+after every epoch (see checkpoint.py); a stage that finds its own checkpoint resumes after the last finished
+epoch, and one marked done is skipped with its final weights loaded.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bpmt_fast.eval.metrics import closed_set_accuracy, evaluate_retrieval
+from bpmt_fast.model import BPMT, Baseline
+from bpmt_fast.model.skeleton import PART_NAMES
+
+from . import checkpoint
+from .data import Datasets, eval_loader, frame_mask_for, identity_loader, shuffled_loader
+from .losses import identity_loss, masked_reconstruction_loss, reconstruction_error_per_group
+
+
+VALIDATION_MASK_EPOCH = 10**6  # mask seed for validation, out of the range of training epochs
+
+
+def jsonable(value):
+    """json.dumps fallback for numpy arrays and scalars in metric dicts."""
+    return value.tolist() if isinstance(value, np.ndarray) else float(value)
+
+
+class MetricsLog:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, **record) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record, default=jsonable) + "\n")
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def group_names(model, stage: str) -> list[str]:
+    if isinstance(model, Baseline):
+        return ["body"]
+    if stage == "part":
+        return list(PART_NAMES)
+    return [f"{PART_NAMES[a]}<-{PART_NAMES[b]}" for a, b in model.pairs]
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class Stage:
+    """Shared epoch loop with checkpoint / resume; subclasses define one training step and validation."""
+
+    stage_key: str  # "stage1" | "stage2" | "finetune"
+
+    def __init__(self, name: str, model, data: Datasets, config, run_config, device, log: MetricsLog, ckpt_dir):
+        self.name, self.model, self.data, self.config = name, model, data, config
+        self.run_config, self.device, self.log, self.ckpt_dir = run_config, device, log, ckpt_dir
+        self.checkpoint_name = f"{name}-{self.stage_key}"
+
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def batches_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def run(self) -> dict:
+        self.prepare()
+        params = self.trainable_parameters()
+        optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        steps = self.batches_per_epoch()
+        scheduler = warmup_cosine(optimizer, self.config.warmup_epochs * steps, self.config.epochs * steps)
+        state = {"epoch": 0, "done": False, "best": None, "since_best": 0}
+        folder = checkpoint.latest_checkpoint(self.ckpt_dir, self.checkpoint_name)
+        if folder is not None:
+            state = checkpoint.load_checkpoint(folder, self.model)
+            if state["done"]:
+                print(f"[{self.name} {self.stage_key}] done earlier, weights loaded from {folder}")
+                return state
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])  # dropout continues exactly as without the kill
+            print(f"[{self.name} {self.stage_key}] resuming after epoch {state['epoch']}")
+        for epoch in range(state["epoch"], self.config.epochs):
+            started = time.perf_counter()
+            train = self.train_epoch(epoch, optimizer, scheduler)
+            val = self.validate(epoch)
+            elapsed = time.perf_counter() - started
+            self.log.write(model=self.name, stage=self.stage_key, epoch=epoch + 1, split="train", **train)
+            self.log.write(model=self.name, stage=self.stage_key, epoch=epoch + 1, split="val", **val)
+            stop = self.update_best(state, val)
+            state.update(epoch=epoch + 1, done=stop or epoch + 1 == self.config.epochs,
+                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         torch_rng=torch.get_rng_state())
+            if self.run_config.checkpoint_every and ((epoch + 1) % self.run_config.checkpoint_every == 0
+                                                     or state["done"]):
+                self.save(state)
+            print(f"[{self.name} {self.stage_key}] epoch {epoch + 1}/{self.config.epochs} "
+                  f"train {train['loss']:.4f} val {val.get('loss', float('nan')):.4f} "
+                  + (f"val rank-1 {val['rank1']:.3f} " if "rank1" in val else "") + f"({elapsed:.1f} s)")
+            if stop:
+                print(f"[{self.name} {self.stage_key}] early stop: no validation gain for {self.config.patience} epochs")
+                break
+        self.finish(state)
+        return state
+
+    def save(self, state):
+        checkpoint.save_checkpoint(self.ckpt_dir, self.checkpoint_name, self.model, state, state["epoch"])
+
+    def prepare(self) -> None:
+        pass
+
+    def update_best(self, state, val) -> bool:
+        return False
+
+    def finish(self, state) -> None:
+        pass
+
+
+class ReconstructionStage(Stage):
+    """Stage 1 ("part") or stage 2 ("pair") masked-frame reconstruction."""
+
+    def __init__(self, model_stage: str, *args, **kwargs):
+        self.model_stage = model_stage
+        self.stage_key = "stage1" if model_stage == "part" else "stage2"
+        super().__init__(*args, **kwargs)
+
+    def prepare(self):
+        frozen = self.model_stage == "pair" and self.config.freeze_parts
+        for name, param in self.model.named_parameters():
+            # Stage 2 trains the pair blocks (and their decoder) on top of fixed stage-1 part encoders.
+            in_stage1 = name.startswith(("tokenizer.", "part_encoder."))
+            in_stage2 = name.startswith(("pair_encoder.", "pair_decoder."))
+            param.requires_grad = (in_stage2 or not frozen) if self.model_stage == "pair" else not in_stage2
+
+    def batches_per_epoch(self):
+        return math.ceil(len(self.data.train) / self.config.batch_size)
+
+    def _forward(self, batch, epoch, seed):
+        batch = _to(batch, self.device)
+        parts = self.model.tokenizer.num_parts
+        mask = frame_mask_for(batch, parts, self.config.mask_ratio, seed, epoch).to(self.device)
+        return self.model(batch["poses"], batch["lengths"], mask, stage=self.model_stage)["training_feat"]["reconstruction"]
+
+    def train_epoch(self, epoch, optimizer, scheduler):
+        self.model.train()
+        seed = self.run_config.seed
+        loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch)
+        total, count, sums, weights = 0.0, 0, 0.0, 0.0
+        for batch in tqdm(loader, desc=f"{self.name} {self.stage_key} e{epoch + 1}", leave=False, disable=None):
+            recon = self._forward(batch, epoch, seed)
+            loss = masked_reconstruction_loss(recon)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            group_sum, group_weight = reconstruction_error_per_group(recon)
+            sums, weights = sums + group_sum.detach(), weights + group_weight.detach()
+            total, count = total + loss.item(), count + 1
+        return {"loss": total / max(count, 1), "per_group": self._per_group(sums, weights)}
+
+    @torch.no_grad()
+    def validate(self, epoch):
+        self.model.eval()
+        indices = self.data.split.val or self.data.split.val_gallery + self.data.split.val_probe
+        if not indices:
+            return {}
+        sums, weights = 0.0, 0.0
+        # One fixed mask per sequence for every epoch: validation curves compare like with like.
+        for batch in eval_loader(self.data.subset(indices)):
+            recon = self._forward(batch, VALIDATION_MASK_EPOCH, self.run_config.seed)
+            group_sum, group_weight = reconstruction_error_per_group(recon)
+            sums, weights = sums + group_sum, weights + group_weight
+        per_group = self._per_group(sums, weights)
+        return {"loss": float(sums.sum() / weights.sum().clamp(min=1)), "per_group": per_group}
+
+    def _per_group(self, sums, weights) -> dict:
+        values = (sums / weights.clamp(min=1)).tolist() if isinstance(sums, torch.Tensor) else []
+        return dict(zip(group_names(self.model, self.model_stage), values))
+
+    def finish(self, state):
+        for param in self.model.parameters():
+            param.requires_grad = True
+
+
+class FinetuneStage(Stage):
+    stage_key = "finetune"
+
+    def batches_per_epoch(self):
+        batch = self.config.identities_per_batch * self.config.sequences_per_identity
+        return self.config.batches_per_epoch or math.ceil(len(self.data.train) / batch)
+
+    def _batches(self, epoch):
+        """`batches_per_epoch` P x K batches: several sampler passes when one pass over identities is shorter."""
+        steps, sub_epoch = self.batches_per_epoch(), 0
+        while steps > 0:
+            loader = identity_loader(self.data.train, self.config.identities_per_batch,
+                                     self.config.sequences_per_identity, self.run_config.seed,
+                                     epoch * 1000 + sub_epoch)
+            for batch in loader:
+                if steps == 0:
+                    break
+                steps -= 1
+                yield batch
+            sub_epoch += 1
+
+    def train_epoch(self, epoch, optimizer, scheduler):
+        self.model.train()
+        total, count, parts = 0.0, 0, {}
+        for batch in tqdm(self._batches(epoch), total=self.batches_per_epoch(), leave=False, disable=None,
+                          desc=f"{self.name} finetune e{epoch + 1}"):
+            batch = _to(batch, self.device)
+            out = self.model(batch["poses"], batch["lengths"], stage="finetune")
+            loss, loss_parts = identity_loss(out, batch["labels"], self.config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total, count = total + loss.item(), count + 1
+            for key, value in loss_parts.items():
+                parts[key] = parts.get(key, 0.0) + value
+        return {"loss": total / max(count, 1), **{k: v / max(count, 1) for k, v in parts.items()}}
+
+    @torch.no_grad()
+    def validate(self, epoch):
+        split = self.data.split
+        if split.val_gallery and split.val_probe:
+            result = evaluate_model(self.model, self.data, split.val_gallery, split.val_probe, self.device)
+            rank1 = result["all"]["per_query"]["rank1"]
+            return {"rank1": rank1, "retrieval": {"val rank-1": rank1}}
+        if split.val:
+            accuracy = closed_set(self.model, self.data, split.val, self.device)
+            return {"rank1": accuracy, "retrieval": {"val accuracy": accuracy}}
+        return {}
+
+    def update_best(self, state, val) -> bool:
+        """Early stopping on validation rank-1 (or accuracy); the best weights are kept separately."""
+        if "rank1" not in val:
+            return False
+        if state["best"] is None or val["rank1"] > state["best"]:
+            state["best"], state["since_best"] = val["rank1"], 0
+            checkpoint.save_checkpoint(self.ckpt_dir, f"{self.name}-best", self.model, {"rank1": val["rank1"]}, 0)
+        else:
+            state["since_best"] += 1
+        return state["since_best"] >= self.config.patience
+
+    def finish(self, state):
+        best = checkpoint.latest_checkpoint(self.ckpt_dir, f"{self.name}-best")
+        if best is not None:
+            checkpoint.load_weights(best, self.model)
+
+
+@torch.no_grad()
+def embed(model, dataset, device) -> tuple[np.ndarray, list[dict]]:
+    model.eval()
+    features, meta = [], []
+    for batch in eval_loader(dataset):
+        out = model(batch["poses"].to(device), batch["lengths"].to(device), stage="finetune")
+        features.append(out["inference_feat"]["embeddings"].float().cpu().numpy())
+        meta += [{"label": int(l), "view": v, "condition": c}
+                 for l, v, c in zip(batch["labels"], batch["views"], batch["conditions"])]
+    return np.concatenate(features), meta
+
+
+def _retrieval_set(features, meta) -> dict:
+    return {"features": features, "labels": np.array([m["label"] for m in meta]),
+            "views": np.array([m["view"] for m in meta]), "conditions": np.array([m["condition"] for m in meta])}
+
+
+def evaluate_model(model, data: Datasets, gallery: list[int], probe: list[int], device) -> dict:
+    gallery_set = _retrieval_set(*embed(model, data.subset(gallery), device))
+    probe_set = _retrieval_set(*embed(model, data.subset(probe), device))
+    return evaluate_retrieval(probe_set, gallery_set)
+
+
+@torch.no_grad()
+def closed_set(model, data: Datasets, indices: list[int], device) -> float:
+    model.eval()
+    predictions, labels = [], []
+    for batch in eval_loader(data.subset(indices)):
+        logits = model(batch["poses"].to(device), batch["lengths"].to(device))["training_feat"]["logits"]
+        predictions.append(logits.argmax(1).cpu())
+        labels += [data.label_map[s] for s in batch["subjects"]]
+    return closed_set_accuracy(torch.cat(predictions).numpy(), np.array(labels))
+
+
+def build_model(name: str, model_config, num_classes: int):
+    from dataclasses import replace
+
+    config = replace(model_config, num_classes=num_classes)
+    if name == "bpmt":
+        return BPMT(config)
+    if name == "baseline":
+        return Baseline(config)
+    raise ValueError(f"unknown model {name!r}; valid: bpmt, baseline")
