@@ -26,7 +26,8 @@ def _nan_stat(fn, x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def pose_statistics(poses: np.ndarray, skeleton: str | SkeletonFormat = "coco17") -> np.ndarray:
-    """(T, J, C) poses -> (F,) float64 features, F = 4 J D + B + ... (D = C - 1 coordinates, B bones).
+    """(T, J, C) poses -> (F,) float64 features, F = 2 J D + B + 2 J (D = C - 1 coordinates, B bones; 118 for
+    COCO-17 in 2D).
 
     The last channel is the confidence; joints with confidence <= 0 are ignored (nan-aware statistics).
     Every frame is centred on its hip midpoint and the sequence scaled by its median torso length (shoulder
