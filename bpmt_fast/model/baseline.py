@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .common import IdentityHead, ModelConfig, PartEncoder, check_pose_batch, model_output, valid_frames
+from .common import (IdentityHead, ModelConfig, PartEncoder, check_pose_batch, model_output, reconstruction,
+                     valid_frames)
 from .layers import GroupedLinear, masked_temporal_pool
 from .skeleton import get_format
 from .tokenizer import PartTokenizer
@@ -38,8 +39,7 @@ class Baseline(nn.Module):
         summary = {"lengths": valid.sum(1)}
         if stage == "part":
             target = self.tokenizer.part_features(torch.where(valid[:, :, None, None], poses, 0.0))
-            recon = {"pred": self.decoder(features), "target": target, "frame_mask": frame_mask, "valid": valid,
-                     "joint_valid": self.tokenizer.joint_valid}
+            recon = reconstruction(self.decoder(features), target, frame_mask, valid, self.tokenizer.joint_valid)
             return model_output({"reconstruction": recon}, {}, **summary)
         head = self.head(masked_temporal_pool(features, valid).flatten(1))
         return model_output({"embeddings": head["embeddings"], "logits": head["logits"]},

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from .attention_blocks import CrossPartBlock
-from .common import IdentityHead, ModelConfig, PartEncoder, check_pose_batch, model_output, valid_frames
+from .common import (IdentityHead, ModelConfig, PartEncoder, check_pose_batch, model_output, reconstruction,
+                     valid_frames)
 from .layers import GroupedLinear, masked_temporal_pool
 from .skeleton import PART_NAMES, get_format
 from .tokenizer import PartTokenizer
@@ -79,17 +80,16 @@ class BPMT(nn.Module):
         summary = {"lengths": valid.sum(1)}
         if stage == "part":
             target = self.tokenizer.part_features(torch.where(valid[:, :, None, None], poses, 0.0))
-            recon = {"pred": self.part_decoder(parts), "target": target, "frame_mask": frame_mask, "valid": valid,
-                     "joint_valid": self.tokenizer.joint_valid}
+            recon = reconstruction(self.part_decoder(parts), target, frame_mask, valid, self.tokenizer.joint_valid)
             return model_output({"reconstruction": recon}, {}, **summary)
 
         cross = self.pair_encoder(parts, lengths)  # (B, Q, T, d)
-        if stage == "pair":
+        if stage == "pair":  # each ordered pair (a, b) reconstructs its query part a
             target = self.tokenizer.part_features(torch.where(valid[:, :, None, None], poses, 0.0))
             query_parts = self.pair_encoder.query_parts
             mask = None if frame_mask is None else frame_mask[:, query_parts]
-            recon = {"pred": self.pair_decoder(cross), "target": target[:, query_parts], "frame_mask": mask,
-                     "valid": valid, "joint_valid": self.tokenizer.joint_valid[query_parts]}
+            recon = reconstruction(self.pair_decoder(cross), target[:, query_parts], mask, valid,
+                                   self.tokenizer.joint_valid[query_parts])
             return model_output({"reconstruction": recon}, {}, **summary)
 
         cross_per_part = torch.zeros_like(parts).index_add(1, self.pair_encoder.query_parts, cross)

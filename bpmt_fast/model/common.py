@@ -95,6 +95,11 @@ class IdentityHead(nn.Module):
         return {"embeddings": embeddings, "normed": normed, "logits": logits}
 
 
+def reconstruction(pred, target, frame_mask, valid, joint_valid) -> dict:
+    """What the masked-reconstruction loss needs (see bpmt_fast.train.losses.reconstruction_terms)."""
+    return {"pred": pred, "target": target, "frame_mask": frame_mask, "valid": valid, "joint_valid": joint_valid}
+
+
 def model_output(training_feat: dict, inference_feat: dict, **summary) -> dict:
     """The OpenGait-style result dict every model returns."""
     return {"training_feat": training_feat, "inference_feat": inference_feat,
