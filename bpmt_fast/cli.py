@@ -32,7 +32,7 @@ def apply_attn_backend(args) -> None:
 def short_dtypes(dtypes) -> str:
     order = ["float16", "bfloat16", "float32", "float64"]
     names = {str(d).replace("torch.", "") for d in dtypes}
-    return ",".join(n.replace("float", "f").replace("bf", "bf") for n in order if n in names)
+    return ",".join(n.replace("float", "f") for n in order if n in names)
 
 
 def backend_rows() -> list[dict]:
