@@ -18,6 +18,9 @@ BASELINE_STAGES = ("part", "finetune")
 
 
 class Baseline(nn.Module):
+    # Modules each stage trains (see BPMT.STAGE_MODULES).
+    STAGE_MODULES = {"part": ("tokenizer", "encoder", "decoder"), "finetune": ("tokenizer.embed", "encoder", "head")}
+
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config = config or ModelConfig()

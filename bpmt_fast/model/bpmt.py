@@ -50,6 +50,11 @@ class CrossPartEncoder(nn.Module):
 
 
 class BPMT(nn.Module):
+    # Modules each stage trains; the rest stay fixed (stage 2 may also train the stage-1 ones: train.stages).
+    STAGE_MODULES = {"part": ("tokenizer", "part_encoder", "part_decoder"),
+                     "pair": ("pair_encoder", "pair_decoder"),
+                     "finetune": ("tokenizer.embed", "part_encoder", "pair_encoder", "head")}
+
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config = config or ModelConfig()

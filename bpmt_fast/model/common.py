@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .attention_blocks import PartTransformerBlock
-from .layers import GroupedLayerNorm
+from .layers import GlobalBatchNorm1d, GroupedLayerNorm
 
 
 @dataclass
@@ -84,8 +84,9 @@ class IdentityHead(nn.Module):
     def __init__(self, in_dim: int, config: ModelConfig):
         super().__init__()
         self.dropout = nn.Dropout(config.dropout)
-        self.embed = nn.Linear(in_dim, config.embedding_dim)
-        self.neck = nn.BatchNorm1d(config.embedding_dim)
+        # No bias: the BN-neck removes it and distances between embeddings cancel it.
+        self.embed = nn.Linear(in_dim, config.embedding_dim, bias=False)
+        self.neck = GlobalBatchNorm1d(config.embedding_dim)  # global-batch statistics under DDP
         self.classifier = nn.Linear(config.embedding_dim, config.num_classes, bias=False) if config.num_classes else None
 
     def forward(self, pooled: torch.Tensor) -> dict:

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bpmt_fast.collectives import distributed_world, gather
+
 
 class GroupedLinear(nn.Module):
     """G independent linear maps: `(B, G, N, d_in)` -> `(B, G, N, d_out)`."""
@@ -53,6 +55,22 @@ class GroupedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics cover the global batch when torch.distributed runs.
+
+    Under DDP each rank sees a slice of the batch; normalising the gathered `(B, E)` batch keeps the result (and
+    the running statistics) equal to a single process's. torch's SyncBatchNorm does the same but refuses CPU
+    tensors, and a 2-D embedding needs nothing more than this.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or distributed_world() == 1:
+            return super().forward(x)
+        rank, local = torch.distributed.get_rank(), x.shape[0]
+        out = super().forward(gather(x))  # (B_global, E): same statistics on every rank
+        return out[rank * local:(rank + 1) * local]
 
 
 def sinusoidal_positions(n: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:

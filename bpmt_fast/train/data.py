@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from bpmt_fast.data.dataset import IdentityBatchSampler, PoseDataset, collate_padded
 from bpmt_fast.data.sequence import LoadReport, PoseSequence
@@ -13,6 +13,7 @@ from bpmt_fast.data.splits import Split, camera_split, closed_set_split, cross_c
 from bpmt_fast.data.transforms import (Compose, JointNoise, Mirror, PartMask, SpeedChange, TemporalCrop)
 
 from .config import AugmentConfig, DataConfig
+from .distributed import SINGLE, Parallel
 
 PROTOCOLS = ("subject-disjoint", "closed-set", "camera", "cross-condition")
 
@@ -77,19 +78,46 @@ def build_datasets(sequences, split: Split, data: DataConfig, augment: AugmentCo
     return Datasets(train, split, sequences, label_map, eval_label_map, data.skeleton, data.max_frames)
 
 
-def shuffled_loader(dataset: PoseDataset, batch_size: int, seed: int, epoch: int) -> DataLoader:
+class KeyedItems(Dataset):
+    """Training items addressed as (index, batch number, position in the global batch).
+
+    Each item draws its augmentation from ``default_rng([seed, epoch, batch, position])``: what a sequence gets
+    depends on where it sits in the global batch, not on which process loads it, so a DDP run sees exactly the
+    batches of the single-process run (and a sequence drawn twice in one batch still gets two augmentations).
+    """
+
+    def __init__(self, dataset: PoseDataset, epoch: int):
+        self.dataset, self.epoch = dataset, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        index, batch, position = key
+        return self.dataset.get(index, np.random.default_rng([self.dataset.seed, self.epoch, batch, position]))
+
+
+def keyed_loader(dataset: PoseDataset, global_batches: list[list[int]], epoch: int,
+                 parallel: Parallel = SINGLE) -> DataLoader:
+    """This rank's slice of every global batch (batches smaller than the world size are skipped)."""
+    batches = [parallel.shard([(int(index), number, position) for position, index in enumerate(batch)])
+               for number, batch in enumerate(global_batches) if len(batch) >= parallel.world_size]
+    return DataLoader(KeyedItems(dataset, epoch), batch_sampler=batches, collate_fn=collate_padded)
+
+
+def shuffled_loader(dataset: PoseDataset, batch_size: int, seed: int, epoch: int,
+                    parallel: Parallel = SINGLE) -> DataLoader:
     """Random batches for the reconstruction stages; the order is a function of (seed, epoch) only."""
     order = np.random.default_rng([seed, epoch]).permutation(len(dataset)).tolist()
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    dataset.set_epoch(epoch)
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_padded)
+    return keyed_loader(dataset, [order[i:i + batch_size] for i in range(0, len(order), batch_size)], epoch, parallel)
 
 
-def identity_loader(dataset: PoseDataset, identities: int, per_identity: int, seed: int, epoch: int) -> DataLoader:
-    sampler = IdentityBatchSampler(dataset.labels, identities, per_identity, seed=seed)
-    sampler.set_epoch(epoch)
-    dataset.set_epoch(epoch)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_padded)
+def identity_loader(dataset: PoseDataset, identities: int, per_identity: int, seed: int, epoch: int,
+                    parallel: Parallel = SINGLE) -> DataLoader:
+    """P x K batches (IdentityBatchSampler); the global batch must split evenly over the ranks."""
+    sampler = IdentityBatchSampler(dataset.labels, identities, per_identity, seed=seed,
+                                   num_replicas=parallel.world_size)
+    return keyed_loader(dataset, sampler.global_batches(epoch), epoch, parallel)
 
 
 def eval_loader(dataset: PoseDataset, batch_size: int = 64) -> DataLoader:

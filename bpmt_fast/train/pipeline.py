@@ -16,18 +16,11 @@ from bpmt_fast.eval.pose_stats import pose_statistics
 
 from .config import TrainConfig, to_dict
 from .data import build_datasets, load_sequences, make_split
+from .distributed import close_parallel, init_parallel, resolve_device
 from .plots import plot_run
 from .stages import FinetuneStage, MetricsLog, jsonable, ReconstructionStage, build_model, closed_set, evaluate_model
 
 STAGE_NAMES = ("1", "2", "ft")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
-    return torch.device(name)
 
 
 def reference_metrics(data, split) -> dict | None:
@@ -78,43 +71,59 @@ def summarise(results: dict) -> str:
 
 
 def run_pipeline(config: TrainConfig, stages: list[str] | None = None) -> dict:
+    """The whole run; under torchrun (WORLD_SIZE > 1) every rank calls this and trains its DDP replica."""
     stages = stages or config.stages
     unknown = [s for s in stages if s not in STAGE_NAMES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(STAGE_NAMES)}")
+    parallel, device = init_parallel(config.device)
+    try:
+        return _run(config, stages, parallel, device)
+    finally:
+        close_parallel(parallel)
+
+
+def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
+    main = parallel.is_main
+    say = print if main else (lambda *args: None)
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     sequences, report = load_sequences(config.data)
-    print(report)
+    say(report)
     split = make_split(sequences, config.data)
-    print(split.describe())
+    say(split.describe())
+    if parallel.enabled:
+        say(f"data parallel: {parallel.world_size} ranks, device {device}")
     data = build_datasets(sequences, split, config.data, config.augment, config.seed)
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
     ckpt_dir = run_dir / "checkpoints"
     from bpmt_fast.attention import default_backend_name
 
     results = {"data": config.data.source, "split": split.describe().splitlines()[0], "device": str(device),
                "attn_backend": config.model.attn_backend or default_backend_name(), "models": {}}
-    reference = reference_metrics(data, split)
+    reference = reference_metrics(data, split) if main else None
     if reference is not None:
         results["models"]["pose-stats 1-NN (reference)"] = {"test": reference}
 
     for name in config.models:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
         num_classes = len(data.label_map) if config.finetune.ce_weight else 0
         model = build_model(name, config.model, num_classes).to(device)
+        torch.manual_seed(config.seed + parallel.rank)  # each rank its own dropout
         started = time.perf_counter()
+        stage_args = (name, model, data)
+        common = (config, device, log, ckpt_dir, parallel)
         if "1" in stages:
-            ReconstructionStage("part", name, model, data, config.stage1, config, device, log, ckpt_dir).run()
+            ReconstructionStage("part", *stage_args, config.stage1, *common).run()
         if "2" in stages and name == "bpmt":
-            ReconstructionStage("pair", name, model, data, config.stage2, config, device, log, ckpt_dir).run()
+            ReconstructionStage("pair", *stage_args, config.stage2, *common).run()
         result = {}
         if "ft" in stages:
-            FinetuneStage(name, model, data, config.finetune, config, device, log, ckpt_dir).run()
+            FinetuneStage(*stage_args, config.finetune, *common).run()
+        if "ft" in stages and main:
             if split.gallery and split.probe:
                 result["test"] = evaluate_model(model, data, split.gallery, split.probe, device)
             if split.test:
@@ -123,11 +132,12 @@ def run_pipeline(config: TrainConfig, stages: list[str] | None = None) -> dict:
         results["models"][name] = result
         log.write(model=name, stage="test", **{k: v for k, v in result.items() if k != "seconds"})
 
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=jsonable))
-    (run_dir / "summary.md").write_text(summarise(results))
-    plots = plot_run(run_dir)
-    print(summarise(results))
-    print(f"run directory: {run_dir} ({len(plots)} plots)")
+    if main:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=jsonable))
+        (run_dir / "summary.md").write_text(summarise(results))
+        plots = plot_run(run_dir)
+        print(summarise(results))
+        print(f"run directory: {run_dir} ({len(plots)} plots)")
     return results
 
 

@@ -19,9 +19,12 @@ from bpmt_fast.eval.metrics import closed_set_accuracy, evaluate_retrieval
 from bpmt_fast.model import BPMT, Baseline
 from bpmt_fast.model.skeleton import PART_NAMES
 
+from bpmt_fast.collectives import gather
+
 from . import checkpoint
 from .data import Datasets, eval_loader, frame_mask_for, identity_loader, shuffled_loader
-from .losses import identity_loss, masked_reconstruction_loss, reconstruction_error_per_group
+from .distributed import SINGLE, Parallel, global_sum_loss
+from .losses import identity_loss, reconstruction_error_per_group
 
 
 VALIDATION_MASK_EPOCH = 10**6  # mask seed for validation, out of the range of training epochs
@@ -33,10 +36,12 @@ def jsonable(value):
 
 
 class MetricsLog:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled  # only one process of a DDP run writes
 
     def write(self, **record) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record, default=jsonable) + "\n")
 
@@ -68,13 +73,29 @@ class Stage:
 
     stage_key: str  # "stage1" | "stage2" | "finetune"
 
-    def __init__(self, name: str, model, data: Datasets, config, run_config, device, log: MetricsLog, ckpt_dir):
+    def __init__(self, name: str, model, data: Datasets, config, run_config, device, log: MetricsLog, ckpt_dir,
+                 parallel: Parallel = SINGLE):
         self.name, self.model, self.data, self.config = name, model, data, config
         self.run_config, self.device, self.log, self.ckpt_dir = run_config, device, log, ckpt_dir
+        self.parallel = parallel
+        self.train_model = model  # the DDP replica while training under torchrun
         self.checkpoint_name = f"{name}-{self.stage_key}"
+
+    def trained_modules(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Train exactly the modules this stage uses: DDP needs a gradient for every trainable parameter."""
+        modules = self.trained_modules()
+        for name, param in self.model.named_parameters():
+            param.requires_grad = any(name == m or name.startswith(m + ".") for m in modules)
 
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def say(self, message: str) -> None:
+        if self.parallel.is_main:
+            print(f"[{self.name} {self.stage_key}] {message}")
 
     def batches_per_epoch(self) -> int:
         raise NotImplementedError
@@ -90,12 +111,14 @@ class Stage:
         if folder is not None:
             state = checkpoint.load_checkpoint(folder, self.model)
             if state["done"]:
-                print(f"[{self.name} {self.stage_key}] done earlier, weights loaded from {folder}")
+                self.say(f"done earlier, weights loaded from {folder}")
+                self.finish(state)
                 return state
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])  # dropout continues exactly as without the kill
-            print(f"[{self.name} {self.stage_key}] resuming after epoch {state['epoch']}")
+            self.say(f"resuming after epoch {state['epoch']}")
+        self.train_model = self.parallel.wrap(self.model, self.device)
         for epoch in range(state["epoch"], self.config.epochs):
             started = time.perf_counter()
             train = self.train_epoch(epoch, optimizer, scheduler)
@@ -110,26 +133,27 @@ class Stage:
             if self.run_config.checkpoint_every and ((epoch + 1) % self.run_config.checkpoint_every == 0
                                                      or state["done"]):
                 self.save(state)
-            print(f"[{self.name} {self.stage_key}] epoch {epoch + 1}/{self.config.epochs} "
-                  f"train {train['loss']:.4f} val {val.get('loss', float('nan')):.4f} "
-                  + (f"val rank-1 {val['rank1']:.3f} " if "rank1" in val else "") + f"({elapsed:.1f} s)")
+            self.say(f"epoch {epoch + 1}/{self.config.epochs} train {train['loss']:.4f} "
+                     + (f"val {val['loss']:.4f} " if "loss" in val else "")
+                     + (f"val rank-1 {val['rank1']:.3f} " if "rank1" in val else "") + f"({elapsed:.1f} s)")
             if stop:
-                print(f"[{self.name} {self.stage_key}] early stop: no validation gain for {self.config.patience} epochs")
+                self.say(f"early stop: no validation gain for {self.config.patience} epochs")
                 break
+        self.parallel.barrier()  # rank 0's checkpoints are complete before any rank reads them
         self.finish(state)
         return state
 
     def save(self, state):
-        checkpoint.save_checkpoint(self.ckpt_dir, self.checkpoint_name, self.model, state, state["epoch"])
-
-    def prepare(self) -> None:
-        pass
+        if self.parallel.is_main:
+            checkpoint.save_checkpoint(self.ckpt_dir, self.checkpoint_name, self.model, state, state["epoch"])
 
     def update_best(self, state, val) -> bool:
         return False
 
     def finish(self, state) -> None:
-        pass
+        self.train_model = self.model  # drop the DDP replica
+        for param in self.model.parameters():
+            param.requires_grad = True
 
 
 class ReconstructionStage(Stage):
@@ -140,38 +164,39 @@ class ReconstructionStage(Stage):
         self.stage_key = "stage1" if model_stage == "part" else "stage2"
         super().__init__(*args, **kwargs)
 
-    def prepare(self):
-        frozen = self.model_stage == "pair" and self.config.freeze_parts
-        for name, param in self.model.named_parameters():
-            # Stage 2 trains the pair blocks (and their decoder) on top of fixed stage-1 part encoders.
-            in_stage1 = name.startswith(("tokenizer.", "part_encoder."))
-            in_stage2 = name.startswith(("pair_encoder.", "pair_decoder."))
-            param.requires_grad = (in_stage2 or not frozen) if self.model_stage == "pair" else not in_stage2
+    def trained_modules(self):
+        modules = self.model.STAGE_MODULES[self.model_stage]
+        if self.model_stage == "pair" and not self.config.freeze_parts:  # else: fixed stage-1 part encoders
+            modules += ("tokenizer", "part_encoder")
+        return modules
 
     def batches_per_epoch(self):
         return math.ceil(len(self.data.train) / self.config.batch_size)
 
-    def _forward(self, batch, epoch, seed):
+    def _forward(self, model, batch, epoch, seed):
         batch = _to(batch, self.device)
         parts = self.model.tokenizer.num_parts
         mask = frame_mask_for(batch, parts, self.config.mask_ratio, seed, epoch).to(self.device)
-        return self.model(batch["poses"], batch["lengths"], mask, stage=self.model_stage)["training_feat"]["reconstruction"]
+        return model(batch["poses"], batch["lengths"], mask, stage=self.model_stage)["training_feat"]["reconstruction"]
 
     def train_epoch(self, epoch, optimizer, scheduler):
         self.model.train()
         seed = self.run_config.seed
-        loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch)
+        loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch, self.parallel)
         total, count, sums, weights = 0.0, 0, 0.0, 0.0
-        for batch in tqdm(loader, desc=f"{self.name} {self.stage_key} e{epoch + 1}", leave=False, disable=None):
-            recon = self._forward(batch, epoch, seed)
-            loss = masked_reconstruction_loss(recon)
+        for batch in tqdm(loader, desc=f"{self.name} {self.stage_key} e{epoch + 1}", leave=False,
+                          disable=None if self.parallel.is_main else True):
+            recon = self._forward(self.train_model, batch, epoch, seed)
+            group_sum, group_weight = reconstruction_error_per_group(recon)  # (G,) each, this rank's slice
+            # Masked-frame mean over the global batch (see distributed.global_sum_loss).
+            loss = global_sum_loss(group_sum.sum(), group_weight.sum(), self.parallel)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            group_sum, group_weight = reconstruction_error_per_group(recon)
-            sums, weights = sums + group_sum.detach(), weights + group_weight.detach()
-            total, count = total + loss.item(), count + 1
+            group_sum, group_weight = self.parallel.sum(torch.stack([group_sum, group_weight]).detach())
+            sums, weights = sums + group_sum, weights + group_weight
+            total, count = total + float(group_sum.sum() / group_weight.sum().clamp(min=1)), count + 1
         return {"loss": total / max(count, 1), "per_group": self._per_group(sums, weights)}
 
     @torch.no_grad()
@@ -183,7 +208,7 @@ class ReconstructionStage(Stage):
         sums, weights = 0.0, 0.0
         # One fixed mask per sequence for every epoch: validation curves compare like with like.
         for batch in eval_loader(self.data.subset(indices)):
-            recon = self._forward(batch, VALIDATION_MASK_EPOCH, self.run_config.seed)
+            recon = self._forward(self.model, batch, VALIDATION_MASK_EPOCH, self.run_config.seed)
             group_sum, group_weight = reconstruction_error_per_group(recon)
             sums, weights = sums + group_sum, weights + group_weight
         per_group = self._per_group(sums, weights)
@@ -193,13 +218,12 @@ class ReconstructionStage(Stage):
         values = (sums / weights.clamp(min=1)).tolist() if isinstance(sums, torch.Tensor) else []
         return dict(zip(group_names(self.model, self.model_stage), values))
 
-    def finish(self, state):
-        for param in self.model.parameters():
-            param.requires_grad = True
-
 
 class FinetuneStage(Stage):
     stage_key = "finetune"
+
+    def trained_modules(self):
+        return self.model.STAGE_MODULES["finetune"]
 
     def batches_per_epoch(self):
         batch = self.config.identities_per_batch * self.config.sequences_per_identity
@@ -211,7 +235,7 @@ class FinetuneStage(Stage):
         while steps > 0:
             loader = identity_loader(self.data.train, self.config.identities_per_batch,
                                      self.config.sequences_per_identity, self.run_config.seed,
-                                     epoch * 1000 + sub_epoch)
+                                     epoch * 1000 + sub_epoch, self.parallel)
             for batch in loader:
                 if steps == 0:
                     break
@@ -222,11 +246,14 @@ class FinetuneStage(Stage):
     def train_epoch(self, epoch, optimizer, scheduler):
         self.model.train()
         total, count, parts = 0.0, 0, {}
-        for batch in tqdm(self._batches(epoch), total=self.batches_per_epoch(), leave=False, disable=None,
-                          desc=f"{self.name} finetune e{epoch + 1}"):
+        for batch in tqdm(self._batches(epoch), total=self.batches_per_epoch(), leave=False,
+                          disable=None if self.parallel.is_main else True, desc=f"{self.name} finetune e{epoch + 1}"):
             batch = _to(batch, self.device)
-            out = self.model(batch["poses"], batch["lengths"], stage="finetune")
-            loss, loss_parts = identity_loss(out, batch["labels"], self.config)
+            feat = self.train_model(batch["poses"], batch["lengths"], stage="finetune")["training_feat"]
+            # Every rank computes the loss of the whole global batch (triplets need all of it).
+            logits = None if feat["logits"] is None else gather(feat["logits"])
+            out = {"training_feat": {"embeddings": gather(feat["embeddings"]), "logits": logits}}
+            loss, loss_parts = identity_loss(out, gather(batch["labels"]), self.config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.grad_clip:
@@ -256,12 +283,14 @@ class FinetuneStage(Stage):
             return False
         if state["best"] is None or val["rank1"] > state["best"]:
             state["best"], state["since_best"] = val["rank1"], 0
-            checkpoint.save_checkpoint(self.ckpt_dir, f"{self.name}-best", self.model, {"rank1": val["rank1"]}, 0)
+            if self.parallel.is_main:
+                checkpoint.save_checkpoint(self.ckpt_dir, f"{self.name}-best", self.model, {"rank1": val["rank1"]}, 0)
         else:
             state["since_best"] += 1
         return state["since_best"] >= self.config.patience
 
     def finish(self, state):
+        super().finish(state)
         best = checkpoint.latest_checkpoint(self.ckpt_dir, f"{self.name}-best")
         if best is not None:
             checkpoint.load_weights(best, self.model)

@@ -1,0 +1,96 @@
+"""Data-parallel training with torch.distributed (launched by torchrun), and the single-process no-op case.
+
+Under `torchrun --nproc_per_node N [--nnodes M ...]` (WORLD_SIZE > 1) every rank holds a DDP replica. Each step's
+global batch is the list of sequences a single process would draw; it is cut into WORLD_SIZE contiguous slices,
+one per rank. The losses are written so that DDP's averaged gradient equals the single-process gradient of the
+whole global batch (`global_sum_loss` here, `bpmt_fast.collectives.gather`), the identity head's BatchNorm
+normalises with global-batch statistics (`GlobalBatchNorm1d` in model/layers.py), and augmentation is keyed by the
+position in the global batch, not by the process that loads it (train/data.py). Only rank 0 writes files and
+prints.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Parallel:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: list) -> list:
+        """This rank's contiguous slice of a global batch (sizes differ by at most one)."""
+        size = len(items)
+        return items[self.rank * size // self.world_size:(self.rank + 1) * size // self.world_size]
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """DDP replica of `model` over its trainable parameters (call after freezing), or `model` itself."""
+        if not self.enabled:
+            return model
+        device_ids = [device.index] if device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, no gradient (counts, logged figures)."""
+        if not self.enabled:
+            return tensor
+        tensor = tensor.detach().clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+SINGLE = Parallel()
+
+
+def global_sum_loss(local_sum: torch.Tensor, local_count: torch.Tensor, parallel: Parallel) -> torch.Tensor:
+    """This rank's share of `(sum over the global batch) / (global count)`, scaled by the world size because
+    DDP averages the ranks' gradients: the averaged gradient is the single-process gradient."""
+    count = parallel.sum(local_count).clamp(min=1)
+    return local_sum / count * parallel.world_size
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto | cpu | cuda -> this process's device (GPU `local_rank` under torchrun)."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_parallel(device_name: str) -> tuple[Parallel, torch.device]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU); pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return SINGLE, resolve_device(device_name)
+    parallel = Parallel(rank=int(os.environ["RANK"]), world_size=world_size,
+                        local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_name, parallel.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return parallel, device
+
+
+def close_parallel(parallel: Parallel) -> None:
+    if parallel.enabled and dist.is_initialized():
+        dist.destroy_process_group()
