@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q tests
 
 train: $(STAMP)
-	$(BIN)/bpmt-fast demo
+	$(BIN)/bpmt-fast train --config configs/quick.yaml
 
 clean:
 	rm -rf $(VENV) build *.egg-info

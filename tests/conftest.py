@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# Triton kernels run on CPU only in the interpreter; triton.jit reads this when a kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -91,3 +91,26 @@ def test_cli_train_then_eval(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run")]) == 0
     assert "baseline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa", "flow"])
+def test_every_stage_runs_every_attention_through_the_chosen_backend(tmp_path, monkeypatch, backend):
+    import collections
+    import math
+
+    from bpmt_fast.attention.base import AttentionBackend
+
+    used = collections.Counter()
+    original = AttentionBackend.padded
+
+    def counting(self, *args, **kwargs):
+        used[self.NAME] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttentionBackend, "padded", counting)
+    run_pipeline(tiny_config(tmp_path, model={**TINY["model"], "attn_backend": backend}))
+    assert set(used) == {backend} and used[backend] > 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    stages = {(r["model"], r["stage"]) for r in records if r.get("split") == "train" and math.isfinite(r["loss"])}
+    assert stages == {("bpmt", "stage1"), ("bpmt", "stage2"), ("bpmt", "finetune"),
+                      ("baseline", "stage1"), ("baseline", "finetune")}

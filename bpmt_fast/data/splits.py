@@ -169,6 +169,21 @@ def _finish(split: Split, sequences) -> Split:
     return split
 
 
+def gallery_probe(sequences, indices: Sequence[int], gallery_rule: GalleryRule = "auto",
+                  gallery_condition: str = "nm") -> tuple[list[int], list[int]]:
+    """Divide some sequences into gallery / probe per subject with the protocols' gallery rule (used to measure
+    retrieval on training subjects, next to the validation subjects)."""
+    groups: dict = {}
+    for i in indices:
+        groups.setdefault(sequences[i].subject, []).append(i)
+    gallery, probe, notes = [], [], []
+    for subject, members in groups.items():
+        mask = _gallery_mask(subject, members, sequences, gallery_rule, gallery_condition, "gallery_probe", notes)
+        gallery += [i for i, m in zip(members, mask) if m]
+        probe += [i for i, m in zip(members, mask) if not m]
+    return sorted(gallery), sorted(probe)
+
+
 # ----------------------------------------------------------------------------------------------- protocols
 
 

@@ -66,7 +66,7 @@ class FinetuneConfig:
     supcon_temperature: float = 0.1
     ce_weight: float = 1.0  # 0 disables the classifier
     label_smoothing: float = 0.1
-    patience: int = 8  # early stopping: epochs without validation rank-1 improvement
+    patience: int = 8  # early stopping: epochs without validation mAP (closed set: accuracy) improvement
     grad_clip: float = 1.0
 
 

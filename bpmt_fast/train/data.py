@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from bpmt_fast.data.dataset import IdentityBatchSampler, PoseDataset, collate_padded
 from bpmt_fast.data.sequence import LoadReport, PoseSequence
-from bpmt_fast.data.splits import Split, camera_split, closed_set_split, cross_condition_split, subject_disjoint_split
+from bpmt_fast.data.splits import (Split, camera_split, closed_set_split, cross_condition_split, gallery_probe,
+                                   subject_disjoint_split)
 from bpmt_fast.data.transforms import (Compose, JointNoise, Mirror, PartMask, SpeedChange, TemporalCrop)
 
 from .config import AugmentConfig, DataConfig
@@ -62,6 +63,8 @@ class Datasets:
     eval_label_map: dict  # every subject -> an integer label for retrieval metrics
     skeleton: str
     max_frames: int
+    train_gallery: list[int]  # retrieval on as many training subjects as validation has: the generalisation gap
+    train_probe: list[int]
 
     def subset(self, indices: list[int]) -> PoseDataset:
         """Un-augmented, centre-cropped view of some sequences (validation / evaluation)."""
@@ -75,7 +78,11 @@ def build_datasets(sequences, split: Split, data: DataConfig, augment: AugmentCo
     train = PoseDataset(train_sequences, data.skeleton, transform=augmentation(augment, data.skeleton),
                         max_frames=data.max_frames, label_map=label_map, seed=seed)
     eval_label_map = {subject: i for i, subject in enumerate(sorted({s.subject for s in sequences}))}
-    return Datasets(train, split, sequences, label_map, eval_label_map, data.skeleton, data.max_frames)
+    count = len(split.subjects.get("val_gallery", [])) or 5
+    chosen = set(np.random.default_rng([seed, 1]).permutation(sorted(label_map))[:count].tolist())
+    train_gallery, train_probe = gallery_probe(sequences, [i for i in split.train if sequences[i].subject in chosen])
+    return Datasets(train, split, sequences, label_map, eval_label_map, data.skeleton, data.max_frames,
+                    train_gallery, train_probe)
 
 
 class KeyedItems(Dataset):

@@ -134,8 +134,10 @@ class Stage:
                                                      or state["done"]):
                 self.save(state)
             self.say(f"epoch {epoch + 1}/{self.config.epochs} train {train['loss']:.4f} "
+                     + (f"train rank-1 {train['rank1']:.3f} " if "rank1" in train else "")
                      + (f"val {val['loss']:.4f} " if "loss" in val else "")
-                     + (f"val rank-1 {val['rank1']:.3f} " if "rank1" in val else "") + f"({elapsed:.1f} s)")
+                     + (f"val rank-1 {val['rank1']:.3f} " if "rank1" in val else "")
+                     + (f"val mAP {val['mAP']:.3f} " if "mAP" in val else "") + f"({elapsed:.1f} s)")
             if stop:
                 self.say(f"early stop: no validation gain for {self.config.patience} epochs")
                 break
@@ -263,28 +265,37 @@ class FinetuneStage(Stage):
             total, count = total + loss.item(), count + 1
             for key, value in loss_parts.items():
                 parts[key] = parts.get(key, 0.0) + value
-        return {"loss": total / max(count, 1), **{k: v / max(count, 1) for k, v in parts.items()}}
+        record = {"loss": total / max(count, 1), **{k: v / max(count, 1) for k, v in parts.items()}}
+        if self.data.train_gallery and self.data.train_probe:  # same measure as validation, training subjects
+            record.update(self._retrieval(self.data.train_gallery, self.data.train_probe))
+        return record
+
+    def _retrieval(self, gallery, probe) -> dict:
+        per_query = evaluate_model(self.model, self.data, gallery, probe, self.device)["all"]["per_query"]
+        return {"rank1": per_query["rank1"], "mAP": per_query["mAP"],
+                "retrieval": {"rank-1": per_query["rank1"], "mAP": per_query["mAP"]}}
 
     @torch.no_grad()
     def validate(self, epoch):
+        """Validation retrieval (rank-1, mAP), or closed-set accuracy when validation shares the training subjects;
+        `score` is what early stopping watches: mAP, which moves more smoothly than rank-1 on small galleries."""
         split = self.data.split
         if split.val_gallery and split.val_probe:
-            result = evaluate_model(self.model, self.data, split.val_gallery, split.val_probe, self.device)
-            rank1 = result["all"]["per_query"]["rank1"]
-            return {"rank1": rank1, "retrieval": {"val rank-1": rank1}}
+            record = self._retrieval(split.val_gallery, split.val_probe)
+            return {**record, "score": record["mAP"]}
         if split.val:
             accuracy = closed_set(self.model, self.data, split.val, self.device)
-            return {"rank1": accuracy, "retrieval": {"val accuracy": accuracy}}
+            return {"rank1": accuracy, "score": accuracy, "retrieval": {"accuracy": accuracy}}
         return {}
 
     def update_best(self, state, val) -> bool:
-        """Early stopping on validation rank-1 (or accuracy); the best weights are kept separately."""
-        if "rank1" not in val:
+        """Early stopping on the validation score; the best weights are kept separately."""
+        if "score" not in val:
             return False
-        if state["best"] is None or val["rank1"] > state["best"]:
-            state["best"], state["since_best"] = val["rank1"], 0
+        if state["best"] is None or val["score"] > state["best"]:
+            state["best"], state["since_best"] = val["score"], 0
             if self.parallel.is_main:
-                checkpoint.save_checkpoint(self.ckpt_dir, f"{self.name}-best", self.model, {"rank1": val["rank1"]}, 0)
+                checkpoint.save_checkpoint(self.ckpt_dir, f"{self.name}-best", self.model, {"score": val["score"]}, 0)
         else:
             state["since_best"] += 1
         return state["since_best"] >= self.config.patience
