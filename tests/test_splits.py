@@ -14,6 +14,7 @@ from bpmt_fast.data.splits import (
     camera_split,
     closed_set_split,
     cross_condition_split,
+    gallery_probe,
     subject_disjoint_split,
 )
 
@@ -264,3 +265,21 @@ def test_random_datasets_are_partitioned(labels, seed):
         assert_partition(split, sequences)
         assert not subjects_of(split.train, sequences) & subjects_of(split.gallery + split.probe, sequences)
         assert split.gallery  # the 'auto' rule always finds a gallery sequence
+
+
+def test_gallery_probe_uses_the_gallery_condition_per_subject():
+    indices = [i for i, s in enumerate(CASIA) if s.subject in {"000", "003"}]
+    gallery, probe = gallery_probe(CASIA, indices)
+    assert sorted(gallery + probe) == sorted(indices)
+    assert {CASIA[i].condition for i in gallery} == {"nm"} and "nm" not in {CASIA[i].condition for i in probe}
+
+
+def test_config_subject_counts_and_fractions():
+    from bpmt_fast.train.config import DataConfig
+    from bpmt_fast.train.data import make_split
+
+    count = make_split(PSYMO, DataConfig(protocol="cross-condition", test_subjects=5.0, val_subjects=0))
+    fraction = make_split(PSYMO, DataConfig(protocol="cross-condition", test_subjects=0.25, val_subjects=0))
+    assert len(count.subjects["gallery"]) == 5 and len(fraction.subjects["gallery"]) == 3
+    with pytest.raises(ValueError, match="whole number"):
+        make_split(PSYMO, DataConfig(protocol="cross-condition", test_subjects=2.5))

@@ -30,15 +30,23 @@ def load_sequences(config: DataConfig) -> tuple[list[PoseSequence], LoadReport]:
     return load_dataset(config.source, lenient=config.lenient)
 
 
+def _subjects(spec: float) -> int | float:
+    """Config subject counts: a value >= 1 is a count (YAML `5` and `5.0` alike), below 1 a fraction."""
+    if spec >= 1 and not float(spec).is_integer():
+        raise ValueError(f"subject count {spec} must be a whole number (or a fraction below 1)")
+    return int(spec) if spec >= 1 else float(spec)
+
+
 def make_split(sequences, config: DataConfig) -> Split:
+    test_subjects, val_subjects = _subjects(config.test_subjects), _subjects(config.val_subjects)
     if config.protocol == "subject-disjoint":
-        return subject_disjoint_split(sequences, config.test_subjects, config.val_subjects, seed=config.seed)
+        return subject_disjoint_split(sequences, test_subjects, val_subjects, seed=config.seed)
     if config.protocol == "closed-set":
         return closed_set_split(sequences, seed=config.seed)
     if config.protocol == "camera":
         return camera_split(sequences, seed=config.seed)
     if config.protocol == "cross-condition":
-        return cross_condition_split(sequences, test_subjects=config.test_subjects, val_subjects=config.val_subjects,
+        return cross_condition_split(sequences, test_subjects=test_subjects, val_subjects=val_subjects,
                                      seed=config.seed)
     raise ValueError(f"unknown protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
 

@@ -49,9 +49,9 @@ def _grid_plot(curves, title: str, path: Path, ylabel: str = "masked reconstruct
             ax.plot(epochs, values, marker="o", markersize=2, label=split)
         ax.set_title(group, fontsize=9)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     for ax in list(axes.flat)[count:]:
         ax.axis("off")
-    axes[0, 0].legend(fontsize=8)
     axes[0, 0].set_ylabel(ylabel, fontsize=8)
     fig.suptitle(title)
     fig.supxlabel("epoch")

@@ -1,0 +1,487 @@
+"""Fused softmax attention on packed variable-length segments (FlashAttention-2 style), forward and backward.
+
+Layouts
+    q `(total_q, H, D)`, k `(total_k, H, D)`, v `(total_k, H, Dv)`, out `(total_q, H, Dv)`: segments back to back,
+    last dim contiguous (other strides are free). `cu_seqlens_q` / `cu_seqlens_k` are int32 `(S + 1,)` offsets.
+    Query segment i attends to key/value segment `kv_index[i]` (default: segment i), so any list of
+    (query segment, key/value segment) pairs runs in one launch, and one key/value segment may serve several
+    query segments (all part pairs of a batch share the key parts). The log-sum-exp of each query row is kept
+    for the backward as `lse (H, total_q)` float32, natural log.
+
+Forward, one program per (query block, query segment, head); grid `(cdiv(max_seqlen_q, BLOCK_M), S_q * H)`:
+    1. load the query tile `(BLOCK_M, D)` once;
+    2. for each key block of the segment: scores `s = q k^T * scale` in fp32 (keys beyond the segment -> -inf),
+       new running max `m`, rescale the running sum `l` and accumulator `acc` by `exp(m_old - m)`, add `exp(s - m)`
+       and `exp(s - m) v` (online softmax; exponentials in base 2 with the scale folded into one multiply);
+    3. `out = acc / l`, `lse = m + log(l)`.
+Backward, three kernels:
+    1. preprocess: `delta = rowsum(dO * O)` per query row `(H, total_q)`;
+    2. dK/dV: one program per (key block, key/value segment, head) keeps its K/V tile and dK/dV accumulators in
+       registers and loops over every query block of every query segment that maps to its segment. The inverse
+       map (key/value segment -> query segments) is a CSR array built on the device with a sort, so shared
+       key/value segments need no atomics;
+    3. dQ: one program per (query block, query segment, head) loops over the key blocks of its segment.
+    Recomputes `p = exp(s - lse)`, `dS = p * (dO v^T - delta)`, `dV = p^T dO`, `dK = dS^T q * scale`,
+    `dQ = dS k * scale`. Each output element is written by exactly one program with a fixed loop order:
+    the backward is deterministic (bitwise reproducible) by construction; there is no atomic path.
+
+Limits
+    fp32 / fp16 / bf16; head dims 1..128 (tiles are padded to a power of two >= 16 and masked); non-causal only;
+    CUDA, or CPU tensors under the Triton interpreter (TRITON_INTERPRET=1), where bf16 `tl.dot` is wrong and
+    therefore unsupported. Empty segments are allowed: a query segment whose key/value segment is empty gets
+    zero output and zero gradients. `max_seqlen_q/k` must bound the segments (checked unless
+    `check_values=False`), or rows beyond them are left unwritten.
+
+Differences from the reference (`bpmt_fast.reference.softmax`)
+    No `(Nq, Nk)` score matrix is stored: softmax is computed blockwise online, so results differ by rounding
+    order only. Matmul inputs stay in the input dtype (fp16/bf16 probabilities are rounded to that dtype before
+    `p v`, as in FlashAttention), accumulation is fp32, fp32 matmuls use IEEE precision (no TF32). The LSE is
+    saved so the backward recomputes probabilities instead of storing them.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_HEAD_DIM = 128
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E)
+# fp32 inputs: IEEE products so fp32 results match the fp32 reference (TF32 would not); halves ignore it.
+# Both triton 3.6 and 3.9 take `input_precision` (`allow_tf32` is deprecated).
+DOT_PRECISION = "ieee"
+
+
+def _alloc(shape, dtype, device) -> torch.Tensor:
+    """Every buffer a kernel writes is allocated here, so tests can poison them (NaN-fill) in one place."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def varlen_attention_fwd_kernel(
+    Q, K, V, O, LSE, CU_Q, CU_K, KV_INDEX,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    total_q, num_heads, qk_scale,  # qk_scale = scale * log2(e): scores go straight into exp2
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    seg = tl.program_id(1) // num_heads
+    head = tl.program_id(1) % num_heads
+    q_start = tl.load(CU_Q + seg)
+    q_len = tl.load(CU_Q + seg + 1) - q_start
+    if pid_m * BLOCK_M >= q_len:  # grid covers max_seqlen_q; shorter segments have idle blocks
+        return
+    kv_seg = tl.load(KV_INDEX + seg)
+    k_start = tl.load(CU_K + kv_seg)
+    k_len = tl.load(CU_K + kv_seg + 1) - k_start
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < q_len
+    rows = (q_start + offs_m).to(tl.int64)  # int64: token * stride can pass 2^31 on big batches
+    q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_M, BLOCK_D)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, base-2 scaled scores
+    l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(s - m_i)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for start_n in range(0, k_len, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < k_len
+        keys = (k_start + cols).to(tl.int64)
+        k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                    mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_N, BLOCK_D)
+        v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
+                    mask=col_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)  # (BLOCK_N, BLOCK_DV)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        # Every block holds at least one valid key, so m_new is finite and no exp2(-inf - -inf) NaN can occur.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    has_keys = l_i > 0  # False only when the key/value segment is empty: zero output, lse 0 (never read)
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, 0.0)  # * ln 2
+    tl.store(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+    tl.store(LSE + head * total_q + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def varlen_attention_bwd_preprocess_kernel(
+    O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, total_q,
+    HEAD_DIM_V: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    head = tl.program_id(1)
+    rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask = (rows[:, None] < total_q) & (offs_dv[None, :] < HEAD_DIM_V)
+    o = tl.load(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_T,)
+    tl.store(DELTA + head * total_q + rows, delta, mask=rows < total_q)
+
+
+@triton.jit
+def varlen_attention_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, Q_OF_KV_PTR, Q_OF_KV,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+    total_q, num_heads, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    kv_seg = tl.program_id(1) // num_heads
+    head = tl.program_id(1) % num_heads
+    k_start = tl.load(CU_K + kv_seg)
+    k_len = tl.load(CU_K + kv_seg + 1) - k_start
+    if pid_n * BLOCK_N >= k_len:
+        return
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    col_ok = offs_n < k_len
+    keys = (k_start + offs_n).to(tl.int64)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    dv_ok = offs_dv[None, :] < HEAD_DIM_V
+    k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
+    v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
+                mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+
+    # Every query segment that reads this key/value segment, in a fixed order (CSR row kv_seg).
+    for i in range(tl.load(Q_OF_KV_PTR + kv_seg), tl.load(Q_OF_KV_PTR + kv_seg + 1)):
+        q_seg = tl.load(Q_OF_KV + i)
+        q_start = tl.load(CU_Q + q_seg)
+        q_len = tl.load(CU_Q + q_seg + 1) - q_start
+        for start_m in range(0, q_len, BLOCK_M):
+            row_ok = start_m + offs_m < q_len
+            rows = (q_start + start_m + offs_m).to(tl.int64)
+            q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                        mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+            do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
+                         mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+            lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
+            delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+            # Padded keys / queries are zero, so s_t is finite there, but exp2(-lse) could still overflow: mask.
+            p_t = tl.where(col_ok[:, None] & row_ok[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+
+    tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
+             (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok)
+    tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
+             dv.to(DV.dtype.element_ty), mask=col_ok[:, None] & dv_ok)
+
+
+@triton.jit
+def varlen_attention_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, KV_INDEX,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh,
+    total_q, num_heads, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    seg = tl.program_id(1) // num_heads
+    head = tl.program_id(1) % num_heads
+    q_start = tl.load(CU_Q + seg)
+    q_len = tl.load(CU_Q + seg + 1) - q_start
+    if pid_m * BLOCK_M >= q_len:
+        return
+    kv_seg = tl.load(KV_INDEX + seg)
+    k_start = tl.load(CU_K + kv_seg)
+    k_len = tl.load(CU_K + kv_seg + 1) - k_start
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < q_len
+    rows = (q_start + offs_m).to(tl.int64)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    dv_ok = offs_dv[None, :] < HEAD_DIM_V
+    q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+    do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
+                 mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+    lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
+    delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, k_len, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < k_len
+        keys = (k_start + cols).to(tl.int64)
+        k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                    mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
+        v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
+                    mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.where(row_ok[:, None] & col_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# launch configuration
+# ---------------------------------------------------------------------------------------------------------------
+class _Config(NamedTuple):
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def _fit(n: int, cap: int) -> int:
+    """Smallest power of two >= n, within [16, cap] (tl.dot needs tile sides >= 16)."""
+    return max(16, min(cap, triton.next_power_of_2(max(int(n), 1))))
+
+
+def _config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int) -> _Config:
+    """Block sizes per kernel from the (padded) head dim and the longest segments.
+
+    Gait sequences are short (30-500 frames): a whole key segment fits in one BLOCK_N when it can, and blocks
+    shrink to the segment so short segments do not pay for masked lanes. Under the interpreter one fixed, large
+    choice: fewer programs and loop trips are what costs time there.
+    """
+    if INTERPRET:
+        return _Config(_fit(max_seqlen_q, 128), _fit(max_seqlen_k, 128), 4, 1)
+    big = head_block > 64
+    if kernel == "fwd":  # q tile resident, loop over keys
+        return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, 64 if big else 128), 8 if big else 4, 2)
+    if kernel == "dkdv":  # k, v, dk, dv tiles resident, loop over queries
+        return _Config(_fit(max_seqlen_q, 32), _fit(max_seqlen_k, 64), 8 if big else 4, 2)
+    return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, 32 if big else 64), 8 if big else 4, 2)  # dq
+
+
+def _head_block(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _strides(*tensors):
+    """(token stride, head stride) of each `(T, H, D)` tensor, flattened for the kernel arguments."""
+    return [s for x in tensors for s in (x.stride(0), x.stride(1))]
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _queries_of_kv(kv_index: torch.Tensor, num_kv_segments: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of kv_index as CSR: query segments of kv segment j are q_of_kv[ptr[j]:ptr[j + 1]], ascending.
+
+    Built with a stable sort and searchsorted on the device: no host sync, no atomics in the kernel.
+    """
+    kv_sorted, order = torch.sort(kv_index.long(), stable=True)
+    bounds = torch.arange(num_kv_segments + 1, device=kv_index.device)
+    ptr = torch.searchsorted(kv_sorted, bounds).to(torch.int32)  # (S_k + 1,)
+    return ptr, order.to(torch.int32)  # (S_k + 1,), (S_q,)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------------------------
+def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale):
+    """q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)` -> out `(Tq, H, Dv)` in q's dtype, lse `(H, Tq)` fp32."""
+    total_q, num_heads, head_dim = q.shape
+    head_dim_v = v.shape[-1]
+    out = _alloc((total_q, num_heads, head_dim_v), q.dtype, q.device)
+    lse = _alloc((num_heads, total_q), torch.float32, q.device)
+    num_segments = cu_seqlens_q.numel() - 1
+    block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
+    cfg = _config("fwd", max(block_d, block_dv), max_seqlen_q, max_seqlen_k)
+    grid = (triton.cdiv(max_seqlen_q, cfg.block_m), num_segments * num_heads)
+    if total_q and grid[0] and grid[1]:
+        varlen_attention_fwd_kernel[grid](
+            q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, *_strides(q, k, v, out),
+            total_q, num_heads, scale * LOG2E,
+            HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+            BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages)
+    return out, lse
+
+
+def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
+                         max_seqlen_k, scale):
+    """Gradients dq `(Tq, H, D)`, dk `(Tk, H, D)`, dv `(Tk, H, Dv)` in the inputs' dtype."""
+    total_q, num_heads, head_dim = q.shape
+    total_k, head_dim_v = k.shape[0], v.shape[-1]
+    device = q.device
+    dq = _alloc(q.shape, q.dtype, device)
+    dk = _alloc(k.shape, k.dtype, device)
+    dv = _alloc(v.shape, v.dtype, device)
+    if total_q == 0 or total_k == 0:  # nothing attends: all gradients are zero
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
+    head_block = max(block_d, block_dv)
+    sizes = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=block_d, BLOCK_DV=block_dv,
+                 DOT_PRECISION=DOT_PRECISION)
+
+    delta = _alloc((num_heads, total_q), torch.float32, device)
+    block_t = 128 if INTERPRET else 64
+    varlen_attention_bwd_preprocess_kernel[(triton.cdiv(total_q, block_t), num_heads)](
+        out, do, delta, *_strides(out, do), total_q, HEAD_DIM_V=head_dim_v, BLOCK_T=block_t, BLOCK_DV=block_dv)
+
+    num_q_segments, num_kv_segments = cu_seqlens_q.numel() - 1, cu_seqlens_k.numel() - 1
+    q_of_kv_ptr, q_of_kv = _queries_of_kv(kv_index, num_kv_segments)
+    cfg = _config("dkdv", head_block, max_seqlen_q, max_seqlen_k)
+    varlen_attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen_k, cfg.block_n), num_kv_segments * num_heads)](
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, q_of_kv_ptr, q_of_kv,
+        *_strides(q, k, v, do, dk, dv), total_q, num_heads, scale, scale * LOG2E,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **sizes)
+
+    cfg = _config("dq", head_block, max_seqlen_q, max_seqlen_k)
+    varlen_attention_bwd_dq_kernel[(triton.cdiv(max_seqlen_q, cfg.block_m), num_q_segments * num_heads)](
+        q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, kv_index,
+        *_strides(q, k, v, do, dq), total_q, num_heads, scale, scale * LOG2E,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **sizes)
+    return dq, dk, dv
+
+
+class VarlenAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale):
+        out, lse = varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
+                                        max_seqlen_k, scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index)
+        ctx.sizes = (max_seqlen_q, max_seqlen_k, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index = ctx.saved_tensors
+        dq, dk, dv = varlen_attention_bwd(_last_dim_contiguous(grad_out), q, k, v, out, lse, cu_seqlens_q,
+                                          cu_seqlens_k, kv_index, *ctx.sizes)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public function
+# ---------------------------------------------------------------------------------------------------------------
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
+                     *, scale: float | None = None, kv_index: torch.Tensor | None = None,
+                     deterministic: bool = True, check_values: bool = True) -> torch.Tensor:
+    """softmax(q k^T * scale) v for each (query segment, key/value segment) pair of packed sequences.
+
+    q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)`; `cu_seqlens_q (S_q + 1,)`, `cu_seqlens_k (S_k + 1,)` int32
+    offsets on q's device. Query segment i attends to key/value segment `kv_index[i]` (int32 `(S_q,)`; default:
+    segment i, which needs S_q == S_k). `scale` defaults to 1/sqrt(D). Returns `(Tq, H, Dv)` in q's dtype;
+    differentiable in q, k, v. The backward is always deterministic (`deterministic=False` is rejected: there is
+    no atomic path). `check_values=False` skips the checks that read tensor values back to the host (offsets,
+    max lengths, kv_index range) for callers that built them themselves; max lengths must then be given.
+    """
+    _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index)
+    if not deterministic:
+        raise ValueError("deterministic=False is not available: this kernel has only the deterministic backward "
+                         "(no atomics), so pass deterministic=True")
+    if kv_index is None:
+        kv_index = torch.arange(cu_seqlens_q.numel() - 1, dtype=torch.int32, device=q.device)
+    if check_values:
+        max_seqlen_q, max_seqlen_k = _check_values(q, k, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
+                                                   max_seqlen_k)
+    elif max_seqlen_q is None or max_seqlen_k is None:
+        raise ValueError("check_values=False needs max_seqlen_q and max_seqlen_k (they size the launch grid)")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    return VarlenAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, int(max_seqlen_q),
+                                         int(max_seqlen_k), scale)
+
+
+def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index) -> None:
+    """Shape, dtype and device checks: free, no host sync."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            raise ValueError(f"{name} must have rank 3 (total, H, D), got shape {tuple(x.shape)}")
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name} has dtype {x.dtype}; supported: float16, bfloat16, float32")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.shape[1] == k.shape[1] == v.shape[1]):
+        raise ValueError(f"head counts differ: q {q.shape[1]}, k {k.shape[1]}, v {v.shape[1]}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"q and k head dims differ: {q.shape[2]} and {k.shape[2]}")
+    for name, dim in (("head_dim", q.shape[2]), ("head_dim_v", v.shape[2])):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise ValueError(f"{name} must lie in [1, {MAX_HEAD_DIM}], got {dim}")
+    if k.shape[0] != v.shape[0]:
+        raise ValueError(f"k and v must have the same number of tokens, got {k.shape[0]} and {v.shape[0]}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"tensors on {q.device} need a CUDA device, or TRITON_INTERPRET=1 (set before import) "
+                         f"to run in the Triton interpreter")
+    for name, index in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k), ("kv_index", kv_index)):
+        if index is None:
+            continue
+        if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype != torch.int32:
+            got = f"{index.dtype} tensor of shape {tuple(index.shape)}" if isinstance(index, torch.Tensor) else \
+                type(index).__name__
+            raise ValueError(f"{name} must be a 1-D int32 tensor, got {got}")
+        if index.device != q.device:
+            raise ValueError(f"{name} is on {index.device}, q on {q.device}: move it to q's device")
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if cu.numel() < 2:
+            raise ValueError(f"{name} needs at least 2 entries [0, ..., total], got {cu.numel()}")
+    num_q_segments, num_kv_segments = cu_seqlens_q.numel() - 1, cu_seqlens_k.numel() - 1
+    if kv_index is None and num_q_segments != num_kv_segments:
+        raise ValueError(f"without kv_index, cu_seqlens_q and cu_seqlens_k need the same number of segments, got "
+                         f"{num_q_segments} and {num_kv_segments}")
+    if kv_index is not None and kv_index.numel() != num_q_segments:
+        raise ValueError(f"kv_index needs one entry per query segment ({num_q_segments}), got {kv_index.numel()}")
+
+
+def _check_values(q, k, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k) -> tuple[int, int]:
+    """Value checks (one host read of the small index tensors); returns the max lengths, computed if None."""
+    maxima = []
+    for name, cu, total, given in (("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q),
+                                   ("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)):
+        values = cu.cpu().long()
+        if int(values[0]) != 0:
+            raise ValueError(f"{name} must start at 0, got {int(values[0])}")
+        lengths = values[1:] - values[:-1]
+        if int(lengths.min()) < 0:
+            raise ValueError(f"{name} must be non-decreasing, got {values.tolist()[:16]}")
+        if int(values[-1]) != total:
+            raise ValueError(f"{name} must end at the token count {total}, got {int(values[-1])}")
+        longest = int(lengths.max())
+        if given is not None and int(given) < longest:
+            raise ValueError(f"max_seqlen {int(given)} is smaller than the longest segment {longest} in {name}")
+        maxima.append(longest if given is None else int(given))
+    kv = kv_index.cpu()
+    num_kv_segments = cu_seqlens_k.numel() - 1
+    if kv.numel() and (int(kv.min()) < 0 or int(kv.max()) >= num_kv_segments):
+        raise ValueError(f"kv_index values must lie in [0, {num_kv_segments - 1}] (key/value segments), got "
+                         f"{int(kv.min())} ... {int(kv.max())}")
+    return maxima[0], maxima[1]

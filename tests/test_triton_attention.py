@@ -1,0 +1,245 @@
+"""Our Triton varlen attention kernel and its `triton` backend against the fp32 reference: outputs and dq/dk/dv
+on packed odd-length segments, shared key/value segments (`kv_index`), small tiles, the padded path, empty
+segments, determinism and input validation.
+
+On CPU the kernels run in the Triton interpreter (conftest.py sets TRITON_INTERPRET=1), which is slow: shapes
+stay small. Every buffer the kernels write is NaN-filled first, so an element a kernel forgets fails the test.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bpmt_fast.attention import AttentionInputs, attention, attention_varlen, layout
+from bpmt_fast.attention.math import MathBackend
+from bpmt_fast.attention.triton import TritonBackend
+from bpmt_fast.reference.softmax import softmax_attention_reference
+from bpmt_fast.testing import assert_close, low_precision_softmax_attention, max_error
+
+REASON = TritonBackend.why_unavailable()
+if REASON is not None:
+    pytest.skip(f"triton: {REASON}", allow_module_level=True)
+
+from bpmt_fast.kernels import varlen_attention as kernels  # noqa: E402  (imports triton: only when available)
+from bpmt_fast.kernels.varlen_attention import varlen_attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# bf16 only on a GPU: the interpreter's bf16 tl.dot is wrong (the backend says so in extra_reasons).
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+Q_LENGTHS = [1, 7, 59, 61, 129]
+KV_LENGTHS = [129, 1, 61, 7, 59]  # unequal to the query lengths: every pair is a cross-length case
+
+
+def dtype_id(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """Outputs, LSE, delta and gradients start as NaN: unwritten elements cannot pass."""
+    monkeypatch.setattr(kernels, "_alloc",
+                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+
+
+def cu(lengths):
+    return layout.cu_seqlens_from_lengths(torch.tensor(lengths)).to(DEVICE)
+
+
+def packed(lengths, heads, dim, dtype):
+    return torch.randn(sum(lengths), heads, dim, device=DEVICE).to(dtype).requires_grad_()
+
+
+def per_pair(fn, q, k, v, q_lengths, kv_lengths, kv_index, scale):
+    """`fn` (a padded-layout attention) called once per (query segment, key/value segment) pair, re-packed."""
+    cu_q, cu_k = cu(q_lengths), cu(kv_lengths)
+    pieces = []
+    for i, j in enumerate(kv_index):
+        qs, ks = slice(cu_q[i], cu_q[i + 1]), slice(cu_k[j], cu_k[j + 1])
+        pieces.append(fn(q[None, qs], k[None, ks], v[None, ks], scale=scale)[0])
+    return torch.cat(pieces)
+
+
+def reference(q, k, v, scale=None):
+    return softmax_attention_reference(q, k, v, scale=scale)
+
+
+def low_precision(q, k, v, scale=None):
+    return low_precision_softmax_attention(q, k, v, scale=scale)
+
+
+def check_against_reference(q_lengths, kv_lengths, heads, dim, dtype, dim_v=None, kv_index=None, scale=None):
+    """Kernel output and dq/dk/dv vs the fp32 reference per pair, with the '2x the low-precision error' rule."""
+    q, k, v = packed(q_lengths, heads, dim, dtype), packed(kv_lengths, heads, dim, dtype), \
+        packed(kv_lengths, heads, dim_v or dim, dtype)
+    pairs = list(range(len(q_lengths))) if kv_index is None else kv_index
+    index = None if kv_index is None else torch.tensor(kv_index, dtype=torch.int32, device=DEVICE)
+    grad_out = torch.randn(q.shape[0], heads, dim_v or dim, device=DEVICE).to(dtype)
+
+    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index, scale=scale)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    fp32 = [x.detach().float().requires_grad_() for x in (q, k, v)]  # same values, no extra rounding
+    ref = per_pair(reference, *fp32, q_lengths, kv_lengths, pairs, scale)
+    ref_grads = torch.autograd.grad(ref, fp32, grad_out.float())
+    base = per_pair(low_precision, q, k, v, q_lengths, kv_lengths, pairs, scale)
+    base_grads = torch.autograd.grad(base, (q, k, v), grad_out)
+
+    assert out.dtype == dtype and out.shape == (q.shape[0], heads, dim_v or dim)
+    assert_close("output", out, ref, dtype, max_error(base, ref))
+    for label, grad, ref_grad, base_grad in zip("qkv", grads, ref_grads, base_grads):
+        assert_close(f"d{label}", grad, ref_grad, dtype, max_error(base_grad, ref_grad))
+    return grads
+
+
+@pytest.mark.parametrize("head_dim", [16, 32, 64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_matches_reference(dtype, head_dim):
+    check_against_reference(Q_LENGTHS, KV_LENGTHS, heads=2, dim=head_dim, dtype=dtype)
+
+
+@pytest.mark.parametrize("head_dim, head_dim_v", [(128, 128), (12, 12), (12, 20), (1, 3)])
+def test_large_odd_and_unequal_head_dims(head_dim, head_dim_v):
+    """Tiles pad D to a power of two >= 16 and mask it; v may have its own head dim."""
+    check_against_reference([1, 59, 129], [7, 61, 33], heads=1, dim=head_dim, dim_v=head_dim_v,
+                            dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_shared_kv_segments(dtype):
+    """kv_index [0, 1, 0, 2]: one launch for all pairs; kv segment 0 collects gradients from two query segments,
+    and kv segment 3, read by nobody, must get zero (written) gradients."""
+    dk, dv = check_against_reference([7, 61, 1, 59], [59, 129, 7, 33], heads=2, dim=16, dtype=dtype,
+                                     kv_index=[0, 1, 0, 2], scale=0.3)[1:]
+    unused = slice(59 + 129 + 7, None)
+    assert (dk[unused] == 0).all() and (dv[unused] == 0).all()
+
+
+def test_small_tiles(monkeypatch):
+    """The GPU-sized tiles (16 x 32) under the interpreter: many blocks per segment, partial last blocks, and the
+    dK/dV loop over several query segments and blocks."""
+    monkeypatch.setattr(kernels, "_config", lambda *args: kernels._Config(16, 32, 4, 1))
+    check_against_reference([7, 59, 33], [59, 40], heads=2, dim=16, dtype=torch.float32, kv_index=[1, 0, 1])
+
+
+def test_padded_backend_matches_math():
+    """The model's path: `padded(q, k, v, lengths, lengths)` on `(B*G, N, H, E)`, with NaN in the padding."""
+    lengths = torch.tensor([61, 1, 30, 7], device=DEVICE)
+    q, k, v = (torch.randn(4, 61, 2, 16, device=DEVICE) for _ in range(3))
+    valid = layout.padding_mask(lengths, 61)[:, :, None, None]
+    poisoned = [torch.where(valid, x, float("nan")).requires_grad_() for x in (q, k, v)]
+    clean = [x.clone().requires_grad_() for x in (q, k, v)]
+    grad_out = torch.randn(4, 61, 2, 16, device=DEVICE)
+
+    out = TritonBackend().padded(*poisoned, lengths, lengths)
+    ref = MathBackend().padded(*clean, lengths, lengths)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-4)
+    assert (out[~valid.expand_as(out)] == 0).all()
+    grads = torch.autograd.grad(out, poisoned, grad_out)
+    ref_grads = torch.autograd.grad(ref, clean, grad_out)
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, ref_grad, atol=2e-5, rtol=2e-4)
+
+
+def test_public_api_accepts_backend_object():
+    """`attention_varlen(..., backend=TritonBackend())` runs the kernel through the validated public entry."""
+    q_lengths = [7, 59]
+    q, k, v = (torch.randn(66, 2, 32, device=DEVICE) for _ in range(3))
+    out = attention_varlen(q, k, v, cu(q_lengths), cu(q_lengths), backend=TritonBackend())
+    ref = attention_varlen(q, k, v, cu(q_lengths), cu(q_lengths), backend="math")
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-4)
+    with pytest.raises(ValueError, match="causal"):
+        attention(q[None], k[None], v[None], backend=TritonBackend(), causal=True)
+
+
+def test_empty_segments():
+    """An empty query segment writes nothing; a query segment whose kv segment is empty gets zeros, not NaN."""
+    q_lengths, kv_lengths = [5, 0, 9], [7, 3, 0]
+    q, k, v = packed(q_lengths, 2, 16, torch.float32), packed(kv_lengths, 2, 16, torch.float32), \
+        packed(kv_lengths, 2, 16, torch.float32)
+    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths))
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    ref = reference(q[None, :5], k[None, :7], v[None, :7])[0]
+    torch.testing.assert_close(out[:5], ref, atol=2e-5, rtol=2e-4)
+    assert (out[5:] == 0).all() and (dq[5:] == 0).all()
+    assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
+    assert (dk[7:] == 0).all() and (dv[7:] == 0).all()  # kv segment 1 is read by the empty query segment only
+
+
+def test_backward_is_deterministic():
+    """dK/dV of a shared kv segment are summed in a fixed order by one program: bitwise equal on reruns."""
+    q_lengths, kv_lengths, index = [7, 61, 33], [59, 40], torch.tensor([0, 1, 0], dtype=torch.int32, device=DEVICE)
+    q, k, v = packed(q_lengths, 2, 32, torch.float32), packed(kv_lengths, 2, 32, torch.float32), \
+        packed(kv_lengths, 2, 32, torch.float32)
+    grad_out = torch.randn(q.shape[0], 2, 32, device=DEVICE)
+    runs = [torch.autograd.grad(varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index),
+                                (q, k, v), grad_out) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_poisoning_catches_unwritten_rows():
+    """The check behind every test here: rows no program covers (max_seqlen_q too small, unchecked) stay NaN."""
+    q, k, v = (torch.randn(66, 1, 16, device=DEVICE) for _ in range(3))
+    out = varlen_attention(q, k, v, cu([7, 59]), cu([7, 59]), 7, 59, check_values=False)
+    assert torch.isfinite(out[:7 + 16]).all() and torch.isnan(out[7 + 16:]).all()
+
+
+def _good_args():
+    q, k, v = (torch.randn(10, 2, 16, device=DEVICE) for _ in range(3))
+    return dict(q=q, k=k, v=v, cu_seqlens_q=cu([3, 7]), cu_seqlens_k=cu([4, 6]))
+
+
+def _int32(values):
+    return torch.tensor(values, dtype=torch.int32, device=DEVICE)
+
+
+BAD_INPUTS = {
+    "rank": (lambda a: a.update(q=a["q"][None]), "q must have rank 3"),
+    "heads": (lambda a: a.update(k=a["k"][:, :1], v=a["v"][:, :1]), "head counts differ"),
+    "head dims": (lambda a: a.update(k=torch.randn(10, 2, 8, device=DEVICE)), "head dims differ"),
+    "head dim too big": (lambda a: a.update(v=torch.randn(10, 2, 129, device=DEVICE)), r"head_dim_v must lie"),
+    "dtype": (lambda a: a.update(q=a["q"].double(), k=a["k"].double(), v=a["v"].double()), "dtype torch.float64"),
+    "mixed dtypes": (lambda a: a.update(k=a["k"].half()), "share one dtype"),
+    "kv tokens": (lambda a: a.update(v=a["v"][:9]), "same number of tokens"),
+    "cu int64": (lambda a: a.update(cu_seqlens_q=a["cu_seqlens_q"].long()), "cu_seqlens_q must be a 1-D int32"),
+    "cu start": (lambda a: a.update(cu_seqlens_q=_int32([1, 3, 10])), "cu_seqlens_q must start at 0"),
+    "cu decreasing": (lambda a: a.update(cu_seqlens_k=_int32([0, 6, 4, 10]), kv_index=_int32([0, 2])),
+                      "non-decreasing"),
+    "cu end": (lambda a: a.update(cu_seqlens_k=_int32([0, 4, 9])), "end at the token count 10"),
+    "cu short": (lambda a: a.update(cu_seqlens_k=_int32([0])), "at least 2 entries"),
+    "segment counts": (lambda a: a.update(cu_seqlens_k=_int32([0, 4, 6, 10])), "same number of segments"),
+    "max_seqlen": (lambda a: a.update(max_seqlen_q=5), "max_seqlen 5 is smaller than the longest segment 7"),
+    "kv_index range": (lambda a: a.update(kv_index=_int32([0, 2])), r"kv_index values must lie in \[0, 1\]"),
+    "kv_index count": (lambda a: a.update(kv_index=_int32([0])), "one entry per query segment"),
+    "kv_index dtype": (lambda a: a.update(kv_index=_int32([0, 1]).long()), "kv_index must be a 1-D int32"),
+    "cu device": (lambda a: a.update(cu_seqlens_q=a["cu_seqlens_q"].to("meta")), "cu_seqlens_q is on meta"),
+    "qkv device": (lambda a: a.update(k=a["k"].to("meta")), "must be on one device"),
+    "scale": (lambda a: a.update(scale=float("inf")), "scale must be finite"),
+    "nondeterministic": (lambda a: a.update(deterministic=False), "deterministic=False"),
+    "unchecked without max": (lambda a: a.update(check_values=False), "needs max_seqlen_q and max_seqlen_k"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_invalid_inputs_raise(case):
+    args = _good_args()
+    mutate, message = BAD_INPUTS[case]
+    mutate(args)
+    with pytest.raises(ValueError, match=message):
+        varlen_attention(**args)
+
+
+def test_backend_capabilities():
+    assert TritonBackend.NAME == "triton" and TritonBackend.IS_EXACT and TritonBackend.version()
+
+    def reasons(**changes):
+        fields = dict(device_type=DEVICE, dtype=torch.float32, head_dim=32, head_dim_v=32, num_heads=2,
+                      masked=True)
+        return TritonBackend.not_supported_reasons(AttentionInputs(**{**fields, **changes}))
+
+    assert reasons() == []
+    assert reasons(head_dim=12, head_dim_v=20, custom_scale=True, requires_grad=True) == []
+    assert any("head_dim 160" in r for r in reasons(head_dim=160))
+    assert any("causal" in r for r in reasons(causal=True))
+    assert any("float64" in r for r in reasons(dtype=torch.float64))
+    cpu_bf16 = reasons(device_type="cpu", dtype=torch.bfloat16)
+    assert any("bfloat16 on CPU" in r for r in cpu_bf16)
