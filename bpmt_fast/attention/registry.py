@@ -9,6 +9,7 @@ from .flex import FlexBackend
 from .flow import FlowBackend
 from .math import MathBackend
 from .sdpa import SdpaBackend, SdpaCudnnBackend, SdpaEfficientBackend, SdpaFlashBackend, SdpaMathBackend
+from .triton import TritonBackend
 from .xformers import XformersBackend
 
 ENV_VAR = "BPMT_ATTN_BACKEND"
@@ -17,7 +18,7 @@ AUTO = "auto"
 BACKENDS: dict[str, type[AttentionBackend]] = {
     cls.NAME: cls
     for cls in (MathBackend, SdpaBackend, SdpaFlashBackend, SdpaEfficientBackend, SdpaCudnnBackend,
-                SdpaMathBackend, FlexBackend, FlashAttnBackend, XformersBackend, FlowBackend)
+                SdpaMathBackend, FlexBackend, FlashAttnBackend, XformersBackend, TritonBackend, FlowBackend)
 }
 
 # `auto` tries these in order and takes the first that supports the call. Only exact backends: auto must

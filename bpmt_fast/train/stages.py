@@ -100,6 +100,18 @@ class Stage:
     def batches_per_epoch(self) -> int:
         raise NotImplementedError
 
+    def progress(self, batches, epoch: int, total: int | None = None):
+        """tqdm bar over one epoch's batches (rank 0 only); `show` puts loss and throughput on it."""
+        bar = tqdm(batches, total=total, desc=f"{self.name} {self.stage_key} e{epoch + 1}", leave=False,
+                   disable=None if self.parallel.is_main else True)
+        bar.started, bar.sequences = time.perf_counter(), 0
+        return bar
+
+    def show(self, bar, loss: float, batch: dict) -> None:
+        bar.sequences += len(batch["lengths"]) * self.parallel.world_size
+        rate = bar.sequences / max(time.perf_counter() - bar.started, 1e-9)
+        bar.set_postfix(loss=f"{loss:.4f}", seq_per_s=f"{rate:.0f}", refresh=False)
+
     def run(self) -> dict:
         self.prepare()
         params = self.trainable_parameters()
@@ -186,8 +198,8 @@ class ReconstructionStage(Stage):
         seed = self.run_config.seed
         loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch, self.parallel)
         total, count, sums, weights = 0.0, 0, 0.0, 0.0
-        for batch in tqdm(loader, desc=f"{self.name} {self.stage_key} e{epoch + 1}", leave=False,
-                          disable=None if self.parallel.is_main else True):
+        bar = self.progress(loader, epoch)
+        for batch in bar:
             recon = self._forward(self.train_model, batch, epoch, seed)
             group_sum, group_weight = reconstruction_error_per_group(recon)  # (G,) each, this rank's slice
             # Masked-frame mean over the global batch (see distributed.global_sum_loss).
@@ -198,7 +210,9 @@ class ReconstructionStage(Stage):
             scheduler.step()
             group_sum, group_weight = self.parallel.sum(torch.stack([group_sum, group_weight]).detach())
             sums, weights = sums + group_sum, weights + group_weight
-            total, count = total + float(group_sum.sum() / group_weight.sum().clamp(min=1)), count + 1
+            batch_loss = float(group_sum.sum() / group_weight.sum().clamp(min=1))
+            total, count = total + batch_loss, count + 1
+            self.show(bar, batch_loss, batch)
         return {"loss": total / max(count, 1), "per_group": self._per_group(sums, weights)}
 
     @torch.no_grad()
@@ -248,8 +262,8 @@ class FinetuneStage(Stage):
     def train_epoch(self, epoch, optimizer, scheduler):
         self.model.train()
         total, count, parts = 0.0, 0, {}
-        for batch in tqdm(self._batches(epoch), total=self.batches_per_epoch(), leave=False,
-                          disable=None if self.parallel.is_main else True, desc=f"{self.name} finetune e{epoch + 1}"):
+        bar = self.progress(self._batches(epoch), epoch, self.batches_per_epoch())
+        for batch in bar:
             batch = _to(batch, self.device)
             feat = self.train_model(batch["poses"], batch["lengths"], stage="finetune")["training_feat"]
             # Every rank computes the loss of the whole global batch (triplets need all of it).
@@ -263,6 +277,7 @@ class FinetuneStage(Stage):
             optimizer.step()
             scheduler.step()
             total, count = total + loss.item(), count + 1
+            self.show(bar, loss.item(), batch)
             for key, value in loss_parts.items():
                 parts[key] = parts.get(key, 0.0) + value
         record = {"loss": total / max(count, 1), **{k: v / max(count, 1) for k, v in parts.items()}}
