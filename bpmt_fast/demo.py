@@ -16,22 +16,24 @@ CONFIG = ModelConfig(dim=64, heads=4, part_layers=2, pair_layers=1, embedding_di
 BATCH, FRAMES = 12, 48
 
 
-def synthetic_batch(seed: int = 0):
+def synthetic_batch(seed: int = 0, batch: int = BATCH, frames: int = FRAMES, num_classes: int = CONFIG.num_classes):
     """Random poses with varying lengths: enough to exercise padding, not a gait dataset."""
     generator = torch.Generator().manual_seed(seed)
-    poses = torch.randn(BATCH, FRAMES, 17, 3, generator=generator)
-    lengths = torch.randint(FRAMES // 4, FRAMES + 1, (BATCH,), generator=generator)
-    lengths[0] = FRAMES
-    labels = torch.arange(BATCH) % CONFIG.num_classes
-    frame_mask = torch.rand(BATCH, 5, FRAMES, generator=generator) < 0.4
+    poses = torch.randn(batch, frames, 17, 3, generator=generator)
+    lengths = torch.randint(frames // 4, frames + 1, (batch,), generator=generator)
+    lengths[0] = frames
+    labels = torch.arange(batch) % num_classes
+    frame_mask = torch.rand(batch, 5, frames, generator=generator) < 0.4
     return poses, lengths, labels, frame_mask
 
 
-def train_steps(model_cls, backend: str, stage: str, steps: int, batch) -> tuple[float, float]:
-    """Returns (final loss, ms per step) for a fresh, identically seeded model."""
+def train_steps(model_cls, backend: str, stage: str, steps: int, batch, config: ModelConfig = CONFIG,
+                losses: list | None = None) -> tuple[float, float]:
+    """Returns (final loss, ms per step) for a fresh, identically seeded model; every step's loss is appended to
+    `losses` when given."""
     poses, lengths, labels, frame_mask = batch
     torch.manual_seed(0)
-    model = model_cls(ModelConfig(**{**CONFIG.__dict__, "attn_backend": backend, "dropout": 0.0}))
+    model = model_cls(ModelConfig(**{**config.__dict__, "attn_backend": backend, "dropout": 0.0}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mask = None if stage == "finetune" else frame_mask[:, : model.tokenizer.num_parts]
     start, loss = time.perf_counter(), None
@@ -44,6 +46,8 @@ def train_steps(model_cls, backend: str, stage: str, steps: int, batch) -> tuple
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if losses is not None:
+            losses.append(loss.item())
     return loss.item(), (time.perf_counter() - start) * 1000 / steps
 
 
