@@ -1,7 +1,8 @@
 """Our Triton backends train every BPMT stage and follow their references step for step.
 
-`triton` is exact softmax attention: its losses must follow `math` within float32 rounding. Under the Triton
-interpreter (CPU) the model and batch are tiny: the interpreter runs every kernel program in Python.
+`triton` is exact softmax attention: its losses must follow `math` within float32 rounding; `flow-triton` must
+follow the naive `flow` reference the same way. Under the Triton
+interpreter (CPU) the model and batch (two short sequences) are tiny: the interpreter runs every kernel program in Python.
 """
 import pytest
 import torch
@@ -12,11 +13,11 @@ from bpmt_fast.model import BPMT, ModelConfig
 
 TINY = ModelConfig(dim=16, heads=1, part_layers=1, pair_layers=1, embedding_dim=8, num_classes=2)
 # backend under test -> the reference it must follow
-REFERENCES = {"triton": "math"}
+REFERENCES = {"triton": "math", "flow-triton": "flow"}
 
 
 def losses_per_step(backend: str) -> list[float]:
-    batch = synthetic_batch(batch=2, frames=9, num_classes=2)
+    batch = synthetic_batch(batch=2, frames=6, num_classes=2)
     losses = []
     for stage in ("part", "pair", "finetune"):
         train_steps(BPMT, backend, stage, 2, batch, config=TINY, losses=losses)

@@ -7,6 +7,7 @@ from .base import AttentionBackend, AttentionInputs, BackendError
 from .flash_attn import FlashAttnBackend
 from .flex import FlexBackend
 from .flow import FlowBackend
+from .flow_triton import FlowTritonBackend
 from .math import MathBackend
 from .sdpa import SdpaBackend, SdpaCudnnBackend, SdpaEfficientBackend, SdpaFlashBackend, SdpaMathBackend
 from .triton import TritonBackend
@@ -18,7 +19,8 @@ AUTO = "auto"
 BACKENDS: dict[str, type[AttentionBackend]] = {
     cls.NAME: cls
     for cls in (MathBackend, SdpaBackend, SdpaFlashBackend, SdpaEfficientBackend, SdpaCudnnBackend,
-                SdpaMathBackend, FlexBackend, FlashAttnBackend, XformersBackend, TritonBackend, FlowBackend)
+                SdpaMathBackend, FlexBackend, FlashAttnBackend, XformersBackend, TritonBackend, FlowBackend,
+                FlowTritonBackend)
 }
 
 # `auto` tries these in order and takes the first that supports the call. Only exact backends: auto must

@@ -1,0 +1,788 @@
+"""Fused Flowformer flow attention (phi = sigmoid) on packed variable-length segments, forward and backward.
+
+Algorithm, per (segment, head), with `·` a dot over the head dim D, eps added elementwise, phi = sigmoid and
+r = Nq / Nk (steps numbered as in the paper; the definition is `bpmt_fast.reference.flow`):
+    1. flows:        incoming_i = 1 / ((phi(q_i)+eps) · (sum_j phi(k_j) + eps))
+                     outgoing_j = 1 / ((phi(k_j)+eps) · (sum_i phi(q_i) + eps))
+    2. conservation: sink_i   = (phi(q_i)+eps) · (w_k + eps),   w_k = sum_j phi(k_j) outgoing_j
+                     source_j = (phi(k_j)+eps) · (w_q + eps),   w_q = sum_i phi(q_i) incoming_i, clamped to [-1, 1]
+    3. competition and allocation: allocation_i = sigmoid(sink_i * r), competition_j = softmax_j(source_j) * Nk
+    4. out_i = allocation_i incoming_i phi(q_i) S,   S = sum_j phi(k_j)^T (v_j competition_j)   (D x Dv)
+
+Non-causal forward, one program per (segment, head), looping over token blocks of BLOCK_N:
+    pass 1 sums phi over queries and keys; pass 2 (queries) gives incoming_i and w_q; pass 3 (keys) gives
+    outgoing_j, w_k, source_j and, in the same loop, e_j = exp(source_j), Z = sum_j e_j and sum_j phi(k_j)^T v_j e_j
+    (the clamp bounds source_j, so the softmax needs no running max); pass 4 (queries) writes the output.
+    Saved for the backward: the four D-vectors (sum phi(q), sum phi(k), w_q, w_k), S and Z per (segment, head).
+Non-causal backward, same programs, two passes over each side; it recomputes the per-token scalars (each is one
+    D-dot from the saved vectors) instead of storing them. Reverse order of the steps:
+    4. dS = sum_i (g_i phi(q_i))^T dO_i with g_i = allocation_i incoming_i; dg_i = dO_i · (phi(q_i) S)
+    3. d sink_i = dg_i incoming_i a_i (1 - a_i) r with a_i = allocation_i; d comp_j = v_j · (phi(k_j) dS) and,
+       as sum_j comp_j d comp_j = <dS, S>, d source_j = comp_j (d comp_j - <dS, S> / Nk), zero where clamped
+    2. d w_k = sum_i d sink_i (phi(q_i)+eps), d w_q = sum_j d source_j (phi(k_j)+eps)
+    1. d incoming_i = dg_i a_i + d w_q · phi(q_i), d den_i = -d incoming_i incoming_i^2, and likewise for keys;
+       the sums of phi get d sum phi(k) = sum_i d den_i (phi(q_i)+eps) (and the key-side mirror)
+    Passes: queries (dS, d w_k), keys (d w_q, d sum phi(q)), queries (dq, d sum phi(k)), keys (dk, dv).
+    dq = d phi(q) phi(q) (1 - phi(q)), the same for k.
+
+Causal (self-attention, equal q/kv segments): every sum runs over j <= i and n_i = i + 1 rescales the flows
+    (incoming and outgoing times n_i, conservation divided by n_i, no r, competition e_i / sum_{j<=i} e_j * n_i,
+    step 4 divided by n_i). Forward: one program per (segment, head) scans chunks of CHUNK tokens; a chunk turns
+    the running D-vectors (sum phi(q), sum phi(k), w_q, w_k) and the running exp-sum into per-token prefixes with
+    tl.cumsum, and step 4 is a masked (CHUNK x CHUNK) product inside the chunk plus one running D x Dv state.
+    Backward, two kernels per (segment, head):
+      a. a forward scan recomputes the chunks and writes what needs the running D x Dv state S: dg_i and the
+         S-part of d phi(q_i) (float32 workspaces `(total, H)`, `(total, H, D)`), plus the running D-vectors at
+         every chunk start (`(chunks, H, 4, D)`, `(chunks, H)`);
+      b. a reverse scan rebuilds each chunk's prefixes from those chunk-start values and carries suffix sums
+         instead: R = sum_{i later} g_i phi(q_i)^T dO_i (D x Dv), the suffixes of d w_q, d w_k, d sum phi(q),
+         d sum phi(k) (D-vectors) and of d(prefix exp-sum) (a scalar). Within a chunk the suffixes come from
+         tl.cumsum(reverse=True) and the step-4 gradients from masked (CHUNK x CHUNK) products.
+
+Layouts
+    q `(total_q, H, D)`, k `(total_k, H, D)`, v `(total_k, H, Dv)` -> out `(total_q, H, Dv)` in q's dtype: segments
+    back to back, last dim contiguous (token and head strides are free). `cu_seqlens_q` / `cu_seqlens_k`: int32
+    `(S + 1,)` offsets; query segment i pairs with key/value segment i. Grid `(S, H)`.
+
+Limits
+    fp32 / fp16 / bf16 inputs, all arithmetic in fp32 (fp32 `tl.dot` with IEEE precision); D, Dv in 1..128 (tiles
+    padded to a power of two >= 16 and masked); segments of length >= 1; causal needs equal q/kv segments. Memory
+    per (segment, head): O(D x Dv) state, plus O(N x D) float32 workspace in the causal backward; no per-token
+    D x D (or D x Dv) state. One program per (segment, head) suits many short segments (parts x batch x heads);
+    a few very long segments leave most of the GPU idle. CPU only under the Triton interpreter, not in bf16.
+
+Differences from the reference (`bpmt_fast.reference.flow`)
+    Blocked summation order (rounding only); the non-causal softmax uses exp(source_j) without max-subtraction,
+    exact here because the clamp keeps source_j in [-1, 1]; the backward is hand-derived (above), not autograd,
+    and recomputes per-token scalars instead of saving them. Inputs must be packed (no padding to ignore).
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_HEAD_DIM = 128
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DEFAULT_EPS = 1e-6  # the reference's default
+# IEEE fp32 products, so results match the fp32 reference (TF32 would not); triton 3.6 and 3.9 both take this.
+DOT_PRECISION = "ieee"
+
+
+def _alloc(shape, dtype, device) -> torch.Tensor:
+    """Every buffer a kernel writes is allocated here, so tests can poison them (NaN-fill) in one place."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers (inlined into the kernels)
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _load_rows(ptr, row0, n_rows, stride_t, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, C: tl.constexpr):
+    """Rows row0 .. row0 + BLOCK_N of a `(tokens, C)` view (ptr already at the head), fp32, zero outside."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask = (offs_n[:, None] < n_rows) & (offs_c[None, :] < C)
+    rows = (row0 + offs_n).to(tl.int64)  # int64: token * stride can pass 2^31 on big batches
+    x = tl.load(ptr + rows[:, None] * stride_t + offs_c[None, :], mask=mask, other=0.0)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _store_rows(ptr, row0, n_rows, stride_t, x, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, C: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask = (offs_n[:, None] < n_rows) & (offs_c[None, :] < C)
+    rows = (row0 + offs_n).to(tl.int64)
+    tl.store(ptr + rows[:, None] * stride_t + offs_c[None, :], x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_phi(ptr, row0, n_rows, stride_t, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
+    """phi = sigmoid(x) and phi + eps `(BLOCK_N, BLOCK_D)`, both exactly zero outside the tile (sigmoid(0) = 1/2
+    and eps must not leak from masked rows or padded dims into any sum)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_n[:, None] < n_rows) & (offs_d[None, :] < D)
+    phi = tl.where(ok, tl.sigmoid(_load_rows(ptr, row0, n_rows, stride_t, BLOCK_N, BLOCK_D, D)), 0.0)
+    return phi, tl.where(ok, phi + eps, 0.0)
+
+
+@triton.jit
+def _load_vec(ptr, BLOCK: tl.constexpr, N: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    return tl.load(ptr + offs, mask=offs < N, other=0.0)
+
+
+@triton.jit
+def _store_vec(ptr, x, BLOCK: tl.constexpr, N: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(ptr + offs, x, mask=offs < N)
+
+
+@triton.jit
+def _rowdot(x, vec):
+    """x `(BLOCK_N, C)` · vec `(C,)` -> `(BLOCK_N,)`."""
+    return tl.sum(x * vec[None, :], 1)
+
+
+@triton.jit
+def _flow(num, den, row_ok):
+    """num / den on valid rows, 0 on masked ones (their den is 0: keep inf out of even the unused branch)."""
+    return tl.where(row_ok, num / tl.where(row_ok, den, 1.0), 0.0)
+
+
+@triton.jit
+def _fp32_zero(BLOCK: tl.constexpr):
+    """A float32 scalar 0 that is a tensor from the start (loop-carried values must keep their type)."""
+    return tl.sum(tl.zeros([BLOCK], tl.float32), 0)
+
+
+@triton.jit
+def _causal_flows(phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d):
+    """Causal steps 1-3 for one chunk, given the running sums of all earlier chunks.
+
+    phi tiles `(C, BLOCK_D)`, n `(C,)` = position + 1; sum_q, sum_k, w_q, w_k `(BLOCK_D,)`, e_sum a scalar.
+    Returns the per-token prefixes (inclusive) and scalars; masked rows get zero scalars.
+    """
+    pre_k = sum_k[None, :] + tl.cumsum(phi_k, 0)  # (C, BLOCK_D): sum_{j<=i} phi(k_j)
+    pre_q = sum_q[None, :] + tl.cumsum(phi_q, 0)
+    # 1. flows against the prefix, times n_i
+    incoming = _flow(n, tl.sum(phi_q_eps * (pre_k + eps_d[None, :]), 1), row_ok)  # (C,)
+    outgoing = _flow(n, tl.sum(phi_k_eps * (pre_q + eps_d[None, :]), 1), row_ok)
+    # 2. conservation over the prefix, divided by n_i
+    pre_wq = w_q[None, :] + tl.cumsum(phi_q * incoming[:, None], 0)  # (C, BLOCK_D)
+    pre_wk = w_k[None, :] + tl.cumsum(phi_k * outgoing[:, None], 0)
+    sink = tl.sum(phi_q_eps * (pre_wk + eps_d[None, :]), 1) / n
+    source = tl.sum(phi_k_eps * (pre_wq + eps_d[None, :]), 1) / n  # before the clamp (its gradient needs it)
+    # 3. allocation gate; competition = exp / prefix exp-sum * n_i (the clamp keeps exp() in [1/e, e])
+    allocation = tl.sigmoid(sink)
+    e = tl.where(row_ok, tl.exp(tl.minimum(tl.maximum(source, -1.0), 1.0)), 0.0)
+    pre_e = e_sum + tl.cumsum(e, 0)  # > 0: row 0 of a segment is always valid
+    competition = tl.where(row_ok, e / pre_e * n, 0.0)
+    return pre_q, pre_k, pre_wq, pre_wk, incoming, outgoing, source, allocation, e, pre_e, competition
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# non-causal kernels
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def flow_attention_fwd_kernel(
+    Q, K, V, O, VECS, KV, Z, CU_Q, CU_K,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, num_heads, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    q_start = tl.load(CU_Q + seg)
+    n_q = tl.load(CU_Q + seg + 1) - q_start
+    k_start = tl.load(CU_K + seg)
+    n_k = tl.load(CU_K + seg + 1) - k_start
+    Q += head * stride_qh
+    K += head * stride_kh
+    V += head * stride_vh
+    O += head * DV  # O is contiguous (total_q, H, DV)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)  # (BLOCK_D,): eps on real dims only
+
+    # sums of phi over the segment
+    sum_q = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, n_q, BLOCK_N):
+        phi_q, _ = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        sum_q += tl.sum(phi_q, 0)
+    sum_k = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, n_k, BLOCK_N):
+        phi_k, _ = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+        sum_k += tl.sum(phi_k, 0)
+
+    # 1. incoming flow of each sink, and w_q = sum_i phi(q_i) incoming_i
+    w_q = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, n_q, BLOCK_N):
+        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), start + offs_n < n_q)  # (BLOCK_N,)
+        w_q += tl.sum(phi_q * incoming[:, None], 0)
+
+    # 1.-3. on the keys: outgoing flow, w_k, conserved source -> exp, and the unnormalised D x Dv state
+    w_k = tl.zeros([BLOCK_D], tl.float32)
+    kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum_j phi(k_j)^T v_j e_j
+    z = _fp32_zero(BLOCK_N)  # sum_j e_j
+    for start in range(0, n_k, BLOCK_N):
+        row_ok = start + offs_n < n_k
+        phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+        v = _load_rows(V, k_start + start, n_k - start, stride_vt, BLOCK_N, BLOCK_DV, DV)  # (BLOCK_N, BLOCK_DV)
+        outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
+        w_k += tl.sum(phi_k * outgoing[:, None], 0)
+        source = tl.minimum(tl.maximum(_rowdot(phi_k_eps, w_q + eps_d), -1.0), 1.0)
+        e = tl.where(row_ok, tl.exp(source), 0.0)  # no max-subtraction needed: source in [-1, 1]
+        z += tl.sum(e, 0)
+        kv = tl.dot(tl.trans(phi_k), v * e[:, None], kv, input_precision=DOT_PRECISION)
+    # 3. competition_j = e_j / z * Nk folded into the state
+    kv = kv * (n_k.to(tl.float32) / z)
+    ratio = n_q.to(tl.float32) / n_k.to(tl.float32)
+
+    # 2.-4. on the queries: conserved sink -> allocation, output
+    for start in range(0, n_q, BLOCK_N):
+        row_ok = start + offs_n < n_q
+        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
+        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
+        out = tl.dot(phi_q, kv, input_precision=DOT_PRECISION) * (incoming * allocation)[:, None]
+        _store_rows(O, q_start + start, n_q - start, num_heads * DV, out, BLOCK_N, BLOCK_DV, DV)
+
+    # small per-(segment, head) state for the backward
+    pid = seg * num_heads + head
+    _store_vec(VECS + (pid * 4 + 0) * D, sum_q, BLOCK_D, D)
+    _store_vec(VECS + (pid * 4 + 1) * D, sum_k, BLOCK_D, D)
+    _store_vec(VECS + (pid * 4 + 2) * D, w_q, BLOCK_D, D)
+    _store_vec(VECS + (pid * 4 + 3) * D, w_k, BLOCK_D, D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    tl.store(KV + pid * D * DV + offs_d[:, None] * DV + offs_dv[None, :], kv,
+             mask=(offs_d[:, None] < D) & (offs_dv[None, :] < DV))
+    tl.store(Z + pid, z)
+
+
+@triton.jit
+def flow_attention_bwd_kernel(
+    Q, K, V, DO, DQ, DK, DV_OUT, VECS, KV, Z, CU_Q, CU_K,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    q_start = tl.load(CU_Q + seg)
+    n_q = tl.load(CU_Q + seg + 1) - q_start
+    k_start = tl.load(CU_K + seg)
+    n_k = tl.load(CU_K + seg + 1) - k_start
+    Q += head * stride_qh
+    K += head * stride_kh
+    V += head * stride_vh
+    DO += head * stride_doh
+    DQ += head * D  # gradients are contiguous
+    DK += head * D
+    DV_OUT += head * DV
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+
+    pid = seg * num_heads + head
+    sum_q = _load_vec(VECS + (pid * 4 + 0) * D, BLOCK_D, D)
+    sum_k = _load_vec(VECS + (pid * 4 + 1) * D, BLOCK_D, D)
+    w_q = _load_vec(VECS + (pid * 4 + 2) * D, BLOCK_D, D)
+    w_k = _load_vec(VECS + (pid * 4 + 3) * D, BLOCK_D, D)
+    kv = tl.load(KV + pid * D * DV + offs_d[:, None] * DV + offs_dv[None, :],
+                 mask=(offs_d[:, None] < D) & (offs_dv[None, :] < DV), other=0.0)  # (BLOCK_D, BLOCK_DV): S
+    z = tl.load(Z + pid)
+    nq_f = n_q.to(tl.float32)
+    nk_f = n_k.to(tl.float32)
+    ratio = nq_f / nk_f
+
+    # queries, first pass: 4. dS and dg; 3. d sink; 2. d w_k
+    d_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
+    d_wk = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, n_q, BLOCK_N):
+        row_ok = start + offs_n < n_q
+        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        do = _load_rows(DO, q_start + start, n_q - start, stride_dot, BLOCK_N, BLOCK_DV, DV)  # (BLOCK_N, BLOCK_DV)
+        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
+        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
+        gate = incoming * allocation  # (BLOCK_N,): out_i = gate_i phi(q_i) S
+        d_gate = tl.sum(do * tl.dot(phi_q, kv, input_precision=DOT_PRECISION), 1)
+        d_kv = tl.dot(tl.trans(phi_q * gate[:, None]), do, d_kv, input_precision=DOT_PRECISION)
+        d_sink = d_gate * incoming * allocation * (1.0 - allocation) * ratio
+        d_wk += tl.sum(phi_q_eps * d_sink[:, None], 0)
+    # sum_j comp_j d comp_j = <dS, S>: the softmax Jacobian's shared term, without another pass
+    comp_dot = tl.sum(tl.sum(d_kv * kv, 1), 0)
+
+    # keys, first pass: 3. d source (softmax + clamp); 2. d w_q; 1. d sum phi(q) through outgoing_j
+    d_wq = tl.zeros([BLOCK_D], tl.float32)
+    d_sum_q = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, n_k, BLOCK_N):
+        row_ok = start + offs_n < n_k
+        phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+        v = _load_rows(V, k_start + start, n_k - start, stride_vt, BLOCK_N, BLOCK_DV, DV)
+        outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
+        source = _rowdot(phi_k_eps, w_q + eps_d)
+        unclamped = row_ok & (source >= -1.0) & (source <= 1.0)
+        competition = tl.where(row_ok, tl.exp(tl.minimum(tl.maximum(source, -1.0), 1.0)) * (nk_f / z), 0.0)
+        d_comp = tl.sum(tl.dot(phi_k, d_kv, input_precision=DOT_PRECISION) * v, 1)
+        d_source = tl.where(unclamped, competition * (d_comp - comp_dot / nk_f), 0.0)
+        d_wq += tl.sum(phi_k_eps * d_source[:, None], 0)
+        d_den_k = -_rowdot(phi_k, d_wk) * outgoing * outgoing  # d outgoing_j = phi(k_j) · d w_k, times -outgoing_j^2
+        d_sum_q += tl.sum(phi_k_eps * d_den_k[:, None], 0)
+
+    # queries, second pass: dq, and d sum phi(k) through incoming_i
+    d_sum_k = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, n_q, BLOCK_N):
+        row_ok = start + offs_n < n_q
+        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        do = _load_rows(DO, q_start + start, n_q - start, stride_dot, BLOCK_N, BLOCK_DV, DV)
+        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
+        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
+        gate = incoming * allocation
+        d_gate = tl.sum(do * tl.dot(phi_q, kv, input_precision=DOT_PRECISION), 1)
+        d_sink = d_gate * incoming * allocation * (1.0 - allocation) * ratio
+        d_incoming = d_gate * allocation + _rowdot(phi_q, d_wq)
+        d_den_q = -d_incoming * incoming * incoming
+        d_sum_k += tl.sum(phi_q_eps * d_den_q[:, None], 0)
+        d_phi = tl.dot(do * gate[:, None], tl.trans(kv), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        d_phi += d_sink[:, None] * (w_k + eps_d)[None, :] + incoming[:, None] * d_wq[None, :]
+        d_phi += d_den_q[:, None] * (sum_k + eps_d)[None, :] + d_sum_q[None, :]
+        _store_rows(DQ, q_start + start, n_q - start, num_heads * D, d_phi * phi_q * (1.0 - phi_q),
+                    BLOCK_N, BLOCK_D, D)
+
+    # keys, second pass: dk, dv
+    for start in range(0, n_k, BLOCK_N):
+        row_ok = start + offs_n < n_k
+        phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+        v = _load_rows(V, k_start + start, n_k - start, stride_vt, BLOCK_N, BLOCK_DV, DV)
+        outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
+        source = _rowdot(phi_k_eps, w_q + eps_d)
+        unclamped = row_ok & (source >= -1.0) & (source <= 1.0)
+        competition = tl.where(row_ok, tl.exp(tl.minimum(tl.maximum(source, -1.0), 1.0)) * (nk_f / z), 0.0)
+        d_x = tl.dot(phi_k, d_kv, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_DV): d(v_j comp_j)
+        d_source = tl.where(unclamped, competition * (tl.sum(d_x * v, 1) - comp_dot / nk_f), 0.0)
+        d_den_k = -_rowdot(phi_k, d_wk) * outgoing * outgoing
+        d_phi = tl.dot(v * competition[:, None], tl.trans(d_kv), input_precision=DOT_PRECISION)
+        d_phi += d_source[:, None] * (w_q + eps_d)[None, :] + outgoing[:, None] * d_wk[None, :]
+        d_phi += d_den_k[:, None] * (sum_q + eps_d)[None, :] + d_sum_k[None, :]
+        _store_rows(DK, k_start + start, n_k - start, num_heads * D, d_phi * phi_k * (1.0 - phi_k),
+                    BLOCK_N, BLOCK_D, D)
+        _store_rows(DV_OUT, k_start + start, n_k - start, num_heads * DV, d_x * competition[:, None],
+                    BLOCK_N, BLOCK_DV, DV)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# causal kernels
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def flow_attention_causal_fwd_kernel(
+    Q, K, V, O, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, num_heads, eps,
+    D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    start_tok = tl.load(CU + seg)
+    n_tok = tl.load(CU + seg + 1) - start_tok
+    Q += head * stride_qh
+    K += head * stride_kh
+    V += head * stride_vh
+    O += head * DV
+    offs_c = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+    causal = offs_c[:, None] >= offs_c[None, :]  # (CHUNK, CHUNK): j <= i
+
+    # running sums over all earlier chunks
+    sum_q = tl.zeros([BLOCK_D], tl.float32)
+    sum_k = tl.zeros([BLOCK_D], tl.float32)
+    w_q = tl.zeros([BLOCK_D], tl.float32)
+    w_k = tl.zeros([BLOCK_D], tl.float32)
+    e_sum = _fp32_zero(CHUNK)
+    kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum_j phi(k_j)^T v_j competition_j
+    for start in range(0, n_tok, CHUNK):
+        row_ok = start + offs_c < n_tok
+        n = (start + offs_c + 1).to(tl.float32)  # (CHUNK,): n_i
+        phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
+        phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
+        v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, CHUNK, BLOCK_DV, DV)
+        _, _, _, _, incoming, outgoing, _, allocation, e, _, competition = _causal_flows(
+            phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
+        # 4. inside the chunk a masked product, earlier chunks through the running state
+        x = v * competition[:, None]  # (CHUNK, BLOCK_DV)
+        scores = tl.where(causal, tl.dot(phi_q, tl.trans(phi_k), input_precision=DOT_PRECISION), 0.0)
+        out = tl.dot(scores, x, input_precision=DOT_PRECISION)
+        out = tl.dot(phi_q, kv, out, input_precision=DOT_PRECISION)
+        out = out * (allocation * incoming / n)[:, None]
+        _store_rows(O, start_tok + start, n_tok - start, num_heads * DV, out, CHUNK, BLOCK_DV, DV)
+        sum_q += tl.sum(phi_q, 0)
+        sum_k += tl.sum(phi_k, 0)
+        w_q += tl.sum(phi_q * incoming[:, None], 0)
+        w_k += tl.sum(phi_k * outgoing[:, None], 0)
+        e_sum += tl.sum(e, 0)
+        kv = tl.dot(tl.trans(phi_k), x, kv, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def flow_attention_causal_bwd_scan_kernel(
+    Q, K, V, DO, D_GATE, D_PHI_Q, CARRY, E_CARRY, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads, eps,
+    D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Backward part a: the forward scan again; writes dg_i, the S-part of d phi(q_i) and the chunk-start sums."""
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    start_tok = tl.load(CU + seg)
+    n_tok = tl.load(CU + seg + 1) - start_tok
+    Q += head * stride_qh
+    K += head * stride_kh
+    V += head * stride_vh
+    DO += head * stride_doh
+    D_GATE += head
+    D_PHI_Q += head * D
+    offs_c = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+    causal = offs_c[:, None] >= offs_c[None, :]
+    # chunk rows: start_tok // CHUNK + seg + c never collide between segments and stay below
+    # total // CHUNK + num_segments + 1 (no host-side chunk count needed)
+    row0 = start_tok // CHUNK + seg
+
+    sum_q = tl.zeros([BLOCK_D], tl.float32)
+    sum_k = tl.zeros([BLOCK_D], tl.float32)
+    w_q = tl.zeros([BLOCK_D], tl.float32)
+    w_k = tl.zeros([BLOCK_D], tl.float32)
+    e_sum = _fp32_zero(CHUNK)
+    kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
+    for start in range(0, n_tok, CHUNK):
+        carry = CARRY + ((row0 + start // CHUNK) * num_heads + head) * 4 * D
+        _store_vec(carry + 0 * D, sum_q, BLOCK_D, D)
+        _store_vec(carry + 1 * D, sum_k, BLOCK_D, D)
+        _store_vec(carry + 2 * D, w_q, BLOCK_D, D)
+        _store_vec(carry + 3 * D, w_k, BLOCK_D, D)
+        tl.store(E_CARRY + (row0 + start // CHUNK) * num_heads + head, e_sum)
+
+        row_ok = start + offs_c < n_tok
+        n = (start + offs_c + 1).to(tl.float32)
+        phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
+        phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
+        v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, CHUNK, BLOCK_DV, DV)
+        do = _load_rows(DO, start_tok + start, n_tok - start, stride_dot, CHUNK, BLOCK_DV, DV)
+        _, _, _, _, incoming, outgoing, _, allocation, e, _, competition = _causal_flows(
+            phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
+        x = v * competition[:, None]
+        gate = allocation * incoming / n  # (CHUNK,): out_i = gate_i phi(q_i) S_i
+        scores = tl.where(causal, tl.dot(phi_q, tl.trans(phi_k), input_precision=DOT_PRECISION), 0.0)
+        u = tl.dot(scores, x, input_precision=DOT_PRECISION)
+        u = tl.dot(phi_q, kv, u, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_DV): phi(q_i) S_i
+        d_gate = tl.where(row_ok, tl.sum(do * u, 1), 0.0)
+        # d phi(q_i) = gate_i dO_i S_i^T = gate_i (sum_{j<=i in chunk} (dO_i · x_j) phi(k_j) + dO_i S_prev^T)
+        dox = tl.where(causal, tl.dot(do, tl.trans(x), input_precision=DOT_PRECISION), 0.0)  # (CHUNK, CHUNK)
+        d_phi = tl.dot(dox, phi_k, input_precision=DOT_PRECISION)
+        d_phi = tl.dot(do, tl.trans(kv), d_phi, input_precision=DOT_PRECISION) * gate[:, None]
+        rows = (start_tok + start + offs_c).to(tl.int64)
+        tl.store(D_GATE + rows * num_heads, d_gate, mask=row_ok)
+        _store_rows(D_PHI_Q, start_tok + start, n_tok - start, num_heads * D, d_phi, CHUNK, BLOCK_D, D)
+
+        sum_q += tl.sum(phi_q, 0)
+        sum_k += tl.sum(phi_k, 0)
+        w_q += tl.sum(phi_q * incoming[:, None], 0)
+        w_k += tl.sum(phi_k * outgoing[:, None], 0)
+        e_sum += tl.sum(e, 0)
+        kv = tl.dot(tl.trans(phi_k), x, kv, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def flow_attention_causal_bwd_kernel(
+    Q, K, V, DO, D_GATE, D_PHI_Q, CARRY, E_CARRY, DQ, DK, DV_OUT, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads, eps,
+    D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Backward part b: chunks last to first, carrying suffix sums; writes dq, dk, dv."""
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    start_tok = tl.load(CU + seg)
+    n_tok = tl.load(CU + seg + 1) - start_tok
+    Q += head * stride_qh
+    K += head * stride_kh
+    V += head * stride_vh
+    DO += head * stride_doh
+    D_GATE += head
+    D_PHI_Q += head * D
+    DQ += head * D
+    DK += head * D
+    DV_OUT += head * DV
+    offs_c = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+    later = offs_c[:, None] <= offs_c[None, :]  # (CHUNK, CHUNK), rows j, columns i: i >= j
+    row0 = start_tok // CHUNK + seg
+
+    # suffix sums over all later chunks
+    r_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum_i gate_i phi(q_i)^T dO_i
+    d_wq_suf = tl.zeros([BLOCK_D], tl.float32)
+    d_wk_suf = tl.zeros([BLOCK_D], tl.float32)
+    d_pre_q_suf = tl.zeros([BLOCK_D], tl.float32)  # gradients of the prefix sums of phi(q) / phi(k)
+    d_pre_k_suf = tl.zeros([BLOCK_D], tl.float32)
+    d_pre_e_suf = _fp32_zero(CHUNK)
+    n_chunks = (n_tok + CHUNK - 1) // CHUNK
+    for rev in range(0, n_chunks):
+        c = n_chunks - 1 - rev
+        start = c * CHUNK
+        carry = CARRY + ((row0 + c) * num_heads + head) * 4 * D
+        sum_q = _load_vec(carry + 0 * D, BLOCK_D, D)
+        sum_k = _load_vec(carry + 1 * D, BLOCK_D, D)
+        w_q = _load_vec(carry + 2 * D, BLOCK_D, D)
+        w_k = _load_vec(carry + 3 * D, BLOCK_D, D)
+        e_sum = tl.load(E_CARRY + (row0 + c) * num_heads + head)
+
+        row_ok = start + offs_c < n_tok
+        n = (start + offs_c + 1).to(tl.float32)
+        phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
+        phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
+        v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, CHUNK, BLOCK_DV, DV)
+        do = _load_rows(DO, start_tok + start, n_tok - start, stride_dot, CHUNK, BLOCK_DV, DV)
+        rows = (start_tok + start + offs_c).to(tl.int64)
+        d_gate = tl.load(D_GATE + rows * num_heads, mask=row_ok, other=0.0)  # (CHUNK,)
+        d_phi_q = _load_rows(D_PHI_Q, start_tok + start, n_tok - start, num_heads * D, CHUNK, BLOCK_D, D)
+        pre_q, pre_k, pre_wq, pre_wk, incoming, outgoing, source, allocation, e, pre_e, competition = \
+            _causal_flows(phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
+        gate = allocation * incoming / n
+        x = v * competition[:, None]  # (CHUNK, BLOCK_DV)
+        gq = phi_q * gate[:, None]  # (CHUNK, BLOCK_D)
+
+        # 4. key side of the causal product: d x_j = phi(k_j) R_j, d phi(k_j) = R_j x_j^T, R_j = sum_{i>=j} gq_i^T dO_i
+        kq = tl.where(later, tl.dot(phi_k, tl.trans(gq), input_precision=DOT_PRECISION), 0.0)  # (CHUNK_j, CHUNK_i)
+        d_x = tl.dot(kq, do, input_precision=DOT_PRECISION)
+        d_x = tl.dot(phi_k, r_kv, d_x, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_DV)
+        xdo = tl.where(later, tl.dot(x, tl.trans(do), input_precision=DOT_PRECISION), 0.0)  # (CHUNK_j, CHUNK_i)
+        d_phi_k = tl.dot(xdo, gq, input_precision=DOT_PRECISION)
+        d_phi_k = tl.dot(x, tl.trans(r_kv), d_phi_k, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_D)
+        d_comp = tl.sum(d_x * v, 1)
+
+        # 3. competition e_i / pre_e_i * n_i: direct term plus the suffix sum of d pre_e
+        d_pre_e = -d_comp * competition / pre_e  # zero on masked rows (competition is)
+        d_pre_e_in = d_pre_e_suf + tl.cumsum(d_pre_e, 0, reverse=True)  # sum over i >= j
+        d_e = d_comp * n / pre_e + d_pre_e_in
+        d_source = tl.where(row_ok & (source >= -1.0) & (source <= 1.0), d_e * e, 0.0)
+        #    allocation = sigmoid(sink)
+        d_sink = d_gate * incoming / n * allocation * (1.0 - allocation)
+
+        # 2. conservation: source_i = (phi(k_i)+eps) · (pre_wq_i + eps) / n_i, sink likewise
+        d_phi_k += d_source[:, None] * (pre_wq + eps_d[None, :]) / n[:, None]
+        d_phi_q += d_sink[:, None] * (pre_wk + eps_d[None, :]) / n[:, None]
+        d_wq_i = phi_k_eps * (d_source / n)[:, None]  # (CHUNK, BLOCK_D): gradient of pre_wq_i
+        d_wk_i = phi_q_eps * (d_sink / n)[:, None]
+        d_wq_in = d_wq_suf[None, :] + tl.cumsum(d_wq_i, 0, reverse=True)  # gradient of phi(q_j) incoming_j
+        d_wk_in = d_wk_suf[None, :] + tl.cumsum(d_wk_i, 0, reverse=True)
+        d_phi_q += incoming[:, None] * d_wq_in
+        d_phi_k += outgoing[:, None] * d_wk_in
+        d_incoming = d_gate * allocation / n + tl.sum(phi_q * d_wq_in, 1)
+        d_outgoing = tl.sum(phi_k * d_wk_in, 1)
+
+        # 1. flows: incoming_i = n_i / den_i, d den_i = -d incoming_i incoming_i^2 / n_i
+        d_den_q = -d_incoming * incoming * incoming / n
+        d_den_k = -d_outgoing * outgoing * outgoing / n
+        d_phi_q += d_den_q[:, None] * (pre_k + eps_d[None, :])
+        d_phi_k += d_den_k[:, None] * (pre_q + eps_d[None, :])
+        d_pre_k_i = phi_q_eps * d_den_q[:, None]  # gradient of pre_k_i
+        d_pre_q_i = phi_k_eps * d_den_k[:, None]
+        d_phi_k += d_pre_k_suf[None, :] + tl.cumsum(d_pre_k_i, 0, reverse=True)
+        d_phi_q += d_pre_q_suf[None, :] + tl.cumsum(d_pre_q_i, 0, reverse=True)
+
+        _store_rows(DQ, start_tok + start, n_tok - start, num_heads * D, d_phi_q * phi_q * (1.0 - phi_q),
+                    CHUNK, BLOCK_D, D)
+        _store_rows(DK, start_tok + start, n_tok - start, num_heads * D, d_phi_k * phi_k * (1.0 - phi_k),
+                    CHUNK, BLOCK_D, D)
+        _store_rows(DV_OUT, start_tok + start, n_tok - start, num_heads * DV, d_x * competition[:, None],
+                    CHUNK, BLOCK_DV, DV)
+
+        r_kv = tl.dot(tl.trans(gq), do, r_kv, input_precision=DOT_PRECISION)
+        d_wq_suf += tl.sum(d_wq_i, 0)
+        d_wk_suf += tl.sum(d_wk_i, 0)
+        d_pre_q_suf += tl.sum(d_pre_q_i, 0)
+        d_pre_k_suf += tl.sum(d_pre_k_i, 0)
+        d_pre_e_suf += tl.sum(d_pre_e, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------------------------
+class _Config(NamedTuple):
+    block_n: int  # token block (non-causal) or chunk (causal)
+    num_warps: int
+
+
+def _head_block(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _config(causal: bool, block_d: int, block_dv: int) -> _Config:
+    """One fixed config per shape class. The interpreter gets big blocks (fewer interpreted loop steps); the
+    causal chunk must be the same in both backward kernels (chunk-start sums are indexed by it), so nothing here
+    is autotuned. On GPU the blocks shrink with the head dims to keep shared memory (fp32 dot operands, the
+    chunk's (C x C) products) well under the 227 KiB of an H100 (sm90 builds, triton 3.9: at most 160 KiB)."""
+    if INTERPRET:
+        return _Config(64 if causal else 128, 4)
+    widest = max(block_d, block_dv)
+    num_warps = 4 if block_d * block_dv <= 64 * 64 else 8
+    if causal:
+        return _Config(64 if widest <= 32 else 32 if widest <= 64 else 16, num_warps)
+    return _Config(64 if widest <= 64 else 32 if block_d * block_dv < 128 * 128 else 16, num_warps)
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class FlowState(NamedTuple):
+    """What the non-causal backward reads: per (segment, head) float32 sums and the normalised D x Dv state."""
+    vecs: torch.Tensor  # (S, H, 4, D): sum phi(q), sum phi(k), w_q, w_k
+    kv: torch.Tensor  # (S, H, D, Dv): sum_j phi(k_j)^T v_j competition_j
+    z: torch.Tensor  # (S, H): sum_j exp(source_j)
+
+
+def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: float):
+    """Launch the forward. Returns (out `(total_q, H, Dv)` in q's dtype, FlowState or None when causal)."""
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    total_q, heads, d = q.shape
+    dv = v.shape[-1]
+    segments = cu_seqlens_q.numel() - 1
+    block_d, block_dv = _head_block(d), _head_block(dv)
+    cfg = _config(causal, block_d, block_dv)
+    out = _alloc((total_q, heads, dv), q.dtype, q.device)
+    grid = (segments, heads)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
+    if causal:
+        flow_attention_causal_fwd_kernel[grid](
+            q, k, v, out, cu_seqlens_q, *strides, heads, eps, D=d, DV=dv, CHUNK=cfg.block_n, BLOCK_D=block_d,
+            BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION, num_warps=cfg.num_warps)
+        return out, None
+    state = FlowState(_alloc((segments, heads, 4, d), torch.float32, q.device),
+                      _alloc((segments, heads, d, dv), torch.float32, q.device),
+                      _alloc((segments, heads), torch.float32, q.device))
+    flow_attention_fwd_kernel[grid](
+        q, k, v, out, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k, *strides, heads, eps,
+        D=d, DV=dv, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION,
+        num_warps=cfg.num_warps)
+    return out, state
+
+
+def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState | None, causal: bool,
+                       eps: float):
+    """Launch the backward. Returns dq, dk, dv in the inputs' dtype (contiguous)."""
+    do, q, k, v = (_last_dim_contiguous(x) for x in (do, q, k, v))
+    total_q, heads, d = q.shape
+    total_k, dv_dim = k.shape[0], v.shape[-1]
+    segments = cu_seqlens_q.numel() - 1
+    block_d, block_dv = _head_block(d), _head_block(dv_dim)
+    cfg = _config(causal, block_d, block_dv)
+    dq = _alloc((total_q, heads, d), q.dtype, q.device)
+    dk = _alloc((total_k, heads, d), k.dtype, k.device)
+    dv = _alloc((total_k, heads, dv_dim), v.dtype, v.device)
+    grid = (segments, heads)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+               do.stride(0), do.stride(1))
+    meta = dict(D=d, DV=dv_dim, BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION,
+                num_warps=cfg.num_warps)
+    if not causal:
+        flow_attention_bwd_kernel[grid](
+            q, k, v, do, dq, dk, dv, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k, *strides, heads,
+            eps, BLOCK_N=cfg.block_n, **meta)
+        return dq, dk, dv
+    chunk = cfg.block_n
+    # float32 workspaces: O(total x D) per head, never per-token D x Dv
+    d_gate = _alloc((total_q, heads), torch.float32, q.device)
+    d_phi_q = _alloc((total_q, heads, d), torch.float32, q.device)
+    chunk_rows = total_q // chunk + segments + 1  # bound on the chunk-row index, see the scan kernel
+    carry = _alloc((chunk_rows, heads, 4, d), torch.float32, q.device)
+    e_carry = _alloc((chunk_rows, heads), torch.float32, q.device)
+    flow_attention_causal_bwd_scan_kernel[grid](
+        q, k, v, do, d_gate, d_phi_q, carry, e_carry, cu_seqlens_q, *strides, heads, eps, CHUNK=chunk, **meta)
+    flow_attention_causal_bwd_kernel[grid](
+        q, k, v, do, d_gate, d_phi_q, carry, e_carry, dq, dk, dv, cu_seqlens_q, *strides, heads, eps,
+        CHUNK=chunk, **meta)
+    return dq, dk, dv
+
+
+class FlowAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps):
+        out, state = flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps)
+        ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, *(state if state is not None else ()))
+        ctx.causal, ctx.eps = causal, eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, cu_seqlens_q, cu_seqlens_k, *state = ctx.saved_tensors
+        dq, dk, dv = flow_attention_bwd(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                        FlowState(*state) if state else None, ctx.causal, ctx.eps)
+        return dq, dk, dv, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public function
+# ---------------------------------------------------------------------------------------------------------------
+def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device: torch.device) -> None:
+    if not isinstance(cu, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
+    if cu.dtype != torch.int32:
+        raise ValueError(f"{name} must have dtype torch.int32, got {cu.dtype}")
+    if cu.dim() != 1 or cu.numel() < 2:
+        raise ValueError(f"{name} must have shape (S + 1,) with S >= 1, got {tuple(cu.shape)}")
+    if cu.device != device:
+        raise ValueError(f"{name} must be on the inputs' device {device}, got {cu.device}")
+
+
+def _check_cu_values(name: str, cu: torch.Tensor, total: int) -> list[int]:
+    values = cu.tolist()
+    if values[0] != 0 or values[-1] != total:
+        raise ValueError(f"{name} must start at 0 and end at the token count {total}, got {values[0]} .. "
+                         f"{values[-1]}")
+    lengths = [b - a for a, b in zip(values, values[1:])]
+    if min(lengths) < 1:
+        raise ValueError(f"{name} must give segments of length >= 1, got a length {min(lengths)}")
+    return lengths
+
+
+def flow_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                          cu_seqlens_k: torch.Tensor, *, causal: bool = False, eps: float = DEFAULT_EPS,
+                          check_values: bool = True) -> torch.Tensor:
+    """Flowformer flow attention (phi = sigmoid) on packed segments; differentiable in q, k, v.
+
+    q `(total_q, H, D)`, k `(total_k, H, D)`, v `(total_k, H, Dv)`, int32 `cu_seqlens_q` / `cu_seqlens_k`
+    `(S + 1,)`: query segment i with key/value segment i. causal=True needs equal q/kv segments. Returns
+    `(total_q, H, Dv)` in q's dtype, computed in float32. `check_values=False` skips the checks that read the
+    offsets back to the host (a sync): for callers whose offsets are already validated.
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            raise ValueError(f"{name} must have rank 3 (total, H, D), got shape {tuple(x.shape)}")
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name} must be float16, bfloat16 or float32, got {x.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    if not (q.shape[1] == k.shape[1] == v.shape[1]):
+        raise ValueError(f"head count H differs: q {q.shape[1]}, k {k.shape[1]}, v {v.shape[1]}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"head dim D differs: q {q.shape[2]}, k {k.shape[2]}")
+    if k.shape[0] != v.shape[0]:
+        raise ValueError(f"key/value token count differs: k {k.shape[0]}, v {v.shape[0]}")
+    for name, dim in (("D", q.shape[2]), ("Dv", v.shape[2])):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise ValueError(f"head dim {name} must lie in [1, {MAX_HEAD_DIM}], got {dim}")
+    if q.shape[0] < 1 or k.shape[0] < 1 or q.shape[1] < 1:
+        raise ValueError(f"need at least one token and one head, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+    _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k give different segment counts: "
+                         f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a float > 0, got {eps!r}")
+    if causal and q.shape[0] != k.shape[0]:
+        raise ValueError(f"causal flow attention needs equal q/kv segments, got {q.shape[0]} query and "
+                         f"{k.shape[0]} key tokens")
+    if check_values and not torch.compiler.is_compiling():
+        q_lengths = _check_cu_values("cu_seqlens_q", cu_seqlens_q, q.shape[0])
+        kv_lengths = _check_cu_values("cu_seqlens_k", cu_seqlens_k, k.shape[0])
+        if causal and q_lengths != kv_lengths:
+            raise ValueError(f"causal flow attention needs equal q/kv segment lengths, got {q_lengths} and "
+                             f"{kv_lengths}")
+    return FlowAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), float(eps))

@@ -1,0 +1,250 @@
+"""The fused Triton flow-attention kernels (bpmt_fast.kernels.flow_attention) and the `flow-triton` backend.
+
+Outputs and dq/dk/dv are compared with torch.autograd through the naive reference (bpmt_fast.reference.flow) run
+in float64 on the same (already rounded) inputs, on packed segments of odd, unequal lengths. Every buffer the
+launchers allocate is NaN-filled first, so an element a kernel forgets to write fails the test. On CPU this runs
+under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1): shapes stay small.
+"""
+import math
+
+import pytest
+import torch
+
+from bpmt_fast.attention import layout
+from bpmt_fast.attention.base import AttentionInputs
+from bpmt_fast.attention.flow import FlowBackend
+from bpmt_fast.attention.flow_triton import FlowTritonBackend
+from bpmt_fast.reference.flow import flow_attention_reference
+from bpmt_fast.testing import assert_close
+
+if FlowTritonBackend.why_unavailable() is not None:
+    pytest.skip(FlowTritonBackend.why_unavailable(), allow_module_level=True)
+
+from bpmt_fast.kernels import flow_attention as fa  # noqa: E402  (imports triton: only where it can run)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# bf16 only on a GPU: the interpreter's bf16 tl.dot is wrong (the backend refuses it on CPU, tested below)
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+Q_LENGTHS = [1, 7, 59, 61, 129]
+KV_LENGTHS = [61, 129, 1, 7, 59]  # non-causal: every query segment has a key segment of another length
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tensors here are tiny: on a small, shared CPU box intra-op threads cost far more than they save.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    """Outputs, gradients and workspaces start as NaN: whatever a kernel leaves unwritten shows up."""
+    monkeypatch.setattr(fa, "_alloc", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
+                                                                              device=device))
+
+
+def packed_qkv(q_lengths, kv_lengths, heads, d, dv, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # scale 2: phi = sigmoid spans most of (0, 1), and about half of the conserved sources hit the clamp
+    q = 2 * torch.randn(sum(q_lengths), heads, d, generator=g)
+    k = 2 * torch.randn(sum(kv_lengths), heads, d, generator=g)
+    v = torch.randn(sum(kv_lengths), heads, dv, generator=g)
+    return tuple(x.to(device=DEVICE, dtype=dtype) for x in (q, k, v))
+
+
+def cu_seqlens(lengths):
+    return layout.cu_seqlens_from_lengths(torch.tensor(lengths, device=DEVICE))
+
+
+def reference_varlen(q, k, v, q_lengths, kv_lengths, causal):
+    """The reference in float64 on packed inputs (unpacked to padded and back), differentiable."""
+    ql, kl = torch.tensor(q_lengths, device=DEVICE), torch.tensor(kv_lengths, device=DEVICE)
+    padded = [layout.unpack(x, lengths, max(lengths)) for x, lengths in ((q, ql), (k, kl), (v, kl))]
+    out = flow_attention_reference(*padded, q_lengths=ql, kv_lengths=kl, causal=causal)
+    return layout.pack(out, ql)
+
+
+def outputs_and_grads(fn, q, k, v, grad_out):
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out = fn(q, k, v)
+    return out, torch.autograd.grad(out, (q, k, v), grad_out)
+
+
+def assert_matches_reference(q_lengths, kv_lengths, heads, d, dv, dtype, causal, seed=0):
+    q, k, v = packed_qkv(q_lengths, kv_lengths, heads, d, dv, dtype, seed)
+    grad_out = torch.randn(q.shape[0], heads, dv, generator=torch.Generator().manual_seed(seed + 1)).to(q)
+    out, grads = outputs_and_grads(
+        lambda q, k, v: fa.flow_attention_varlen(q, k, v, cu_seqlens(q_lengths), cu_seqlens(kv_lengths),
+                                                 causal=causal), q, k, v, grad_out)
+    ref, ref_grads = outputs_and_grads(
+        lambda q, k, v: reference_varlen(q, k, v, q_lengths, kv_lengths, causal),
+        q.double(), k.double(), v.double(), grad_out.double())
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert_close("output", out, ref, dtype)
+    for name, grad, ref_grad, x in zip("qkv", grads, ref_grads, (q, k, v)):
+        assert grad.dtype == dtype and grad.shape == x.shape
+        assert_close(f"d{name}", grad, ref_grad, dtype)
+
+
+# ---------------------------------------------------------------- against the reference
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("d, dv", [(16, 16), (32, 32), (12, 20)])  # (12, 20): odd D and Dv != D
+def test_matches_reference(d, dv, dtype, causal):
+    kv_lengths = Q_LENGTHS if causal else KV_LENGTHS
+    assert_matches_reference(Q_LENGTHS, kv_lengths, 2, d, dv, dtype, causal)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+def test_matches_reference_wide_and_tiny_heads(causal):
+    """Head dims at both ends: 1 (a 16-wide tile, 15 dims masked) and 128 (MAX_HEAD_DIM), several token blocks."""
+    assert_matches_reference([3, 150], [3, 150] if causal else [150, 2], 1, 1, 128, torch.float32, causal, seed=3)
+    assert_matches_reference([2, 67], [2, 67] if causal else [9, 67], 1, 128, 8, torch.float32, causal, seed=4)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+def test_packed_call_equals_one_call_per_segment(causal):
+    """Segments do not interact: one packed call gives exactly the per-segment results, gradients too."""
+    q_lengths, kv_lengths = [7, 1, 66], ([7, 1, 66] if causal else [3, 70, 1])
+    q, k, v = packed_qkv(q_lengths, kv_lengths, 2, 8, 8, torch.float32, seed=5)
+    grad_out = torch.randn(q.shape[0], 2, 8, generator=torch.Generator().manual_seed(6)).to(q)
+    out, grads = outputs_and_grads(
+        lambda q, k, v: fa.flow_attention_varlen(q, k, v, cu_seqlens(q_lengths), cu_seqlens(kv_lengths),
+                                                 causal=causal), q, k, v, grad_out)
+    cq, ck = cu_seqlens(q_lengths).tolist(), cu_seqlens(kv_lengths).tolist()
+    for i in range(len(q_lengths)):
+        qs, ks = slice(cq[i], cq[i + 1]), slice(ck[i], ck[i + 1])
+        alone, alone_grads = outputs_and_grads(
+            lambda q, k, v: fa.flow_attention_varlen(q, k, v, cu_seqlens([q_lengths[i]]), cu_seqlens([kv_lengths[i]]),
+                                                     causal=causal), q[qs], k[ks], v[ks], grad_out[qs])
+        torch.testing.assert_close(out[qs], alone, rtol=0, atol=0)
+        for grad, alone_grad, rows in zip(grads, alone_grads, (qs, ks, ks)):
+            torch.testing.assert_close(grad[rows], alone_grad, rtol=0, atol=0)
+
+
+def test_strided_inputs():
+    """q, k, v as views into one fused projection (token and head strides not those of a contiguous tensor)."""
+    lengths = [5, 40]
+    qkv = 2 * torch.randn(sum(lengths), 3, 2, 16, device=DEVICE)  # (T, 3, H, D)
+    q, k, v = qkv.unbind(1)
+    assert not q.is_contiguous()
+    for causal in (False, True):
+        strided = fa.flow_attention_varlen(q, k, v, cu_seqlens(lengths), cu_seqlens(lengths), causal=causal)
+        dense = fa.flow_attention_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens(lengths),
+                                         cu_seqlens(lengths), causal=causal)
+        torch.testing.assert_close(strided, dense, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the backend
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+def test_backend_padded_ignores_nan_padding(causal):
+    """Through the base class's padded path: NaN in padding changes nothing, padded outputs are zero, the
+    valid outputs equal the `flow` reference backend and every gradient is finite (zero at padding)."""
+    q_lengths = torch.tensor([4, 33, 1])
+    kv_lengths = q_lengths if causal else torch.tensor([20, 2, 33])
+    g = torch.Generator().manual_seed(7)
+    q, k = (2 * torch.randn(3, 33, 2, 16, generator=g) for _ in range(2))
+    v = torch.randn(3, 33, 2, 16, generator=g)
+    q_pad = ~layout.padding_mask(q_lengths, 33)[:, :, None, None]
+    kv_pad = ~layout.padding_mask(kv_lengths, 33)[:, :, None, None]
+    clean = [x.to(DEVICE) for x in (q, k, v)]
+    dirty = [torch.where(pad, float("nan"), x).to(DEVICE).requires_grad_()
+             for x, pad in ((q, q_pad), (k, kv_pad), (v, kv_pad))]
+    lengths = (q_lengths.to(DEVICE), kv_lengths.to(DEVICE))
+    out = FlowTritonBackend().padded(*dirty, *lengths, causal=causal)
+    want = FlowBackend().padded(*clean, *lengths, causal=causal)
+    assert_close("output", out, want, torch.float32)
+    assert (out[q_pad.expand_as(out).to(DEVICE)] == 0).all()
+    out.square().sum().backward()
+    for name, x, pad in zip("qkv", dirty, (q_pad, kv_pad, kv_pad)):
+        assert torch.isfinite(x.grad).all(), name
+        assert (x.grad[pad.expand_as(x).to(DEVICE)] == 0).all(), name
+
+
+def test_backend_declarations():
+    backend = FlowTritonBackend
+    assert backend.NAME == "flow-triton" and not backend.IS_EXACT and backend.SUPPORTS_CAUSAL
+    assert backend.version() not in (None, "")
+    ok = AttentionInputs(DEVICE, torch.float32, 16, 16, 2, masked=True, causal=True, requires_grad=True)
+    assert backend.supports(ok)
+    scaled = AttentionInputs(DEVICE, torch.float32, 16, 16, 2, masked=True, custom_scale=True)
+    assert any("scale" in reason for reason in backend.not_supported_reasons(scaled))
+    too_wide = AttentionInputs(DEVICE, torch.float32, 16, 129, 2, masked=True)
+    assert any("129" in reason for reason in backend.not_supported_reasons(too_wide))
+    assert backend.not_supported_reasons(AttentionInputs(DEVICE, torch.float64, 16, 16, 2, masked=True))
+    cpu_bf16 = backend.not_supported_reasons(AttentionInputs("cpu", torch.bfloat16, 16, 16, 2, masked=True))
+    assert any("bfloat16" in reason for reason in cpu_bf16)
+
+
+def test_backend_refuses_causal_with_unequal_lengths():
+    q, k, v = packed_qkv([3, 5], [5, 3], 1, 8, 8, torch.float32)
+    with pytest.raises(ValueError, match="causal flow attention needs equal q/kv segment lengths"):
+        FlowTritonBackend().varlen(q, k, v, cu_seqlens([3, 5]), cu_seqlens([5, 3]), 5, 5, causal=True)
+    with pytest.raises(ValueError, match="no softmax scale"):
+        FlowTritonBackend().varlen(q, k, v, cu_seqlens([3, 5]), cu_seqlens([5, 3]), 5, 5, scale=0.5)
+
+
+# ---------------------------------------------------------------- memory: no per-token D x Dv state
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+def test_memory_is_linear(causal, monkeypatch):
+    """Every buffer the launchers allocate and everything saved for backward is O(N (D + Dv) + D Dv) per head;
+    a per-token D x Dv tensor would be D = 8 times larger than the largest allowed here."""
+    lengths, heads, d, dv = [150, 3, 70], 3, 8, 12
+    total = sum(lengths)
+    allocated = []
+
+    def recording_alloc(shape, dtype, device):
+        allocated.append(math.prod(shape))
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(fa, "_alloc", recording_alloc)
+    q, k, v = (x.requires_grad_() for x in packed_qkv(lengths, lengths, heads, d, dv, torch.float32))
+    out = fa.flow_attention_varlen(q, k, v, cu_seqlens(lengths), cu_seqlens(lengths), causal=causal)
+    saved = [t for t in out.grad_fn.saved_tensors if not any(t is x for x in (q, k, v))]
+    per_segment_head = len(lengths) * heads * (4 * d + d * dv + 1)  # the non-causal state
+    assert sum(t.numel() for t in saved) <= per_segment_head + 2 * (len(lengths) + 1)  # + the offsets
+    out.sum().backward()
+    assert allocated
+    assert max(allocated) <= total * heads * max(d, dv)
+    assert sum(allocated) <= 8 * total * heads * max(d, dv)  # outputs, gradients, workspaces, small state
+
+
+# ---------------------------------------------------------------- validation
+
+def _bad(**changes):
+    """Valid arguments of a small packed call, with some replaced."""
+    q, k, v = packed_qkv([3, 4], [2, 5], 2, 8, 6, torch.float32)
+    args = dict(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens([3, 4]), cu_seqlens_k=cu_seqlens([2, 5]))
+    args.update(changes)
+    return args
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    (_bad(q=torch.randn(7, 2, 8, 1)), {}, r"q must have rank 3 \(total, H, D\), got shape \(7, 2, 8, 1\)"),
+    (_bad(k=torch.randn(7, 2, 8).double()), {}, r"k must be float16, bfloat16 or float32, got torch.float64"),
+    (_bad(v=torch.ones(7, 2, 6, dtype=torch.int32)), {}, r"v must be float16.*torch.int32"),
+    (_bad(q=torch.randn(7, 2, 8).half()), {}, r"dtypes differ: torch.float16, torch.float32"),
+    (_bad(k=torch.randn(7, 3, 8)), {}, r"head count H differs: q 2, k 3, v 2"),
+    (_bad(k=torch.randn(7, 2, 4)), {}, r"head dim D differs: q 8, k 4"),
+    (_bad(v=torch.randn(6, 2, 6)), {}, r"key/value token count differs: k 7, v 6"),
+    (_bad(q=torch.randn(7, 2, 129), k=torch.randn(7, 2, 129)), {}, r"head dim D must lie in \[1, 128\], got 129"),
+    (_bad(cu_seqlens_q=torch.tensor([0, 3, 7])), {}, r"cu_seqlens_q must have dtype torch.int32, got torch.int64"),
+    (_bad(cu_seqlens_k=torch.tensor([[0, 2, 7]], dtype=torch.int32)), {}, r"cu_seqlens_k must have shape"),
+    (_bad(cu_seqlens_k=torch.tensor([0, 7], dtype=torch.int32)), {}, r"different segment counts: 2 and 1"),
+    (_bad(cu_seqlens_q=torch.tensor([0, 3, 6], dtype=torch.int32)), {},
+     r"cu_seqlens_q must start at 0 and end at the token count 7, got 0 .. 6"),
+    (_bad(cu_seqlens_k=torch.tensor([0, 0, 7], dtype=torch.int32)), {}, r"segments of length >= 1, got a length 0"),
+    (_bad(), dict(eps=0.0), r"eps must be a float > 0, got 0.0"),
+    (_bad(), dict(causal=True), r"causal flow attention needs equal q/kv segment lengths, got \[3, 4\] and \[2, 5\]"),
+    (_bad(k=torch.randn(8, 2, 8), v=torch.randn(8, 2, 6), cu_seqlens_k=torch.tensor([0, 3, 8], dtype=torch.int32)),
+     dict(causal=True), r"needs equal q/kv segments, got 7 query and 8 key tokens"),
+])
+def test_validation_errors(args, kwargs, match):
+    args = {name: x.to(DEVICE) for name, x in args.items()}
+    with pytest.raises(ValueError, match=match):
+        fa.flow_attention_varlen(**args, **kwargs)
