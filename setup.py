@@ -12,6 +12,8 @@ setup(
     # `kernels` would clash with an unrelated, widely used PyPI package.
     packages=find_packages(include=["bpmt_fast", "bpmt_fast.*"]) + ["bpmt_fast.kernels"],
     package_dir={"bpmt_fast": "bpmt_fast", "bpmt_fast.kernels": "kernels"},
+    # Real Gait3D sequence lengths: the bpmt-varlen benchmark shape set draws from them.
+    package_data={"bpmt_fast.bench": ["gait3d_lengths.txt"]},
     install_requires=[
         "torch>=2.4",
         "numpy",

@@ -1,4 +1,4 @@
-"""Command line: `bpmt-fast backends | train | eval | demo`."""
+"""Command line: `bpmt-fast backends | train | eval | demo | bench`."""
 from __future__ import annotations
 
 import argparse
@@ -104,6 +104,51 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def comma_list(text: str) -> list[str]:
+    """argparse type: "a,b" -> ["a", "b"] (names are checked when the benchmark starts)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def cmd_bench(args) -> int:
+    from bpmt_fast.bench import run_bench
+
+    run_bench(args.suite, quick=args.quick, out=args.out, backends=args.backends, shapes=args.shapes,
+              dtype=args.dtype, device=args.device)
+    return 0
+
+
+def cmd_bench_report(args) -> int:
+    from bpmt_fast.bench import rebuild_report
+
+    rebuild_report(args.path, args.out)
+    return 0
+
+
+def add_bench_parser(commands) -> None:
+    bench = commands.add_parser("bench", help="benchmark attention backends, training steps and accuracy on this "
+                                              "machine: JSON, markdown report and plots")
+    suites = bench.add_subparsers(dest="suite", required=True)
+    helps = {"attention": "every backend on every attention shape set, forward and forward + backward",
+             "train-step": "BPMT / baseline training steps per backend, eager and torch.compile",
+             "accuracy": "the same short training run per backend: final losses and rank-1",
+             "all": "attention, train-step and accuracy in one run"}
+    for suite, text in helps.items():
+        parser = suites.add_parser(suite, help=text)
+        parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test that runs in seconds")
+        parser.add_argument("--out", help="results folder (default: bench-results/<date>-<device>)")
+        parser.add_argument("--backends", type=comma_list, metavar="A,B",
+                            help="backends to run (default: every available one; math is always included)")
+        parser.add_argument("--shapes", type=comma_list, metavar="X,Y",
+                            help="shape sets: bpmt-fixed, bpmt-varlen, cross-pairs, long, train-step (default: all)")
+        parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+        parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        parser.set_defaults(run=cmd_bench)
+    report = suites.add_parser("report", help="rebuild the markdown report and plots from a saved results JSON")
+    report.add_argument("path", help="results.json or the folder holding it")
+    report.add_argument("--out", help="folder for report.md and plots/ (default: the JSON's folder)")
+    report.set_defaults(run=cmd_bench_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bpmt-fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_attn_backend_option(demo)
     demo.add_argument("--steps", type=int, default=3, help="optimizer steps per backend and model")
     demo.set_defaults(run=cmd_demo)
+    add_bench_parser(commands)
     return parser
 
 

@@ -1,0 +1,93 @@
+"""What every suite shares: the run's settings, which backends run, and how a result row looks."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bpmt_fast.attention import BACKENDS
+
+NAN = math.nan
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Triton backends run on CPU only inside the Triton interpreter, which is orders of magnitude slower than a GPU:
+# their CPU timings would say nothing about the kernels.
+INTERPRETED_ON_CPU = frozenset({"triton", "flow-triton"})
+INTERPRETED_REASON = "interpreted on CPU: timing meaningless"
+INTERPRETED_TRAINING_REASON = "interpreted on CPU: too slow to train here"
+
+# Row statuses. Only "ok" rows carry numbers; every other status has NaN times and a reason.
+OK, WRONG, ERROR, OOM, UNSUPPORTED, SKIPPED, UNAVAILABLE = ("ok", "wrong", "error", "oom", "unsupported",
+                                                            "skipped", "unavailable")
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    dtype: torch.dtype
+    quick: bool = False
+    backends: list[str] = field(default_factory=list)  # names to run, math first
+    shapes: list[str] | None = None  # shape-set names; None: all
+    out: Path = Path("bench-results")
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch.cuda.is_available() is False here")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA and fp32 on CPU unless asked otherwise (CPU half-precision kernels are emulation, mostly)."""
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def select_backends(names: list[str] | None) -> list[str]:
+    """Backends to run, looked up in the registry at run time (backends may register late).
+
+    None: every available backend. A named list is validated (unknown names raise ValueError listing the valid
+    ones) and kept as named, so an unavailable backend the user asked for shows up with its reason. `math`, the
+    reference, is always first.
+    """
+    if names:
+        unknown = [n for n in names if n not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; valid: {', '.join(BACKENDS)}")
+        chosen = list(dict.fromkeys(names))
+    else:
+        chosen = [name for name, cls in BACKENDS.items() if cls.is_available()]
+    return ["math"] + [n for n in chosen if n != "math"]
+
+
+def skip_reason(name: str, device: torch.device, interpreted: str = INTERPRETED_REASON) -> tuple[str, str] | None:
+    """(status, reason) when a backend cannot be measured on this machine at all, else None."""
+    reason = BACKENDS[name].why_unavailable()
+    if reason:
+        return UNAVAILABLE, reason
+    if device.type == "cpu" and name in INTERPRETED_ON_CPU and os.environ.get("TRITON_INTERPRET") == "1":
+        return SKIPPED, interpreted
+    return None
+
+
+def error_text(error: BaseException, limit: int = 300) -> str:
+    """One line of an exception for a row: the type and the start of the message."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:limit]}" + ("..." if len(text) > limit else "")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)

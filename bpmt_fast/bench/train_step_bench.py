@@ -1,0 +1,164 @@
+"""Train-step suite: one forward + backward + AdamW step of BPMT and the baseline, per backend, eager and under
+torch.compile (default and mode="reduce-overhead", i.e. CUDA graphs).
+
+An "attention removed" row swaps every attention call for one that returns v unchanged: the step time left is
+what the rest of the model costs, so (step - step without attention) bounds what any attention kernel can win.
+It exists only inside this suite and is never registered as a backend.
+
+On CUDA the step runs under bf16 / fp16 autocast (fp32 weights and AdamW state, the usual mixed precision); in
+fp32 without autocast. Sequences are full length (lengths=None): the packed-parts measurement of GPU.md.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from bpmt_fast.attention import BACKENDS, AttentionBackend, AttentionInputs, AutoBackend
+from bpmt_fast.model import BPMT, Baseline, ModelConfig
+from bpmt_fast.train.losses import masked_reconstruction_loss
+
+from .common import ERROR, NAN, OK, OOM, SKIPPED, UNSUPPORTED, Settings, error_text, say, select_backends, skip_reason
+from .shapes import TrainCase, select_shape_sets
+from .timing import free_memory, is_out_of_memory, measure
+
+ATTENTION_REMOVED = "attention removed"
+MODES = {"eager": None, "compile": "default", "compile reduce-overhead": "reduce-overhead"}
+COMPILE_WARMUP_STEPS = 3  # compile, then record CUDA graphs (reduce-overhead records on the second or third call)
+
+
+class NoAttention(AttentionBackend):
+    """Returns v as the attention output: no attention cost at all (Nq == Nk in every model call)."""
+
+    NAME = ATTENTION_REMOVED
+    DESCRIPTION = "v passed through unchanged: a bound on any attention kernel's gain (benchmark only)"
+
+    def padded(self, q, k, v, q_lengths=None, kv_lengths=None, scale=None, causal=False):
+        return v  # (B, Nk, H, Dv)
+
+
+def remove_attention(model: torch.nn.Module) -> None:
+    """Swap the backend object every attention module resolved at construction."""
+    for module in model.modules():
+        if isinstance(getattr(module, "backend", None), (AttentionBackend, AutoBackend)):
+            module.backend = NoAttention()
+
+
+def build_model(case: TrainCase, backend: str) -> torch.nn.Module:
+    config = ModelConfig(dim=case.dim, heads=case.heads, part_layers=case.part_layers, pair_layers=case.pair_layers,
+                         num_classes=case.num_classes, attn_backend="math" if backend == ATTENTION_REMOVED else backend)
+    torch.manual_seed(0)  # the same weights for every backend
+    model = (BPMT if case.model == "bpmt" else Baseline)(config)
+    if backend == ATTENTION_REMOVED:
+        remove_attention(model)
+    # Train what the stage trains (as bpmt_fast.train.stages does): stage 2 leaves the part encoders fixed.
+    trained = model.STAGE_MODULES[case.stage]
+    for name, param in model.named_parameters():
+        param.requires_grad = any(name == m or name.startswith(m + ".") for m in trained)
+    return model
+
+
+def make_batch(case: TrainCase, num_parts: int, device: torch.device, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    poses = torch.randn(case.batch, case.frames, 17, 3, generator=generator)  # (B, T, J, C), COCO-17
+    poses[..., 2] = poses[..., 2].sigmoid()  # confidence in (0, 1)
+    labels = torch.randint(case.num_classes, (case.batch,), generator=generator)
+    frame_mask = torch.rand(case.batch, num_parts, case.frames, generator=generator) < 0.4  # (B, P, T)
+    return poses.to(device), labels.to(device), frame_mask.to(device)
+
+
+def make_step(model, forward, case: TrainCase, batch, autocast_dtype):
+    """One optimizer step as a closure; `forward` is the model or its compiled version."""
+    poses, labels, frame_mask = batch
+    mask = None if case.stage == "finetune" else frame_mask
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    device_type = poses.device.type
+    autocast = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+
+    def step():
+        with autocast:
+            out = forward(poses, None, mask, stage=case.stage)["training_feat"]
+            if case.stage == "finetune":
+                loss = F.cross_entropy(out["logits"].float(), labels)
+            else:
+                loss = masked_reconstruction_loss(out["reconstruction"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def mode_skip_reason(mode: str, settings: Settings) -> str | None:
+    if mode == "eager" or settings.device.type == "cuda":
+        return None
+    if settings.quick:
+        return "CPU --quick: torch.compile not run (compiling takes minutes here)"
+    if mode == "compile reduce-overhead":
+        return "reduce-overhead records CUDA graphs: needs a GPU"
+    return None
+
+
+def attention_inputs(case: TrainCase, settings: Settings, attn_dtype: torch.dtype) -> AttentionInputs:
+    head_dim = case.dim // case.heads
+    return AttentionInputs(settings.device.type, attn_dtype, head_dim, head_dim, case.heads, masked=False,
+                           requires_grad=True)
+
+
+def bench_one(case: TrainCase, backend: str, mode: str, settings: Settings) -> dict:
+    attn_dtype = settings.dtype
+    autocast_dtype = None if settings.dtype == torch.float32 else settings.dtype
+    row = {"suite": "train-step", "shape_set": "train-step", "case": case.name, "model": case.model,
+           "stage": case.stage, "backend": backend, "mode": mode, "batch": case.batch, "frames": case.frames,
+           "dim": case.dim, "heads": case.heads, "dtype": settings.dtype_name + (" autocast" if autocast_dtype else ""),
+           "exact": True if backend == ATTENTION_REMOVED else BACKENDS[backend].IS_EXACT,
+           "status": None, "reason": "", "median_ms": NAN, "sequences_per_s": NAN, "peak_mib": NAN}
+    if backend != ATTENTION_REMOVED:
+        skip = skip_reason(backend, settings.device)
+        reasons = BACKENDS[backend].not_supported_reasons(attention_inputs(case, settings, attn_dtype))
+        if skip:
+            return {**row, "status": skip[0], "reason": skip[1]}
+        if reasons:
+            return {**row, "status": UNSUPPORTED, "reason": "; ".join(reasons)}
+    skip_mode = mode_skip_reason(mode, settings)
+    if skip_mode:
+        return {**row, "status": SKIPPED, "reason": skip_mode}
+
+    model = forward = None
+    try:
+        model = build_model(case, backend).to(settings.device)
+        model.train()
+        if MODES[mode] is not None:
+            torch._dynamo.reset()  # fresh caches: every model instance would otherwise count as a recompile
+            forward = torch.compile(model, mode=MODES[mode])
+        else:
+            forward = model
+        step = make_step(model, forward, case, make_batch(case, model.tokenizer.num_parts, settings.device),
+                         autocast_dtype)
+        warmup = COMPILE_WARMUP_STEPS if MODES[mode] is not None else 1
+        result = measure(step, settings.device, quick=settings.quick, warmup=warmup)
+    except Exception as error:  # noqa: BLE001 - any failure is a row, never a crash
+        status = OOM if is_out_of_memory(error) else ERROR
+        return {**row, "status": status, "reason": error_text(error)}
+    finally:
+        del model, forward
+        free_memory(settings.device)
+    return {**row, "status": OK, "median_ms": result.median_ms, "peak_mib": result.peak_mib,
+            "sequences_per_s": case.batch / (result.median_ms * 1e-3)}
+
+
+def run_train_step(settings: Settings) -> list[dict]:
+    backends = (settings.backends or select_backends(None)) + [ATTENTION_REMOVED]
+    rows = []
+    for shape_set in select_shape_sets(settings.shapes, "train-step"):
+        for case in shape_set.cases(settings.quick):
+            for backend in backends:
+                for mode in MODES:
+                    row = bench_one(case, backend, mode, settings)
+                    rows.append(row)
+                    shown = (f"{row['median_ms']:.2f} ms, {row['sequences_per_s']:.0f} seq/s"
+                             if row["status"] == OK else row["reason"][:90])
+                    say(f"train-step | {case.name} | {backend} {mode}: {row['status']} {shown}")
+    torch._dynamo.reset()  # drop compiled graphs (and their CUDA graph pools) before the next suite
+    return rows
