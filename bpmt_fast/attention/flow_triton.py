@@ -8,58 +8,18 @@ CUDA; CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1, for tes
 """
 from __future__ import annotations
 
-import importlib
-import os
-
 import torch
 
-from .base import AttentionBackend
+from .triton import TritonKernelBackend
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _kernels():
-    # Imported lazily: the kernel module imports triton, and triton.jit reads TRITON_INTERPRET at that moment.
-    return importlib.import_module("bpmt_fast.kernels.flow_attention")
-
-
-class FlowTritonBackend(AttentionBackend):
+class FlowTritonBackend(TritonKernelBackend):
     NAME = "flow-triton"
     DESCRIPTION = "Flowformer flow attention, our fused Triton kernels on packed segments (linear in N), fwd + bwd"
-    SUPPORTED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32})
-    MAX_HEAD_DIM = 128
-    SUPPORTS_VARLEN = True
+    KERNEL_MODULE = "bpmt_fast.kernels.flow_attention"
     SUPPORTS_CAUSAL = True
     SUPPORTS_CUSTOM_SCALE = False
     IS_EXACT = False
-
-    @classmethod
-    def unavailable_reason(cls):
-        try:
-            importlib.import_module("triton")
-        except ImportError as error:
-            return f"package triton is not installed ({error})"
-        if not torch.cuda.is_available() and not _interpreting():
-            return "needs a CUDA GPU, or TRITON_INTERPRET=1 (the Triton interpreter) for CPU tensors"
-        return None
-
-    @classmethod
-    def version(cls):
-        if not cls.is_available():
-            return None
-        return getattr(importlib.import_module("triton"), "__version__", "unknown")
-
-    @classmethod
-    def extra_reasons(cls, inputs):
-        reasons = []
-        if inputs.device_type == "cpu":
-            if not _interpreting():
-                reasons.append("CPU tensors run only in the Triton interpreter (set TRITON_INTERPRET=1)")
-            if inputs.dtype == torch.bfloat16:
-                reasons.append("bfloat16 on CPU is not supported: the Triton interpreter's bf16 tl.dot is wrong")
-        return reasons
 
     def _varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal):
         if scale is not None:
@@ -71,5 +31,5 @@ class FlowTritonBackend(AttentionBackend):
         if causal and not torch.compiler.is_compiling() and not torch.equal(cu_seqlens_q, cu_seqlens_k):
             raise ValueError(f"causal flow attention needs equal q/kv segment lengths, got cu_seqlens_q "
                              f"{cu_seqlens_q.tolist()} and cu_seqlens_k {cu_seqlens_k.tolist()}")
-        return _kernels().flow_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal,
+        return self.kernels().flow_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal,
                                                 check_values=False)
