@@ -8,29 +8,54 @@ Layouts
     query segments (all part pairs of a batch share the key parts). The log-sum-exp of each query row is kept
     for the backward as `lse (H, total_q)` float32, natural log.
 
-Forward, one program per (query block, query segment, head); grid `(cdiv(max_seqlen_q, BLOCK_M), S_q * H)`:
+Two ways to give rows to programs (one set of kernels; the constexpr `PACK_ROWS` switches the prologue and mask)
+    per segment: a program owns a block of one segment's rows; any `kv_index`. Grid `(cdiv(max_seqlen, BLOCK),
+        S * H)`: a segment shorter than the tile leaves most of its tile masked, and short segments mean many
+        programs (what the CPU interpreter pays for, program by program).
+    packed rows: a program owns BLOCK consecutive rows of all segments back to back (`total_q` rows for queries,
+        `total_k` for keys); grid `(cdiv(total, BLOCK), H)`. Only for an identity `kv_index` (query segment i
+        attends to key/value segment i; lengths may differ): a block's rows span segments s_first..s_last, whose
+        keys (queries, for dK/dV) are then one contiguous range `[cu_k[s_first], cu_k[s_last + 1])`, looped over
+        in blocks. Scores are masked block-diagonally, `segment(row) == segment(key)`, from per-token segment ids
+        (int32, searchsorted over `cu_seqlens` on the device: no host sync).
+    Automatic choice (`pack_rows=None`): packed rows iff kv_index is the identity and every packed row tile holds
+    at least two segments of the longest length: max_seqlen_q <= BLOCK_M / 2 (query tile of the forward / dQ) and
+    max_seqlen_k <= BLOCK_N / 2 (key tile of dK/dV) of `_packed_config`, i.e. both <= 128 under the interpreter
+    (256-row tiles), both <= 32 on a GPU (64-row tiles). Long segments and any other kv_index: per segment.
+    `pack_rows=True` / `False` forces a mode (True still needs the identity).
+
+Forward, one program per (query block, head) of its mode:
     1. load the query tile `(BLOCK_M, D)` once;
-    2. for each key block of the segment: scores `s = q k^T * scale` in fp32 (keys beyond the segment -> -inf),
-       new running max `m`, rescale the running sum `l` and accumulator `acc` by `exp(m_old - m)`, add `exp(s - m)`
-       and `exp(s - m) v` (online softmax; exponentials in base 2 with the scale folded into one multiply);
-    3. `out = acc / l`, `lse = m + log(l)`.
+    2. for each key block of the block's key range: scores `s = q k^T * scale` in fp32 (keys outside the row's
+       segment -> -inf), new running max `m`, rescale the running sum `l` and accumulator `acc` by
+       `exp(m_old - m)`, add `exp(s - m)` and `exp(s - m) v` (online softmax; exponentials in base 2 with the scale
+       folded into one multiply). Packed rows: a key block may hold no key of a row's segment (`m = -inf`); the
+       exponentials then use 0 in place of `m`, so they are 0, not NaN;
+    3. `out = acc / l`, `lse = m + log(l)`; a row whose key/value segment is empty (`l = 0`) gets `out = 0` and
+       `lse = 0`, which the backward never uses (all its scores are masked).
 Backward, three kernels:
     1. preprocess: `delta = rowsum(dO * O)` per query row `(H, total_q)`;
-    2. dK/dV: one program per (key block, key/value segment, head) keeps its K/V tile and dK/dV accumulators in
-       registers and loops over every query block of every query segment that maps to its segment. The inverse
-       map (key/value segment -> query segments) is a CSR array built on the device with a sort, so shared
-       key/value segments need no atomics;
-    3. dQ: one program per (query block, query segment, head) loops over the key blocks of its segment.
-    Recomputes `p = exp(s - lse)`, `dS = p * (dO v^T - delta)`, `dV = p^T dO`, `dK = dS^T q * scale`,
-    `dQ = dS k * scale`. Each output element is written by exactly one program with a fixed loop order:
-    the backward is deterministic (bitwise reproducible) by construction; there is no atomic path.
+    2. dK/dV: one program per (key block, head) keeps its K/V tile and dK/dV accumulators in registers and loops
+       over the query blocks that read it. Per segment: every query block of every query segment that maps to
+       its key/value segment, from the inverse map (key/value segment -> query segments) as a CSR array built on
+       the device with a sort, so shared key/value segments need no atomics. Packed rows: the contiguous query
+       range of its key segments;
+    3. dQ: one program per (query block, head) loops over the key blocks of its key range, as in the forward.
+    Recomputes `p = exp(s - lse)` (0 where masked), `dS = p * (dO v^T - delta)`, `dV = p^T dO`,
+    `dK = dS^T q * scale`, `dQ = dS k * scale`. Each output element is written by exactly one program with a
+    fixed loop order, in both modes: the backward is deterministic (bitwise reproducible) by construction; there
+    is no atomic path.
 
 Limits
     fp32 / fp16 / bf16; head dims 1..128 (tiles are padded to a power of two >= 16 and masked); non-causal only;
     CUDA, or CPU tensors under the Triton interpreter (TRITON_INTERPRET=1), where bf16 `tl.dot` is wrong and
     therefore unsupported. Empty segments are allowed: a query segment whose key/value segment is empty gets
     zero output and zero gradients. `max_seqlen_q/k` must bound the segments (checked unless
-    `check_values=False`), or rows beyond them are left unwritten.
+    `check_values=False`), or rows beyond them are left unwritten (per segment; packed rows cover `total_q` and
+    `total_k` whatever the max lengths, which then only steer the automatic choice). Packed rows are correct for
+    any lengths, but a block's key range spans all segments its rows touch: empty query segments between them,
+    or keys much longer than queries, widen it (the automatic rule bounds both lengths, not their ratio). Grids are
+    1-D (row blocks x groups flattened on axis 0), so no CUDA 65535 axis limit applies to S * H.
 
 Differences from the reference (`bpmt_fast.reference.softmax`)
     No `(Nq, Nk)` score matrix is stored: softmax is computed blockwise online, so results differ by rounding
@@ -55,6 +80,8 @@ LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E)
 # fp32 inputs: IEEE products so fp32 results match the fp32 reference (TF32 would not); halves ignore it.
 # Both triton 3.6 and 3.9 take `input_precision` (`allow_tf32` is deprecated).
 DOT_PRECISION = "ieee"
+# Packed-rows tile (rows and keys) under the interpreter; segments up to half of it are packed automatically.
+PACKED_BLOCK_INTERPRET = 256
 
 
 def _alloc(shape, dtype, device) -> torch.Tensor:
@@ -67,22 +94,35 @@ def _alloc(shape, dtype, device) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
 def varlen_attention_fwd_kernel(
-    Q, K, V, O, LSE, CU_Q, CU_K, KV_INDEX,
+    Q, K, V, O, LSE, CU_Q, CU_K, KV_INDEX, SEG_Q, SEG_K,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    total_q, num_heads, qk_scale,  # qk_scale = scale * log2(e): scores go straight into exp2
+    total_q, num_heads, num_blocks, qk_scale,  # qk_scale = scale * log2(e): scores go straight into exp2
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    seg = tl.program_id(1) // num_heads
-    head = tl.program_id(1) % num_heads
-    q_start = tl.load(CU_Q + seg)
-    q_len = tl.load(CU_Q + seg + 1) - q_start
-    if pid_m * BLOCK_M >= q_len:  # grid covers max_seqlen_q; shorter segments have idle blocks
+    # 1-D grid of num_blocks row blocks x groups (CUDA caps grid axes 1 and 2 at 65535, axis 0 at 2^31 - 1)
+    pid_m = tl.program_id(0) % num_blocks
+    group = tl.program_id(0) // num_blocks  # segment * H + head; packed rows: the head alone, seg 0 (unused)
+    seg = group // num_heads
+    head = group % num_heads
+    if PACK_ROWS:  # the rows of all segments back to back form one range
+        q_start = 0
+        q_len = total_q
+    else:
+        q_start = tl.load(CU_Q + seg)
+        q_len = tl.load(CU_Q + seg + 1) - q_start
+    if pid_m * BLOCK_M >= q_len:  # per segment the grid covers max_seqlen_q: shorter segments idle
         return
-    kv_seg = tl.load(KV_INDEX + seg)
-    k_start = tl.load(CU_K + kv_seg)
-    k_len = tl.load(CU_K + kv_seg + 1) - k_start
+    if PACK_ROWS:  # rows of segments s_first..s_last: their keys are one contiguous range (identity kv_index)
+        first_row = pid_m * BLOCK_M
+        s_first = tl.load(SEG_Q + first_row)
+        s_last = tl.load(SEG_Q + tl.minimum(first_row + BLOCK_M, total_q) - 1)
+        k_start = tl.load(CU_K + s_first)
+        k_len = tl.load(CU_K + s_last + 1) - k_start
+    else:
+        kv_seg = tl.load(KV_INDEX + seg)
+        k_start = tl.load(CU_K + kv_seg)
+        k_len = tl.load(CU_K + kv_seg + 1) - k_start
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -92,6 +132,8 @@ def varlen_attention_fwd_kernel(
     rows = (q_start + offs_m).to(tl.int64)  # int64: token * stride can pass 2^31 on big batches
     q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
                 mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_M, BLOCK_D)
+    if PACK_ROWS:
+        row_seg = tl.load(SEG_Q + rows, mask=row_ok, other=-1)  # (BLOCK_M,); -1 matches no key
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, base-2 scaled scores
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(s - m_i)
@@ -105,16 +147,26 @@ def varlen_attention_fwd_kernel(
         v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
                     mask=col_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)  # (BLOCK_N, BLOCK_DV)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        s = tl.where(col_ok[None, :], s, float("-inf"))
-        # Every block holds at least one valid key, so m_new is finite and no exp2(-inf - -inf) NaN can occur.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
-        p = tl.exp2(s - m_new[:, None])
+        if PACK_ROWS:
+            # Block-diagonal mask: a row sees the keys of its own segment only (-2 past the range matches no row).
+            # A block may hold none of a row's keys (m_new = -inf): exponentiate against 0 then, not -inf, so no
+            # exp2(-inf - -inf) NaN appears; p and alpha are 0 for such rows until their keys come.
+            col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)
+            s = tl.where(row_seg[:, None] == col_seg[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            # Every block holds at least one valid key, so m_new is finite and no exp2(-inf - -inf) NaN can occur.
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_ref = m_new
+        alpha = tl.exp2(m_i - m_ref)  # 0 on the first block (m_i = -inf)
+        p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    has_keys = l_i > 0  # False only when the key/value segment is empty: zero output, lse 0 (never read)
+    has_keys = l_i > 0  # False only when the row's key/value segment is empty: zero output, lse 0 (never read)
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, 0.0)  # * ln 2
     tl.store(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :], out.to(O.dtype.element_ty),
@@ -139,18 +191,23 @@ def varlen_attention_bwd_preprocess_kernel(
 
 @triton.jit
 def varlen_attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, Q_OF_KV_PTR, Q_OF_KV,
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, Q_OF_KV_PTR, Q_OF_KV, SEG_Q, SEG_K,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    total_q, num_heads, scale, qk_scale,
+    total_q, total_k, num_heads, num_blocks, scale, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    kv_seg = tl.program_id(1) // num_heads
-    head = tl.program_id(1) % num_heads
-    k_start = tl.load(CU_K + kv_seg)
-    k_len = tl.load(CU_K + kv_seg + 1) - k_start
+    pid_n = tl.program_id(0) % num_blocks  # 1-D grid as in the forward
+    group = tl.program_id(0) // num_blocks  # kv segment * H + head; packed rows: the head alone
+    kv_seg = group // num_heads
+    head = group % num_heads
+    if PACK_ROWS:  # the key rows of all segments back to back form one range
+        k_start = 0
+        k_len = total_k
+    else:
+        k_start = tl.load(CU_K + kv_seg)
+        k_len = tl.load(CU_K + kv_seg + 1) - k_start
     if pid_n * BLOCK_N >= k_len:
         return
 
@@ -168,12 +225,25 @@ def varlen_attention_bwd_dkdv_kernel(
                 mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    if PACK_ROWS:  # keys of segments s_first..s_last: their queries are one contiguous range, one loop trip below
+        first_key = pid_n * BLOCK_N
+        s_first = tl.load(SEG_K + first_key)
+        s_last = tl.load(SEG_K + tl.minimum(first_key + BLOCK_N, total_k) - 1)
+        col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)  # (BLOCK_N,); -2 matches no query
+        pair_start = 0
+        pair_end = 1
+    else:  # every query segment that reads this key/value segment, in a fixed order (CSR row kv_seg)
+        pair_start = tl.load(Q_OF_KV_PTR + kv_seg)
+        pair_end = tl.load(Q_OF_KV_PTR + kv_seg + 1)
 
-    # Every query segment that reads this key/value segment, in a fixed order (CSR row kv_seg).
-    for i in range(tl.load(Q_OF_KV_PTR + kv_seg), tl.load(Q_OF_KV_PTR + kv_seg + 1)):
-        q_seg = tl.load(Q_OF_KV + i)
-        q_start = tl.load(CU_Q + q_seg)
-        q_len = tl.load(CU_Q + q_seg + 1) - q_start
+    for i in range(pair_start, pair_end):
+        if PACK_ROWS:
+            q_start = tl.load(CU_Q + s_first)
+            q_len = tl.load(CU_Q + s_last + 1) - q_start
+        else:
+            q_seg = tl.load(Q_OF_KV + i)
+            q_start = tl.load(CU_Q + q_seg)
+            q_len = tl.load(CU_Q + q_seg + 1) - q_start
         for start_m in range(0, q_len, BLOCK_M):
             row_ok = start_m + offs_m < q_len
             rows = (q_start + start_m + offs_m).to(tl.int64)
@@ -183,9 +253,15 @@ def varlen_attention_bwd_dkdv_kernel(
                          mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
             lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
             delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
+            if PACK_ROWS:  # block-diagonal: a key sees the queries of its own segment only
+                row_seg = tl.load(SEG_Q + rows, mask=row_ok, other=-1)
+                valid = col_seg[:, None] == row_seg[None, :]  # (BLOCK_N, BLOCK_M)
+            else:
+                valid = col_ok[:, None] & row_ok[None, :]
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
-            # Padded keys / queries are zero, so s_t is finite there, but exp2(-lse) could still overflow: mask.
-            p_t = tl.where(col_ok[:, None] & row_ok[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
+            # Padded keys / queries are zero, so s_t is finite there, but exp2(s - lse) could still overflow (or
+            # meet another segment's lse): masked entries become exp2(-inf) = 0.
+            p_t = tl.exp2(tl.where(valid, s_t - lse2[None, :], float("-inf")))
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
             ds_t = p_t * (dp_t - delta[None, :])
@@ -199,23 +275,35 @@ def varlen_attention_bwd_dkdv_kernel(
 
 @triton.jit
 def varlen_attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, KV_INDEX,
+    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, KV_INDEX, SEG_Q, SEG_K,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dqt, stride_dqh,
-    total_q, num_heads, scale, qk_scale,
+    total_q, num_heads, num_blocks, scale, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    seg = tl.program_id(1) // num_heads
-    head = tl.program_id(1) % num_heads
-    q_start = tl.load(CU_Q + seg)
-    q_len = tl.load(CU_Q + seg + 1) - q_start
+    pid_m = tl.program_id(0) % num_blocks  # 1-D grid as in the forward
+    group = tl.program_id(0) // num_blocks  # segment * H + head; packed rows: the head alone
+    seg = group // num_heads
+    head = group % num_heads
+    if PACK_ROWS:  # as in the forward
+        q_start = 0
+        q_len = total_q
+    else:
+        q_start = tl.load(CU_Q + seg)
+        q_len = tl.load(CU_Q + seg + 1) - q_start
     if pid_m * BLOCK_M >= q_len:
         return
-    kv_seg = tl.load(KV_INDEX + seg)
-    k_start = tl.load(CU_K + kv_seg)
-    k_len = tl.load(CU_K + kv_seg + 1) - k_start
+    if PACK_ROWS:
+        first_row = pid_m * BLOCK_M
+        s_first = tl.load(SEG_Q + first_row)
+        s_last = tl.load(SEG_Q + tl.minimum(first_row + BLOCK_M, total_q) - 1)
+        k_start = tl.load(CU_K + s_first)
+        k_len = tl.load(CU_K + s_last + 1) - k_start
+    else:
+        kv_seg = tl.load(KV_INDEX + seg)
+        k_start = tl.load(CU_K + kv_seg)
+        k_len = tl.load(CU_K + kv_seg + 1) - k_start
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -231,6 +319,8 @@ def varlen_attention_bwd_dq_kernel(
                  mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
     lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
     delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
+    if PACK_ROWS:
+        row_seg = tl.load(SEG_Q + rows, mask=row_ok, other=-1)  # (BLOCK_M,); -1 matches no key
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, k_len, BLOCK_N):
         cols = start_n + offs_n
@@ -240,8 +330,13 @@ def varlen_attention_bwd_dq_kernel(
                     mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
         v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
                     mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+        if PACK_ROWS:  # block-diagonal, as in the forward
+            col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)
+            valid = row_seg[:, None] == col_seg[None, :]  # (BLOCK_M, BLOCK_N)
+        else:
+            valid = row_ok[:, None] & col_ok[None, :]
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = tl.where(row_ok[:, None] & col_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        p = tl.exp2(tl.where(valid, s - lse2[:, None], float("-inf")))
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -281,6 +376,36 @@ def _config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int) 
     return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, 32 if big else 64), 8 if big else 4, 2)  # dq
 
 
+def _packed_config(kernel: str, head_block: int) -> _Config:
+    """Block sizes per kernel in the packed-rows mode (fixed: they do not shrink to the segments, which share them).
+
+    The packed row tile is BLOCK_M (queries) in "fwd" and "dq" and BLOCK_N (keys) in "dkdv"; the other side is
+    the loop tile. On a GPU: 64-row packed tiles in all three kernels; loop tiles and warps as `_config` at its
+    caps (32-query loop tiles in dK/dV, 32-key loop tiles in dQ above head dim 64, 8 warps there), except a
+    64-key loop tile in the forward. Most products of a packed tile are masked off (block-diagonal), which is
+    cheap next to the memory latency of many tiny programs at gait lengths; untuned: to be measured on a GPU.
+    Under the interpreter one fixed, large square tile: programs and loop trips are what cost time there, masked
+    lanes are nearly free (256 measured ~2x faster than 128 on BPMT-like batches of 6- to 128-token segments).
+    """
+    if INTERPRET:
+        return _Config(PACKED_BLOCK_INTERPRET, PACKED_BLOCK_INTERPRET, 4, 1)
+    big = head_block > 64
+    if kernel == "fwd":
+        return _Config(64, 64, 8 if big else 4, 2)
+    if kernel == "dkdv":  # 64 packed keys; 64-query loop tiles spill registers (sm90, fp16, head dims >= 64)
+        return _Config(32, 64, 8 if big else 4, 2)
+    return _Config(64, 32 if big else 64, 8 if big else 4, 2)  # dq
+
+
+def _auto_pack_rows(head_dim: int, head_dim_v: int, max_seqlen_q: int, max_seqlen_k: int) -> bool:
+    """The automatic choice for an identity kv_index: packed rows when every packed row tile holds at least two
+    segments of the longest length, max_seqlen_q <= BLOCK_M / 2 of the "fwd" / "dq" tile and
+    max_seqlen_k <= BLOCK_N / 2 of the "dkdv" tile (interpreter: both <= 128; GPU: both <= 32)."""
+    head_block = max(_head_block(head_dim), _head_block(head_dim_v))
+    return (max_seqlen_q <= min(_packed_config(kind, head_block).block_m for kind in ("fwd", "dq")) // 2
+            and max_seqlen_k <= _packed_config("dkdv", head_block).block_n // 2)
+
+
 def _head_block(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
@@ -305,32 +430,55 @@ def _queries_of_kv(kv_index: torch.Tensor, num_kv_segments: int) -> tuple[torch.
     return ptr, order.to(torch.int32)  # (S_k + 1,), (S_q,)
 
 
+def _segment_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Segment of each token, int32 `(total,)`: the number of segment ends <= token. searchsorted on the device,
+    no host sync; empty segments own no token."""
+    tokens = torch.arange(total, dtype=torch.int32, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), tokens, right=True, out_int32=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------------------------
-def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale):
-    """q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)` -> out `(Tq, H, Dv)` in q's dtype, lse `(H, Tq)` fp32."""
+def _packing(pack_rows, cu_seqlens_q, cu_seqlens_k, total_q, total_k):
+    """Per-token segment ids `(SEG_Q, SEG_K)` for packed rows; otherwise placeholders the kernels never read."""
+    if pack_rows:
+        return _segment_ids(cu_seqlens_q, total_q), _segment_ids(cu_seqlens_k, total_k)
+    return cu_seqlens_q, cu_seqlens_k
+
+
+def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale,
+                         pack_rows=False):
+    """q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)` -> out `(Tq, H, Dv)` in q's dtype, lse `(H, Tq)` fp32.
+
+    `pack_rows=True` needs kv_index to be the identity (the caller's promise: it is not read)."""
     total_q, num_heads, head_dim = q.shape
     head_dim_v = v.shape[-1]
     out = _alloc((total_q, num_heads, head_dim_v), q.dtype, q.device)
     lse = _alloc((num_heads, total_q), torch.float32, q.device)
     num_segments = cu_seqlens_q.numel() - 1
     block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
-    cfg = _config("fwd", max(block_d, block_dv), max_seqlen_q, max_seqlen_k)
-    grid = (triton.cdiv(max_seqlen_q, cfg.block_m), num_segments * num_heads)
+    if pack_rows:  # blocks of packed rows x heads
+        cfg = _packed_config("fwd", max(block_d, block_dv))
+        grid = (triton.cdiv(total_q, cfg.block_m), num_heads)
+    else:  # blocks of one segment x (segments, heads)
+        cfg = _config("fwd", max(block_d, block_dv), max_seqlen_q, max_seqlen_k)
+        grid = (triton.cdiv(max_seqlen_q, cfg.block_m), num_segments * num_heads)
     if total_q and grid[0] and grid[1]:
-        varlen_attention_fwd_kernel[grid](
-            q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, *_strides(q, k, v, out),
-            total_q, num_heads, scale * LOG2E,
+        seg_q, seg_k = _packing(pack_rows, cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0])
+        varlen_attention_fwd_kernel[(grid[0] * grid[1],)](
+            q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, seg_q, seg_k, *_strides(q, k, v, out),
+            total_q, num_heads, grid[0], scale * LOG2E,
             HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
-            BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION, num_warps=cfg.num_warps,
+            BLOCK_DV=block_dv, PACK_ROWS=bool(pack_rows), DOT_PRECISION=DOT_PRECISION, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages)
     return out, lse
 
 
 def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
-                         max_seqlen_k, scale):
-    """Gradients dq `(Tq, H, D)`, dk `(Tk, H, D)`, dv `(Tk, H, Dv)` in the inputs' dtype."""
+                         max_seqlen_k, scale, pack_rows=False):
+    """Gradients dq `(Tq, H, D)`, dk `(Tk, H, D)`, dv `(Tk, H, Dv)` in the inputs' dtype; `pack_rows` as in the
+    forward that made `out` and `lse`."""
     total_q, num_heads, head_dim = q.shape
     total_k, head_dim_v = k.shape[0], v.shape[-1]
     device = q.device
@@ -342,7 +490,7 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_i
     block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
     head_block = max(block_d, block_dv)
     sizes = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=block_d, BLOCK_DV=block_dv,
-                 DOT_PRECISION=DOT_PRECISION)
+                 PACK_ROWS=bool(pack_rows), DOT_PRECISION=DOT_PRECISION)
 
     delta = _alloc((num_heads, total_q), torch.float32, device)
     block_t = 128 if INTERPRET else 64
@@ -350,28 +498,40 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_i
         out, do, delta, *_strides(out, do), total_q, HEAD_DIM_V=head_dim_v, BLOCK_T=block_t, BLOCK_DV=block_dv)
 
     num_q_segments, num_kv_segments = cu_seqlens_q.numel() - 1, cu_seqlens_k.numel() - 1
-    q_of_kv_ptr, q_of_kv = _queries_of_kv(kv_index, num_kv_segments)
-    cfg = _config("dkdv", head_block, max_seqlen_q, max_seqlen_k)
-    varlen_attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen_k, cfg.block_n), num_kv_segments * num_heads)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, q_of_kv_ptr, q_of_kv,
-        *_strides(q, k, v, do, dk, dv), total_q, num_heads, scale, scale * LOG2E,
+    seg_q, seg_k = _packing(pack_rows, cu_seqlens_q, cu_seqlens_k, total_q, total_k)
+    if pack_rows:  # blocks of packed key rows x heads; their queries follow from the identity kv_index
+        cfg = _packed_config("dkdv", head_block)
+        q_of_kv_ptr, q_of_kv = cu_seqlens_k, cu_seqlens_q  # placeholders, never read
+        grid = (triton.cdiv(total_k, cfg.block_n), num_heads)
+    else:
+        cfg = _config("dkdv", head_block, max_seqlen_q, max_seqlen_k)
+        q_of_kv_ptr, q_of_kv = _queries_of_kv(kv_index, num_kv_segments)
+        grid = (triton.cdiv(max_seqlen_k, cfg.block_n), num_kv_segments * num_heads)
+    varlen_attention_bwd_dkdv_kernel[(grid[0] * grid[1],)](
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, q_of_kv_ptr, q_of_kv, seg_q, seg_k,
+        *_strides(q, k, v, do, dk, dv), total_q, total_k, num_heads, grid[0], scale, scale * LOG2E,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **sizes)
 
-    cfg = _config("dq", head_block, max_seqlen_q, max_seqlen_k)
-    varlen_attention_bwd_dq_kernel[(triton.cdiv(max_seqlen_q, cfg.block_m), num_q_segments * num_heads)](
-        q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, kv_index,
-        *_strides(q, k, v, do, dq), total_q, num_heads, scale, scale * LOG2E,
+    if pack_rows:  # blocks of packed query rows x heads, keys as in the forward
+        cfg = _packed_config("dq", head_block)
+        grid = (triton.cdiv(total_q, cfg.block_m), num_heads)
+    else:
+        cfg = _config("dq", head_block, max_seqlen_q, max_seqlen_k)
+        grid = (triton.cdiv(max_seqlen_q, cfg.block_m), num_q_segments * num_heads)
+    varlen_attention_bwd_dq_kernel[(grid[0] * grid[1],)](
+        q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, kv_index, seg_q, seg_k,
+        *_strides(q, k, v, do, dq), total_q, num_heads, grid[0], scale, scale * LOG2E,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **sizes)
     return dq, dk, dv
 
 
 class VarlenAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale):
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale, pack_rows):
         out, lse = varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
-                                        max_seqlen_k, scale)
+                                        max_seqlen_k, scale, pack_rows)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index)
-        ctx.sizes = (max_seqlen_q, max_seqlen_k, scale)
+        ctx.sizes = (max_seqlen_q, max_seqlen_k, scale, pack_rows)
         return out
 
     @staticmethod
@@ -379,7 +539,7 @@ class VarlenAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index = ctx.saved_tensors
         dq, dk, dv = varlen_attention_bwd(_last_dim_contiguous(grad_out), q, k, v, out, lse, cu_seqlens_q,
                                           cu_seqlens_k, kv_index, *ctx.sizes)
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -388,7 +548,8 @@ class VarlenAttentionFunction(torch.autograd.Function):
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
                      *, scale: float | None = None, kv_index: torch.Tensor | None = None,
-                     deterministic: bool = True, check_values: bool = True) -> torch.Tensor:
+                     deterministic: bool = True, check_values: bool = True,
+                     pack_rows: bool | None = None) -> torch.Tensor:
     """softmax(q k^T * scale) v for each (query segment, key/value segment) pair of packed sequences.
 
     q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)`; `cu_seqlens_q (S_q + 1,)`, `cu_seqlens_k (S_k + 1,)` int32
@@ -397,24 +558,40 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     differentiable in q, k, v. The backward is always deterministic (`deterministic=False` is rejected: there is
     no atomic path). `check_values=False` skips the checks that read tensor values back to the host (offsets,
     max lengths, kv_index range) for callers that built them themselves; max lengths must then be given.
+
+    `pack_rows` picks how programs map to rows (the results agree up to rounding order): None (default) chooses
+    packed rows when kv_index is the identity (None, or read back as 0, 1, ... by the value checks) and the
+    segments are short (`_auto_pack_rows`: max_seqlen_q <= BLOCK_M / 2 and max_seqlen_k <= BLOCK_N / 2 of the
+    packed tile), else one segment per program; True forces packed rows (kv_index must be the identity: an
+    explicit one is read back to check, even with check_values=False); False forces one segment per program.
     """
     _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index)
     if not deterministic:
         raise ValueError("deterministic=False is not available: this kernel has only the deterministic backward "
                          "(no atomics), so pass deterministic=True")
+    if pack_rows is not None and not isinstance(pack_rows, bool):
+        raise ValueError(f"pack_rows must be None (automatic), True or False, got {pack_rows!r}")
+    identity = kv_index is None  # query segment i attends to key/value segment i
     if kv_index is None:
         kv_index = torch.arange(cu_seqlens_q.numel() - 1, dtype=torch.int32, device=q.device)
     if check_values:
-        max_seqlen_q, max_seqlen_k = _check_values(q, k, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
-                                                   max_seqlen_k)
+        max_seqlen_q, max_seqlen_k, identity = _check_values(q, k, cu_seqlens_q, cu_seqlens_k, kv_index,
+                                                             max_seqlen_q, max_seqlen_k)
     elif max_seqlen_q is None or max_seqlen_k is None:
         raise ValueError("check_values=False needs max_seqlen_q and max_seqlen_k (they size the launch grid)")
+    if pack_rows and not identity:
+        identity = _is_identity(kv_index.cpu(), cu_seqlens_k.numel() - 1)  # forced: read it back once
+        if not identity:
+            raise ValueError("pack_rows=True needs kv_index to be the identity (query segment i attends to "
+                             "key/value segment i); use pack_rows=None or False for other kv_index")
+    if pack_rows is None:
+        pack_rows = identity and _auto_pack_rows(q.shape[-1], v.shape[-1], max_seqlen_q, max_seqlen_k)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     return VarlenAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, int(max_seqlen_q),
-                                         int(max_seqlen_k), scale)
+                                         int(max_seqlen_k), scale, pack_rows)
 
 
 def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index) -> None:
@@ -462,8 +639,16 @@ def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index) -> None:
         raise ValueError(f"kv_index needs one entry per query segment ({num_q_segments}), got {kv_index.numel()}")
 
 
-def _check_values(q, k, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k) -> tuple[int, int]:
-    """Value checks (one host read of the small index tensors); returns the max lengths, computed if None."""
+def _is_identity(kv_index_host: torch.Tensor, num_kv_segments: int) -> bool:
+    """kv_index (on the host) maps query segment i to key/value segment i."""
+    return kv_index_host.numel() == num_kv_segments and bool(
+        torch.equal(kv_index_host.long(), torch.arange(num_kv_segments)))
+
+
+def _check_values(q, k, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
+                  max_seqlen_k) -> tuple[int, int, bool]:
+    """Value checks (one host read of the small index tensors); returns the max lengths (computed if None) and
+    whether kv_index is the identity."""
     maxima = []
     for name, cu, total, given in (("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q),
                                    ("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)):
@@ -484,4 +669,4 @@ def _check_values(q, k, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_
     if kv.numel() and (int(kv.min()) < 0 or int(kv.max()) >= num_kv_segments):
         raise ValueError(f"kv_index values must lie in [0, {num_kv_segments - 1}] (key/value segments), got "
                          f"{int(kv.min())} ... {int(kv.max())}")
-    return maxima[0], maxima[1]
+    return maxima[0], maxima[1], _is_identity(kv, num_kv_segments)

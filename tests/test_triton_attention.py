@@ -1,6 +1,7 @@
 """Our Triton varlen attention kernel and its `triton` backend against the fp32 reference: outputs and dq/dk/dv
 on packed odd-length segments, shared key/value segments (`kv_index`), small tiles, the padded path, empty
-segments, determinism and input validation.
+segments, determinism and input validation; both ways of giving rows to programs (one segment per program, and
+packed rows for many short segments), forced and automatic.
 
 On CPU the kernels run in the Triton interpreter (conftest.py sets TRITON_INTERPRET=1), which is slow: shapes
 stay small. Every buffer the kernels write is NaN-filled first, so an element a kernel forgets fails the test.
@@ -28,6 +29,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 Q_LENGTHS = [1, 7, 59, 61, 129]
 KV_LENGTHS = [129, 1, 61, 7, 59]  # unequal to the query lengths: every pair is a cross-length case
+# Many short, unequal segments (gait parts): the packed-rows mode's case; key segment 2 is empty.
+SHORT_Q_LENGTHS = [1, 7, 3, 15, 2, 9, 4, 11]
+SHORT_KV_LENGTHS = [5, 2, 0, 11, 7, 9, 1, 13]
 
 
 def dtype_id(dtype):
@@ -39,6 +43,23 @@ def poison_outputs(monkeypatch):
     """Outputs, LSE, delta and gradients start as NaN: unwritten elements cannot pass."""
     monkeypatch.setattr(kernels, "_alloc",
                         lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+
+
+@pytest.fixture
+def launched_modes(monkeypatch):
+    """The `pack_rows` of every forward and backward launch, as ("fwd" | "bwd", bool), in call order."""
+    modes = []
+    fwd, bwd = kernels.varlen_attention_fwd, kernels.varlen_attention_bwd
+
+    def spy(name, launcher):
+        def launch(*args):
+            modes.append((name, args[-1]))  # the autograd Function passes pack_rows last, positionally
+            return launcher(*args)
+        return launch
+
+    monkeypatch.setattr(kernels, "varlen_attention_fwd", spy("fwd", fwd))
+    monkeypatch.setattr(kernels, "varlen_attention_bwd", spy("bwd", bwd))
+    return modes
 
 
 def cu(lengths):
@@ -67,7 +88,8 @@ def low_precision(q, k, v, scale=None):
     return low_precision_softmax_attention(q, k, v, scale=scale)
 
 
-def check_against_reference(q_lengths, kv_lengths, heads, dim, dtype, dim_v=None, kv_index=None, scale=None):
+def check_against_reference(q_lengths, kv_lengths, heads, dim, dtype, dim_v=None, kv_index=None, scale=None,
+                            pack_rows=None):
     """Kernel output and dq/dk/dv vs the fp32 reference per pair, with the '2x the low-precision error' rule."""
     q, k, v = packed(q_lengths, heads, dim, dtype), packed(kv_lengths, heads, dim, dtype), \
         packed(kv_lengths, heads, dim_v or dim, dtype)
@@ -75,7 +97,8 @@ def check_against_reference(q_lengths, kv_lengths, heads, dim, dtype, dim_v=None
     index = None if kv_index is None else torch.tensor(kv_index, dtype=torch.int32, device=DEVICE)
     grad_out = torch.randn(q.shape[0], heads, dim_v or dim, device=DEVICE).to(dtype)
 
-    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index, scale=scale)
+    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index, scale=scale,
+                           pack_rows=pack_rows)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     fp32 = [x.detach().float().requires_grad_() for x in (q, k, v)]  # same values, no extra rounding
     ref = per_pair(reference, *fp32, q_lengths, kv_lengths, pairs, scale)
@@ -120,6 +143,63 @@ def test_small_tiles(monkeypatch):
     check_against_reference([7, 59, 33], [59, 40], heads=2, dim=16, dtype=torch.float32, kv_index=[1, 0, 1])
 
 
+@pytest.mark.parametrize("head_dim", [16, 12])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_packed_rows_match_reference(dtype, head_dim, launched_modes):
+    """Many short, unequal segments with unequal key lengths and an empty key segment: the automatic choice packs
+    the rows (forward and backward), and outputs and dq/dk/dv match the reference."""
+    check_against_reference(SHORT_Q_LENGTHS, SHORT_KV_LENGTHS, heads=2, dim=head_dim, dtype=dtype)
+    assert launched_modes == [("fwd", True), ("bwd", True)]
+
+
+def test_packed_rows_small_tiles(monkeypatch):
+    """16 x 16 packed tiles: segments straddle blocks, a block's key (query) range takes several loop trips, rows
+    meet key blocks with none of their keys (the -inf running-max guard), and one 40-token segment spans three
+    blocks (forced: packed rows are correct for any lengths)."""
+    monkeypatch.setattr(kernels, "_packed_config", lambda *args: kernels._Config(16, 16, 4, 1))
+    check_against_reference(SHORT_Q_LENGTHS + [40, 6], SHORT_KV_LENGTHS + [37, 0], heads=2, dim=12, dim_v=20,
+                            dtype=torch.float32, scale=0.4, pack_rows=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_forced_modes_agree(dtype):
+    """Forced packed rows and forced one-segment-per-program on the same inputs (short and long segments, empty
+    query and key segments): the same outputs and gradients up to rounding order."""
+    q_lengths, kv_lengths = [1, 7, 59, 3, 0, 15, 2], [5, 61, 2, 0, 9, 33, 1]
+    q, k, v = packed(q_lengths, 2, 16, dtype), packed(kv_lengths, 2, 16, dtype), packed(kv_lengths, 2, 16, dtype)
+    grad_out = torch.randn(q.shape[0], 2, 16, device=DEVICE).to(dtype)
+    results = {}
+    for pack_rows in (False, True):
+        out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows)
+        results[pack_rows] = (out, *torch.autograd.grad(out, (q, k, v), grad_out))
+    for name, per_segment, packed_rows in zip(["output", "dq", "dk", "dv"], results[False], results[True]):
+        assert_close(name, packed_rows, per_segment.float(), dtype)
+
+
+def test_automatic_mode_choice(launched_modes):
+    """Packed rows for an identity kv_index (None, or an explicit 0, 1, ... read back by the value checks) and
+    segments up to half the packed tile (128 tokens under the interpreter, 32 on a GPU), queries and keys alike;
+    one segment per program for longer segments, any other kv_index, or an explicit kv_index not read back."""
+    limit = 128 if kernels.INTERPRET else 32
+    assert kernels._auto_pack_rows(16, 16, limit, limit)
+    assert not kernels._auto_pack_rows(16, 16, limit + 1, 1) and not kernels._auto_pack_rows(16, 16, 1, limit + 1)
+    short, longer = [3, 9, 1], [5, 2, limit + 1]
+    cases = [  # (q lengths, kv lengths, kv_index, extra arguments, packed?)
+        (short, short[::-1], None, {}, True),
+        (short, short, [0, 1, 2], {}, True),
+        (short, short, [0, 1, 2], dict(check_values=False, max_seqlen_q=9, max_seqlen_k=9), False),
+        (short, short, [1, 0, 2], {}, False),
+        (short, short, [0, 0, 2], {}, False),
+        (longer, short, None, {}, False),
+        (short, longer, None, {}, False),
+    ]
+    for q_lengths, kv_lengths, kv_index, extra, expected in cases:
+        q, k, v = (torch.randn(sum(n), 1, 16, device=DEVICE) for n in (q_lengths, kv_lengths, kv_lengths))
+        index = None if kv_index is None else _int32(kv_index)
+        varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index, **extra)
+        assert launched_modes.pop() == ("fwd", expected), (q_lengths, kv_lengths, kv_index, extra)
+
+
 def test_padded_backend_matches_math():
     """The model's path: `padded(q, k, v, lengths, lengths)` on `(B*G, N, H, E)`, with NaN in the padding."""
     lengths = torch.tensor([61, 1, 30, 7], device=DEVICE)
@@ -151,12 +231,13 @@ def test_public_api_accepts_backend_object():
         attention(q[None], k[None], v[None], backend=TritonBackend(), causal=True)
 
 
-def test_empty_segments():
+@pytest.mark.parametrize("pack_rows", [False, True], ids=["per_segment", "packed"])
+def test_empty_segments(pack_rows):
     """An empty query segment writes nothing; a query segment whose kv segment is empty gets zeros, not NaN."""
     q_lengths, kv_lengths = [5, 0, 9], [7, 3, 0]
     q, k, v = packed(q_lengths, 2, 16, torch.float32), packed(kv_lengths, 2, 16, torch.float32), \
         packed(kv_lengths, 2, 16, torch.float32)
-    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths))
+    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
     ref = reference(q[None, :5], k[None, :7], v[None, :7])[0]
     torch.testing.assert_close(out[:5], ref, atol=2e-5, rtol=2e-4)
@@ -165,22 +246,31 @@ def test_empty_segments():
     assert (dk[7:] == 0).all() and (dv[7:] == 0).all()  # kv segment 1 is read by the empty query segment only
 
 
-def test_backward_is_deterministic():
-    """dK/dV of a shared kv segment are summed in a fixed order by one program: bitwise equal on reruns."""
-    q_lengths, kv_lengths, index = [7, 61, 33], [59, 40], torch.tensor([0, 1, 0], dtype=torch.int32, device=DEVICE)
+@pytest.mark.parametrize("mode", ["shared_kv", "packed"])
+def test_backward_is_deterministic(mode):
+    """dK/dV of a shared kv segment are summed in a fixed order by one program, and a packed block's keys are
+    visited in a fixed order too: bitwise equal on reruns."""
+    if mode == "shared_kv":
+        q_lengths, kv_lengths, index = [7, 61, 33], [59, 40], _int32([0, 1, 0])
+    else:
+        q_lengths, kv_lengths, index = SHORT_Q_LENGTHS, SHORT_KV_LENGTHS, None
     q, k, v = packed(q_lengths, 2, 32, torch.float32), packed(kv_lengths, 2, 32, torch.float32), \
         packed(kv_lengths, 2, 32, torch.float32)
     grad_out = torch.randn(q.shape[0], 2, 32, device=DEVICE)
-    runs = [torch.autograd.grad(varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index),
-                                (q, k, v), grad_out) for _ in range(2)]
+    runs = [torch.autograd.grad(varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index,
+                                                 pack_rows=mode == "packed"), (q, k, v), grad_out)
+            for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 def test_poisoning_catches_unwritten_rows():
-    """The check behind every test here: rows no program covers (max_seqlen_q too small, unchecked) stay NaN."""
+    """The check behind every test here: rows no program covers (max_seqlen_q too small, unchecked) stay NaN.
+    Per segment only: packed rows cover every row whatever the max lengths say."""
     q, k, v = (torch.randn(66, 1, 16, device=DEVICE) for _ in range(3))
-    out = varlen_attention(q, k, v, cu([7, 59]), cu([7, 59]), 7, 59, check_values=False)
+    out = varlen_attention(q, k, v, cu([7, 59]), cu([7, 59]), 7, 59, check_values=False, pack_rows=False)
     assert torch.isfinite(out[:7 + 16]).all() and torch.isnan(out[7 + 16:]).all()
+    out = varlen_attention(q, k, v, cu([7, 59]), cu([7, 59]), 7, 59, check_values=False, pack_rows=True)
+    assert torch.isfinite(out).all()
 
 
 def _good_args():
@@ -216,6 +306,12 @@ BAD_INPUTS = {
     "scale": (lambda a: a.update(scale=float("inf")), "scale must be finite"),
     "nondeterministic": (lambda a: a.update(deterministic=False), "deterministic=False"),
     "unchecked without max": (lambda a: a.update(check_values=False), "needs max_seqlen_q and max_seqlen_k"),
+    "pack_rows type": (lambda a: a.update(pack_rows="yes"), "pack_rows must be None"),
+    "pack_rows kv_index": (lambda a: a.update(pack_rows=True, kv_index=_int32([1, 0])),
+                           "pack_rows=True needs kv_index to be the identity"),
+    "pack_rows kv_index unchecked": (lambda a: a.update(pack_rows=True, kv_index=_int32([1, 0]), check_values=False,
+                                                        max_seqlen_q=7, max_seqlen_k=6),
+                                     "pack_rows=True needs kv_index to be the identity"),
 }
 
 
