@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -48,6 +49,7 @@ def _grid_plot(curves, title: str, path: Path, ylabel: str = "masked reconstruct
             epochs, values = zip(*sorted(points))
             ax.plot(epochs, values, marker="o", markersize=2, label=split)
         ax.set_title(group, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[count:]:
