@@ -35,5 +35,5 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "xformers": ["xformers>=0.0.28"],
     },
-    entry_points={"console_scripts": ["bpmt-fast=bpmt_fast.cli:main"]},
+    entry_points={"console_scripts": ["bpmt-fast=bpmt_fast.cli:console_main"]},
 )

@@ -181,5 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def console_main() -> int:
+    """The `bpmt-fast` script: bad input (a ValueError naming the problem) is one line on stderr and exit status 2,
+    not a traceback. `main` raises, for callers and tests."""
+    try:
+        return main()
+    except ValueError as error:
+        print(f"bpmt-fast: error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -114,3 +114,20 @@ def test_every_stage_runs_every_attention_through_the_chosen_backend(tmp_path, m
     stages = {(r["model"], r["stage"]) for r in records if r.get("split") == "train" and math.isfinite(r["loss"])}
     assert stages == {("bpmt", "stage1"), ("bpmt", "stage2"), ("bpmt", "finetune"),
                       ("baseline", "stage1"), ("baseline", "finetune")}
+
+
+def test_an_untrainable_split_fails_before_training_with_a_clear_error(tmp_path, capsys, monkeypatch):
+    from bpmt_fast.cli import console_main
+
+    config = tiny_config(tmp_path / "run", finetune={**TINY["finetune"], "identities_per_batch": 50})
+    with pytest.raises(ValueError, match="identities_per_batch=50 .* training identities"):
+        run_pipeline(config)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
+
+    import yaml
+
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(yaml.safe_dump({**TINY, "finetune": {**TINY["finetune"], "identities_per_batch": 50}}))
+    monkeypatch.setattr("sys.argv", ["bpmt-fast", "train", "--config", str(preset), "--run-dir", str(tmp_path / "cli")])
+    assert console_main() == 2
+    assert "bpmt-fast: error: finetune.identities_per_batch=50" in capsys.readouterr().err

@@ -45,6 +45,17 @@ def reference_metrics(data, split) -> dict | None:
     return evaluate_retrieval(probe, gallery)
 
 
+def check_trainable(config: TrainConfig, data, stages: list[str]) -> None:
+    """Fail before any training when the split cannot feed the stages (not after an hour of pretraining)."""
+    if not data.split.train:
+        raise ValueError(f"the {config.data.protocol} split of {config.data.source} leaves no training sequence")
+    identities = len(data.label_map)
+    if "ft" in stages and config.finetune.identities_per_batch > identities:
+        raise ValueError(f"finetune.identities_per_batch={config.finetune.identities_per_batch} but the "
+                         f"{config.data.protocol} split of {config.data.source} has only {identities} training "
+                         f"identities; lower it or use more data")
+
+
 def summarise(results: dict) -> str:
     lines = ["# Run summary", ""]
     lines.append(f"data: {results['data']}  ")
@@ -98,6 +109,7 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
     if parallel.enabled:
         say(f"data parallel: {parallel.world_size} ranks, device {device}")
     data = build_datasets(sequences, split, config.data, config.augment, config.seed)
+    check_trainable(config, data, stages)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
     ckpt_dir = run_dir / "checkpoints"
     from bpmt_fast.attention import default_backend_name
