@@ -38,6 +38,13 @@ def test_full_pipeline_writes_the_run_directory(tmp_path):
     stage1 = [r for r in records if r["stage"] == "stage1" and r["model"] == "bpmt"]
     assert {r["split"] for r in stage1} == {"train", "val"}
     assert set(stage1[0]["per_group"]) == {"torso", "left_arm", "right_arm", "left_leg", "right_leg"}
+    # The summary's train vs validation table comes from metrics.jsonl: the kept epoch is the first best score.
+    curves = results["curves"]
+    assert set(curves["bpmt"]) == {"stage1", "stage2", "finetune"} and set(curves["baseline"]) == {"stage1", "finetune"}
+    scores = [r["score"] for r in records if r["model"] == "bpmt" and r["stage"] == "finetune" and r["split"] == "val"]
+    assert curves["bpmt"]["finetune"]["best_epoch"] == scores.index(max(scores)) + 1
+    assert curves["bpmt"]["finetune"]["epochs"] == len(scores)
+    assert "Train vs validation" in summary
 
 
 def test_unknown_stage_and_config_key_are_errors(tmp_path):

@@ -61,6 +61,15 @@ def pose_statistics(poses: np.ndarray, skeleton: str | SkeletonFormat = "coco17"
     return np.concatenate([pos_mean, pos_std, bones, speed_mean, speed_std])
 
 
+def zscore_by_gallery(gallery: np.ndarray, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """z-score `(N, F)` gallery and `(M, F)` probe features with the gallery's mean and std; nan features and
+    features constant over the gallery become 0 (they carry no evidence)."""
+    mean = _nan_stat(np.nanmean, gallery, 0)
+    std = _nan_stat(np.nanstd, gallery, 0)
+    std = np.where(np.isfinite(std) & (std > 1e-12), std, np.inf)  # constant / unknown features -> 0 after z
+    return np.nan_to_num((gallery - mean) / std, nan=0.0), np.nan_to_num((probe - mean) / std, nan=0.0)
+
+
 def nearest_neighbour_rank1(gallery_feats: np.ndarray, gallery_labels: Sequence, probe_feats: np.ndarray,
                             probe_labels: Sequence, gallery_views: Sequence | None = None,
                             probe_views: Sequence | None = None) -> float:
@@ -76,11 +85,7 @@ def nearest_neighbour_rank1(gallery_feats: np.ndarray, gallery_labels: Sequence,
                          f"got {g.shape} and {p.shape}")
     if len(p) == 0:
         raise ValueError("nearest_neighbour_rank1: no probes")
-    mean = _nan_stat(np.nanmean, g, 0)
-    std = _nan_stat(np.nanstd, g, 0)
-    std = np.where(np.isfinite(std) & (std > 1e-12), std, np.inf)  # constant / unknown features -> 0 after z
-    gz = np.nan_to_num((g - mean) / std, nan=0.0)
-    pz = np.nan_to_num((p - mean) / std, nan=0.0)
+    gz, pz = zscore_by_gallery(g, p)
     dist = (pz ** 2).sum(1)[:, None] + (gz ** 2).sum(1)[None, :] - 2 * pz @ gz.T  # (M, N)
     if gallery_views is not None and probe_views is not None:
         dist[np.asarray(probe_views)[:, None] == np.asarray(gallery_views)[None, :]] = np.inf

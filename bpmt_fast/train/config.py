@@ -24,7 +24,7 @@ class DataConfig:
     skeleton: str = "coco17"
     max_frames: int = 90  # longer sequences are cropped (random crop in training, centre crop in evaluation)
     test_subjects: float = 0.3  # subject-disjoint protocols: fraction (or count if >= 1) of subjects held out
-    val_subjects: float = 0.15  # ... of the remaining subjects, used for early stopping
+    val_subjects: float = 0.15  # ... (of all candidate subjects, like test_subjects) for early stopping
     lenient: bool = False  # skip (and report) corrupt files instead of failing
     seed: int = 0
 

@@ -3,10 +3,10 @@
 Under `torchrun --nproc_per_node N [--nnodes M ...]` (WORLD_SIZE > 1) every rank holds a DDP replica. Each step's
 global batch is the list of sequences a single process would draw; it is cut into WORLD_SIZE contiguous slices,
 one per rank. The losses are written so that DDP's averaged gradient equals the single-process gradient of the
-whole global batch (`global_sum_loss` here, `bpmt_fast.collectives.gather`), the identity head's BatchNorm
-normalises with global-batch statistics (`GlobalBatchNorm1d` in model/layers.py), and augmentation is keyed by the
-position in the global batch, not by the process that loads it (train/data.py). Only rank 0 writes files and
-prints.
+whole global batch (ReconstructionStage.train_epoch, `bpmt_fast.collectives.gather`), the identity head's
+BatchNorm normalises with global-batch statistics (`GlobalBatchNorm1d` in model/layers.py), and augmentation is
+keyed by the position in the global batch, not by the process that loads it (train/data.py). Only rank 0 writes
+files and prints.
 """
 from __future__ import annotations
 
@@ -57,13 +57,6 @@ class Parallel:
 
 
 SINGLE = Parallel()
-
-
-def global_sum_loss(local_sum: torch.Tensor, local_count: torch.Tensor, parallel: Parallel) -> torch.Tensor:
-    """This rank's share of `(sum over the global batch) / (global count)`, scaled by the world size because
-    DDP averages the ranks' gradients: the averaged gradient is the single-process gradient."""
-    count = parallel.sum(local_count).clamp(min=1)
-    return local_sum / count * parallel.world_size
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

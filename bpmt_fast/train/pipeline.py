@@ -12,12 +12,12 @@ import torch
 import yaml
 
 from bpmt_fast.eval.metrics import evaluate_retrieval
-from bpmt_fast.eval.pose_stats import pose_statistics
+from bpmt_fast.eval.pose_stats import pose_statistics, zscore_by_gallery
 
 from .config import TrainConfig, to_dict
 from .data import build_datasets, load_sequences, make_split
 from .distributed import close_parallel, init_parallel, resolve_device
-from .plots import plot_run
+from .plots import plot_run, read_metrics
 from .stages import FinetuneStage, MetricsLog, jsonable, ReconstructionStage, build_model, closed_set, evaluate_model
 
 STAGE_NAMES = ("1", "2", "ft")
@@ -38,10 +38,7 @@ def reference_metrics(data, split) -> dict | None:
                 "conditions": np.array([s.condition for s in seqs])}
 
     gallery, probe = features(split.gallery), features(split.probe)
-    mean, std = np.nanmean(gallery["features"], 0), np.nanstd(gallery["features"], 0)
-    std = np.where(np.isfinite(std) & (std > 1e-12), std, np.inf)
-    for part in (gallery, probe):
-        part["features"] = np.nan_to_num((part["features"] - mean) / std, nan=0.0)
+    gallery["features"], probe["features"] = zscore_by_gallery(gallery["features"], probe["features"])
     return evaluate_retrieval(probe, gallery)
 
 
@@ -54,6 +51,40 @@ def check_trainable(config: TrainConfig, data, stages: list[str]) -> None:
         raise ValueError(f"finetune.identities_per_batch={config.finetune.identities_per_batch} but the "
                          f"{config.data.protocol} split of {config.data.source} has only {identities} training "
                          f"identities; lower it or use more data")
+
+
+def train_vs_validation(metrics_path: Path) -> dict:
+    """Per model, from metrics.jsonl: each reconstruction stage's last-epoch train / validation MSE, and the
+    finetune epoch early stopping kept (first best validation score) with train / validation rank-1 and mAP."""
+    records = read_metrics(metrics_path)
+    curves: dict = {}
+    for model in dict.fromkeys(r["model"] for r in records if "epoch" in r):
+        def at(stage, split, epoch=None):
+            rows = [r for r in records if r.get("model") == model and r.get("stage") == stage
+                    and r.get("split") == split and (epoch is None or r["epoch"] == epoch)]
+            return rows[-1] if rows else {}
+
+        entry = {}
+        for stage in ("stage1", "stage2"):
+            train = at(stage, "train")
+            if train:
+                entry[stage] = {"epoch": train["epoch"], "train": train["loss"],
+                                "val": at(stage, "val", train["epoch"]).get("loss")}
+        scored = [r for r in records if r.get("model") == model and r.get("stage") == "finetune"
+                  and r.get("split") == "val" and "score" in r]
+        if scored:
+            best = max(scored, key=lambda r: r["score"])  # max keeps the first of equal scores, as early stopping
+            train = at("finetune", "train", best["epoch"])
+            entry["finetune"] = {"best_epoch": best["epoch"], "epochs": scored[-1]["epoch"],
+                                 "train": {k: train.get(k) for k in ("rank1", "mAP")},
+                                 "val": {k: best.get(k) for k in ("rank1", "mAP")}}
+        curves[model] = entry
+    return curves
+
+
+def _pair(a, b) -> str:
+    cell = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    return f"{cell(a)} / {cell(b)}"
 
 
 def summarise(results: dict) -> str:
@@ -78,6 +109,21 @@ def summarise(results: dict) -> str:
             test = result.get("test", {})
             cells = [f"{test[c]['per_query']['rank1']:.3f}" if c in test else "-" for c in conditions]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if results.get("curves"):
+        lines += ["", "Train vs validation (training-subject retrieval is measured like validation, on as many "
+                  "subjects; reconstruction MSE is pooled over the masked frames of the last epoch):", "",
+                  "| model | stage 1 MSE train / val | stage 2 MSE train / val | finetune best epoch | "
+                  "rank-1 train / val | mAP train / val |", "|---|---|---|---|---|---|"]
+        for name, entry in results["curves"].items():
+            recon = [_pair(entry[s]["train"], entry[s]["val"]) if s in entry else "-" for s in ("stage1", "stage2")]
+            fine = entry.get("finetune")
+            if fine:
+                best = f"{fine['best_epoch']} of {fine['epochs']}"
+                rank1 = _pair(fine["train"]["rank1"], fine["val"]["rank1"])
+                mean_ap = _pair(fine["train"]["mAP"], fine["val"]["mAP"])
+            else:
+                best = rank1 = mean_ap = "-"
+            lines.append(f"| {name} | {recon[0]} | {recon[1]} | {best} | {rank1} | {mean_ap} |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +140,42 @@ def run_pipeline(config: TrainConfig, stages: list[str] | None = None) -> dict:
         close_parallel(parallel)
 
 
+def prepare_data(config: TrainConfig, say=print):
+    """Sequences -> split -> datasets, as the resolved config says (training and `evaluate_run` alike)."""
+    sequences, report = load_sequences(config.data)
+    say(report)
+    split = make_split(sequences, config.data)
+    say(split.describe())
+    return build_datasets(sequences, split, config.data, config.augment, config.seed)
+
+
+def results_header(config: TrainConfig, data, device, with_reference: bool = True) -> dict:
+    """What every results.json / summary.md starts with: data, split, backend, device, the reference row."""
+    from bpmt_fast.attention import default_backend_name
+
+    results = {"data": config.data.source, "split": data.split.describe().splitlines()[0], "device": str(device),
+               "attn_backend": config.model.attn_backend or default_backend_name(), "models": {}}
+    reference = reference_metrics(data, data.split) if with_reference else None
+    if reference is not None:
+        results["models"]["pose-stats 1-NN (reference)"] = {"test": reference}
+    return results
+
+
+def new_model(name: str, config: TrainConfig, data, device):
+    num_classes = len(data.label_map) if config.finetune.ce_weight else 0
+    return build_model(name, config.model, num_classes).to(device)
+
+
+def test_metrics(model, data, device) -> dict:
+    """Test retrieval (gallery / probe) and closed-set accuracy, whichever the split defines."""
+    split, result = data.split, {}
+    if split.gallery and split.probe:
+        result["test"] = evaluate_model(model, data, split.gallery, split.probe, device)
+    if split.test:
+        result["closed_set_accuracy"] = closed_set(model, data, split.test, device)
+    return result
+
+
 def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
     main = parallel.is_main
     say = print if main else (lambda *args: None)
@@ -102,28 +184,17 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    sequences, report = load_sequences(config.data)
-    say(report)
-    split = make_split(sequences, config.data)
-    say(split.describe())
+    data = prepare_data(config, say)
     if parallel.enabled:
         say(f"data parallel: {parallel.world_size} ranks, device {device}")
-    data = build_datasets(sequences, split, config.data, config.augment, config.seed)
     check_trainable(config, data, stages)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
     ckpt_dir = run_dir / "checkpoints"
-    from bpmt_fast.attention import default_backend_name
-
-    results = {"data": config.data.source, "split": split.describe().splitlines()[0], "device": str(device),
-               "attn_backend": config.model.attn_backend or default_backend_name(), "models": {}}
-    reference = reference_metrics(data, split) if main else None
-    if reference is not None:
-        results["models"]["pose-stats 1-NN (reference)"] = {"test": reference}
+    results = results_header(config, data, device, with_reference=main)
 
     for name in config.models:
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        num_classes = len(data.label_map) if config.finetune.ce_weight else 0
-        model = build_model(name, config.model, num_classes).to(device)
+        model = new_model(name, config, data, device)
         torch.manual_seed(config.seed + parallel.rank)  # each rank its own dropout
         started = time.perf_counter()
         stage_args = (name, model, data)
@@ -135,16 +206,14 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
         result = {}
         if "ft" in stages:
             FinetuneStage(*stage_args, config.finetune, *common).run()
-        if "ft" in stages and main:
-            if split.gallery and split.probe:
-                result["test"] = evaluate_model(model, data, split.gallery, split.probe, device)
-            if split.test:
-                result["closed_set_accuracy"] = closed_set(model, data, split.test, device)
+            if main:
+                result = test_metrics(model, data, device)
         result["seconds"] = time.perf_counter() - started
         results["models"][name] = result
         log.write(model=name, stage="test", **{k: v for k, v in result.items() if k != "seconds"})
 
     if main:
+        results["curves"] = train_vs_validation(run_dir / "metrics.jsonl")
         (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=jsonable))
         (run_dir / "summary.md").write_text(summarise(results))
         plots = plot_run(run_dir)
@@ -164,28 +233,16 @@ def evaluate_run(run_dir: str | Path) -> dict:
         raise ValueError(f"{run_dir} is not a run directory: no config.yaml")
     config = from_dict(TrainConfig, yaml.safe_load(config_path.read_text()))
     device = resolve_device(config.device)
-    sequences, _ = load_sequences(config.data)
-    split = make_split(sequences, config.data)
-    data = build_datasets(sequences, split, config.data, config.augment, config.seed)
-    results = {"data": config.data.source, "split": split.describe().splitlines()[0], "device": str(device),
-               "attn_backend": config.model.attn_backend or "auto", "models": {}}
-    reference = reference_metrics(data, split)
-    if reference is not None:
-        results["models"]["pose-stats 1-NN (reference)"] = {"test": reference}
+    data = prepare_data(config, say=lambda *args: None)
+    results = results_header(config, data, device)
     for name in config.models:
         folder = (checkpoint.latest_checkpoint(run_dir / "checkpoints", f"{name}-best")
                   or checkpoint.latest_checkpoint(run_dir / "checkpoints", f"{name}-finetune"))
         if folder is None:
             print(f"{name}: no finetuned checkpoint in {run_dir}")
             continue
-        num_classes = len(data.label_map) if config.finetune.ce_weight else 0
-        model = build_model(name, config.model, num_classes).to(device)
+        model = new_model(name, config, data, device)
         checkpoint.load_weights(folder, model)
-        result = {}
-        if split.gallery and split.probe:
-            result["test"] = evaluate_model(model, data, split.gallery, split.probe, device)
-        if split.test:
-            result["closed_set_accuracy"] = closed_set(model, data, split.test, device)
-        results["models"][name] = result
+        results["models"][name] = test_metrics(model, data, device)
     print(summarise(results))
     return results

@@ -23,7 +23,7 @@ from bpmt_fast.collectives import gather
 
 from . import checkpoint
 from .data import Datasets, eval_loader, frame_mask_for, identity_loader, shuffled_loader
-from .distributed import SINGLE, Parallel, global_sum_loss
+from .distributed import SINGLE, Parallel
 from .losses import identity_loss, reconstruction_error_per_group
 
 
@@ -197,23 +197,23 @@ class ReconstructionStage(Stage):
         self.model.train()
         seed = self.run_config.seed
         loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch, self.parallel)
-        total, count, sums, weights = 0.0, 0, 0.0, 0.0
+        sums, weights = 0.0, 0.0
         bar = self.progress(loader, epoch)
         for batch in bar:
             recon = self._forward(self.train_model, batch, epoch, seed)
             group_sum, group_weight = reconstruction_error_per_group(recon)  # (G,) each, this rank's slice
-            # Masked-frame mean over the global batch (see distributed.global_sum_loss).
-            loss = global_sum_loss(group_sum.sum(), group_weight.sum(), self.parallel)
+            global_sum, global_weight = self.parallel.sum(torch.stack([group_sum, group_weight]).detach())
+            # Masked-frame mean over the global batch: this rank's error sum over the global count, times the
+            # world size because DDP averages the ranks' gradients (their average is the single-process one).
+            loss = group_sum.sum() / global_weight.sum().clamp(min=1) * self.parallel.world_size
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            group_sum, group_weight = self.parallel.sum(torch.stack([group_sum, group_weight]).detach())
-            sums, weights = sums + group_sum, weights + group_weight
-            batch_loss = float(group_sum.sum() / group_weight.sum().clamp(min=1))
-            total, count = total + batch_loss, count + 1
-            self.show(bar, batch_loss, batch)
-        return {"loss": total / max(count, 1), "per_group": self._per_group(sums, weights)}
+            sums, weights = sums + global_sum, weights + global_weight
+            self.show(bar, float(global_sum.sum() / global_weight.sum().clamp(min=1)), batch)
+        # Pooled over the epoch's masked frames, as validation pools them: the two curves compare like with like.
+        return {"loss": float(sums.sum() / weights.sum().clamp(min=1)), "per_group": self._per_group(sums, weights)}
 
     @torch.no_grad()
     def validate(self, epoch):
