@@ -5,8 +5,8 @@ Layouts
     last dim contiguous (other strides are free). `cu_seqlens_q` / `cu_seqlens_k` are int32 `(S + 1,)` offsets.
     Query segment i attends to key/value segment `kv_index[i]` (default: segment i), so any list of
     (query segment, key/value segment) pairs runs in one launch, and one key/value segment may serve several
-    query segments (all part pairs of a batch share the key parts). The log-sum-exp of each query row is kept
-    for the backward as `lse (H, total_q)` float32, natural log.
+    query segments (the model's part pairs have their own key projections, so it passes the identity). The
+    log-sum-exp of each query row is kept for the backward as `lse (H, total_q)` float32, natural log.
 
 Two ways to give rows to programs (one set of kernels; the constexpr `PACK_ROWS` switches the prologue and mask)
     per segment: a program owns a block of one segment's rows; any `kv_index`. Grid `(cdiv(max_seqlen, BLOCK),
@@ -385,7 +385,7 @@ def _packed_config(kernel: str, head_block: int) -> _Config:
     64-key loop tile in the forward. Most products of a packed tile are masked off (block-diagonal), which is
     cheap next to the memory latency of many tiny programs at gait lengths; untuned: to be measured on a GPU.
     Under the interpreter one fixed, large square tile: programs and loop trips are what cost time there, masked
-    lanes are nearly free (256 measured ~2x faster than 128 on BPMT-like batches of 6- to 128-token segments).
+    lanes are nearly free, so the tile is as large as the interpreter handles comfortably.
     """
     if INTERPRET:
         return _Config(PACKED_BLOCK_INTERPRET, PACKED_BLOCK_INTERPRET, 4, 1)
@@ -419,11 +419,15 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _queries_of_kv(kv_index: torch.Tensor, num_kv_segments: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _queries_of_kv(kv_index: torch.Tensor, num_kv_segments: int, identity: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of kv_index as CSR: query segments of kv segment j are q_of_kv[ptr[j]:ptr[j + 1]], ascending.
 
-    Built with a stable sort and searchsorted on the device: no host sync, no atomics in the kernel.
+    Built with a stable sort and searchsorted on the device: no host sync, no atomics in the kernel. The identity
+    (the model's case) needs no sort: kv segment j has query segment j alone.
     """
+    if identity:
+        ptr = torch.arange(num_kv_segments + 1, dtype=torch.int32, device=kv_index.device)  # (S + 1,)
+        return ptr, ptr[:-1]
     kv_sorted, order = torch.sort(kv_index.long(), stable=True)
     bounds = torch.arange(num_kv_segments + 1, device=kv_index.device)
     ptr = torch.searchsorted(kv_sorted, bounds).to(torch.int32)  # (S_k + 1,)
@@ -476,7 +480,7 @@ def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seql
 
 
 def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
-                         max_seqlen_k, scale, pack_rows=False):
+                         max_seqlen_k, scale, pack_rows=False, identity=False):
     """Gradients dq `(Tq, H, D)`, dk `(Tk, H, D)`, dv `(Tk, H, Dv)` in the inputs' dtype; `pack_rows` as in the
     forward that made `out` and `lse`."""
     total_q, num_heads, head_dim = q.shape
@@ -505,7 +509,7 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_i
         grid = (triton.cdiv(total_k, cfg.block_n), num_heads)
     else:
         cfg = _config("dkdv", head_block, max_seqlen_q, max_seqlen_k)
-        q_of_kv_ptr, q_of_kv = _queries_of_kv(kv_index, num_kv_segments)
+        q_of_kv_ptr, q_of_kv = _queries_of_kv(kv_index, num_kv_segments, identity)
         grid = (triton.cdiv(max_seqlen_k, cfg.block_n), num_kv_segments * num_heads)
     varlen_attention_bwd_dkdv_kernel[(grid[0] * grid[1],)](
         q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, q_of_kv_ptr, q_of_kv, seg_q, seg_k,
@@ -527,11 +531,12 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_i
 
 class VarlenAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale, pack_rows):
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale, pack_rows,
+                identity):
         out, lse = varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
                                         max_seqlen_k, scale, pack_rows)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index)
-        ctx.sizes = (max_seqlen_q, max_seqlen_k, scale, pack_rows)
+        ctx.sizes = (max_seqlen_q, max_seqlen_k, scale, pack_rows, identity)
         return out
 
     @staticmethod
@@ -539,7 +544,7 @@ class VarlenAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index = ctx.saved_tensors
         dq, dk, dv = varlen_attention_bwd(_last_dim_contiguous(grad_out), q, k, v, out, lse, cu_seqlens_q,
                                           cu_seqlens_k, kv_index, *ctx.sizes)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -591,7 +596,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         raise ValueError(f"scale must be finite, got {scale}")
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     return VarlenAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, int(max_seqlen_q),
-                                         int(max_seqlen_k), scale, pack_rows)
+                                         int(max_seqlen_k), scale, pack_rows, identity)
 
 
 def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index) -> None:

@@ -17,13 +17,7 @@ from bpmt_fast.reference.flow import flow_attention_reference
 EPS = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tensors here are tiny: on a small, shared CPU box intra-op threads cost far more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads cost more than they save
 
 
 # ---------------------------------------------------------------- independent quadratic restatement (float64)

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from bpmt_fast.attention import layout
+from bpmt_fast.attention import attention_varlen, layout
 from bpmt_fast.attention.base import AttentionInputs
 from bpmt_fast.attention.flow import FlowBackend
 from bpmt_fast.attention.flow_triton import FlowTritonBackend
@@ -29,13 +29,7 @@ Q_LENGTHS = [1, 7, 59, 61, 129]
 KV_LENGTHS = [61, 129, 1, 7, 59]  # non-causal: every query segment has a key segment of another length
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tensors here are tiny: on a small, shared CPU box intra-op threads cost far more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads cost more than they save
 
 
 @pytest.fixture(autouse=True)
@@ -180,12 +174,12 @@ def test_backend_declarations():
     assert any("bfloat16" in reason for reason in cpu_bf16)
 
 
-def test_backend_refuses_causal_with_unequal_lengths():
+def test_backend_refuses_causal_with_unequal_lengths_and_a_scale():
     q, k, v = packed_qkv([3, 5], [5, 3], 1, 8, 8, torch.float32)
-    with pytest.raises(ValueError, match="causal flow attention needs equal q/kv segment lengths"):
-        FlowTritonBackend().varlen(q, k, v, cu_seqlens([3, 5]), cu_seqlens([5, 3]), 5, 5, causal=True)
-    with pytest.raises(ValueError, match="no softmax scale"):
-        FlowTritonBackend().varlen(q, k, v, cu_seqlens([3, 5]), cu_seqlens([5, 3]), 5, 5, scale=0.5)
+    with pytest.raises(ValueError, match="causal attention needs cu_seqlens_q == cu_seqlens_k"):
+        attention_varlen(q, k, v, cu_seqlens([3, 5]), cu_seqlens([5, 3]), backend="flow-triton", causal=True)
+    with pytest.raises(ValueError, match="a custom softmax scale is not supported"):
+        attention_varlen(q, k, v, cu_seqlens([3, 5]), cu_seqlens([5, 3]), backend="flow-triton", scale=0.5)
 
 
 # ---------------------------------------------------------------- memory: no per-token D x Dv state

@@ -22,14 +22,8 @@ class FlowTritonBackend(TritonKernelBackend):
     IS_EXACT = False
 
     def _varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal):
-        if scale is not None:
-            raise ValueError(f"{self.NAME} has no softmax scale, got scale={scale}")
-        cu_seqlens_q = cu_seqlens_q.to(q.device, torch.int32)
-        cu_seqlens_k = cu_seqlens_k.to(q.device, torch.int32)
-        # Causal flow attention is self-attention. Only this check reads offsets back (a sync, causal calls only);
-        # the rest were validated by `attention_varlen` or built from validated lengths by the base class.
-        if causal and not torch.compiler.is_compiling() and not torch.equal(cu_seqlens_q, cu_seqlens_k):
-            raise ValueError(f"causal flow attention needs equal q/kv segment lengths, got cu_seqlens_q "
-                             f"{cu_seqlens_q.tolist()} and cu_seqlens_k {cu_seqlens_k.tolist()}")
-        return self.kernels().flow_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal,
-                                                check_values=False)
+        # No scale, and causal only with equal q / kv segments: `check` (SUPPORTS_CUSTOM_SCALE = False) and the
+        # public functions' validation refuse anything else before this point, without a sync here.
+        return self.kernels().flow_attention_varlen(q, k, v, cu_seqlens_q.to(q.device, torch.int32),
+                                                    cu_seqlens_k.to(q.device, torch.int32), causal=causal,
+                                                    check_values=False)
