@@ -15,7 +15,7 @@ import torch
 
 from bpmt_fast.attention import BACKENDS
 from bpmt_fast.bench.attention_bench import CaseInputs, analytic_cost, describe, run_gate, timed_function
-from bpmt_fast.bench.common import INTERPRETED_ON_CPU
+from bpmt_fast.attention.triton import runs_interpreted
 from bpmt_fast.bench.shapes import AttentionCase
 from bpmt_fast.bench.timing import synchronize
 
@@ -38,9 +38,7 @@ def setup():
 @pytest.mark.parametrize("name", IMPORTANT)
 def test_attention_call(benchmark, setup, name, direction):
     device, dtype, case = setup
-    if name not in BACKENDS:
-        pytest.skip(f"{name}: not registered in this checkout")
-    if device.type == "cpu" and name in INTERPRETED_ON_CPU:
+    if runs_interpreted(BACKENDS[name], device.type):
         pytest.skip(f"{name}: runs only in the Triton interpreter on CPU")
     reasons = BACKENDS[name].not_supported_reasons(describe(case, device, dtype, direction))
     if reasons:

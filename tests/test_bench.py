@@ -10,7 +10,7 @@ import torch
 from bpmt_fast.attention import BACKENDS, AttentionBackend
 from bpmt_fast.bench import shapes
 from bpmt_fast.bench.attention_bench import analytic_cost, cpu_memory_guard, gate_slice
-from bpmt_fast.bench.common import INTERPRETED_ON_CPU
+from bpmt_fast.attention.triton import runs_interpreted
 from bpmt_fast.cli import main
 
 STATUSES = {"ok", "wrong", "error", "oom", "unsupported", "skipped", "unavailable", "differs"}
@@ -68,7 +68,7 @@ def test_quick_run_has_rows_for_every_available_backend(quick_run):
 
 def test_interpreted_triton_backends_are_skipped_rows_on_cpu(quick_run):
     _, results = quick_run
-    interpreted = [n for n in INTERPRETED_ON_CPU if n in BACKENDS and BACKENDS[n].is_available()]
+    interpreted = [n for n, cls in BACKENDS.items() if cls.is_available() and runs_interpreted(cls, "cpu")]
     if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1" or not interpreted:
         pytest.skip("needs the Triton interpreter on a CPU-only machine")
     for name in interpreted:

@@ -7,6 +7,7 @@ import torch
 from einops import rearrange
 
 from bpmt_fast.attention import BACKENDS, AttentionInputs, BackendError, attention
+from bpmt_fast.attention.triton import runs_interpreted
 from bpmt_fast.model import BPMT, Baseline, CrossPartAttention, ModelConfig, PartSelfAttention
 
 SMALL = ModelConfig(dim=32, heads=2, part_layers=1, pair_layers=1, embedding_dim=16, num_classes=5)
@@ -34,9 +35,8 @@ def backend_mode(name):
 MODELS = {"bpmt": (BPMT, ("part", "pair", "finetune")), "baseline": (Baseline, ("part", "finetune"))}
 
 
-# The Triton interpreter runs every kernel program in Python (seconds per call at the default batch): on CPU our
+# The Triton interpreter runs every kernel program in Python (seconds per call at the default batch): there our
 # Triton backends get two short sequences; the GPU runs them at the default batch.
-INTERPRETED_ON_CPU = {"triton", "flow-triton"}
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -45,7 +45,7 @@ def test_forward_backward_every_stage(model_name, backend):
     mode = backend_mode(backend)
     cls, stages = MODELS[model_name]
     model = cls(dataclasses.replace(SMALL, attn_backend=backend))
-    interpreted = backend in INTERPRETED_ON_CPU and not torch.cuda.is_available()
+    interpreted = runs_interpreted(BACKENDS[backend], "cuda" if torch.cuda.is_available() else "cpu")
     frames, lengths = (6, torch.tensor([6, 3])) if interpreted else (FRAMES, LENGTHS)
     poses, lengths = poses_batch(frames, lengths)
     parts = model.tokenizer.num_parts

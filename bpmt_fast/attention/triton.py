@@ -23,6 +23,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def runs_interpreted(backend: type[AttentionBackend], device_type: str) -> bool:
+    """True when `backend` is one of our Triton kernel backends and tensors on `device_type` would run in the
+    Triton interpreter: every kernel program in Python, fine for tests, meaningless for timing."""
+    return issubclass(backend, TritonKernelBackend) and device_type == "cpu" and _interpreting()
+
+
 class TritonKernelBackend(AttentionBackend):
     """A backend whose kernels live in `KERNEL_MODULE` (a Triton module of `bpmt_fast.kernels`)."""
 

@@ -28,7 +28,7 @@ from .timing import free_memory, is_out_of_memory, measure
 
 DIRECTIONS = ("fwd", "fwd+bwd")
 BACKWARD_FLOP_FACTOR = 3.5  # fwd+bwd / fwd FLOPs: backward recomputes the scores and does 2.5x the matmuls
-# Inexact backends and the backend they must equal (a backend class may also name it as `REFERENCE`).
+# Inexact backends and the backend they must equal.
 INEXACT_REFERENCES = {"flow-triton": "flow"}
 NOT_GATED = "inexact, not gated against math"
 # The gate's fp32 reference covers at most this many score elements (256 MiB); bigger cases are checked on
@@ -100,7 +100,7 @@ def gate_reference(name: str) -> str | None:
     cls = BACKENDS[name]
     if cls.IS_EXACT:
         return "math"
-    return getattr(cls, "REFERENCE", None) or INEXACT_REFERENCES.get(name)
+    return INEXACT_REFERENCES.get(name)
 
 
 def gate_slice(case: AttentionCase) -> tuple[int, int]:

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bpmt_fast.attention import BACKENDS
+from bpmt_fast.attention.triton import runs_interpreted
 
 NAN = math.nan
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Triton backends run on CPU only inside the Triton interpreter, which is orders of magnitude slower than a GPU:
 # their CPU timings would say nothing about the kernels.
-INTERPRETED_ON_CPU = frozenset({"triton", "flow-triton"})
+ATTENTION_REMOVED = "attention removed"  # the train-step row whose attention returns v unchanged
 INTERPRETED_REASON = "interpreted on CPU: timing meaningless"
 INTERPRETED_TRAINING_REASON = "interpreted on CPU: too slow to train here"
 
@@ -35,16 +35,6 @@ class Settings:
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).replace("torch.", "")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch.cuda.is_available() is False here")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -78,7 +68,7 @@ def skip_reason(name: str, device: torch.device, interpreted: str = INTERPRETED_
     reason = BACKENDS[name].why_unavailable()
     if reason:
         return UNAVAILABLE, reason
-    if device.type == "cpu" and name in INTERPRETED_ON_CPU and os.environ.get("TRITON_INTERPRET") == "1":
+    if runs_interpreted(BACKENDS[name], device.type):
         return SKIPPED, interpreted
     return None
 

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from bpmt_fast.attention import BACKENDS  # noqa: E402
 from bpmt_fast.env import environment_info  # noqa: E402
 
-from .common import OK  # noqa: E402
+from .common import ATTENTION_REMOVED, OK  # noqa: E402
 from .shapes import SHAPE_SETS  # noqa: E402
 
 RESULTS_NAME, REPORT_NAME, PLOTS_DIR = "results.json", "report.md", "plots"
@@ -95,7 +95,7 @@ def attention_speedups(rows: list[dict]) -> dict[int, float]:
 
 def attention_removed_times(rows: list[dict]) -> dict[tuple, float]:
     return {(r["case"], r["mode"]): r["median_ms"] for r in rows
-            if r["suite"] == "train-step" and r["backend"] == "attention removed" and r["status"] == OK}
+            if r["suite"] == "train-step" and r["backend"] == ATTENTION_REMOVED and r["status"] == OK}
 
 
 # ---- markdown ----
@@ -187,7 +187,7 @@ def _train_step_section(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in members:
         bound = removed.get((r["case"], r["mode"]))
-        measured = bound and r["status"] == OK and r["backend"] != "attention removed"
+        measured = bound and r["status"] == OK and r["backend"] != ATTENTION_REMOVED
         share = 1 - bound / r["median_ms"] if measured else None
         lines.append(f"| {r['case']} | {r['backend']} | {r['mode']} | {r['status']} | "
                      f"{_num(r['median_ms'], '.4g')} | "

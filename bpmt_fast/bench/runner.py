@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .common import Settings, resolve_device, resolve_dtype, say, select_backends
+from bpmt_fast.train.distributed import resolve_device
+
+from .common import Settings, resolve_dtype, say, select_backends
 from .hardware import measure_hardware
 from .report import load_results, new_results, write_json, write_report
 from .shapes import SHAPE_SETS, select_shape_sets

@@ -19,11 +19,11 @@ from bpmt_fast.attention import BACKENDS, AttentionBackend, AttentionInputs, Aut
 from bpmt_fast.model import BPMT, Baseline, ModelConfig
 from bpmt_fast.train.losses import masked_reconstruction_loss
 
-from .common import ERROR, NAN, OK, OOM, SKIPPED, UNSUPPORTED, Settings, error_text, say, select_backends, skip_reason
+from .common import (ATTENTION_REMOVED, ERROR, NAN, OK, OOM, SKIPPED, UNSUPPORTED, Settings, error_text, say,
+                     select_backends, skip_reason)
 from .shapes import TrainCase, select_shape_sets
 from .timing import free_memory, is_out_of_memory, measure
 
-ATTENTION_REMOVED = "attention removed"
 MODES = {"eager": None, "compile": "default", "compile reduce-overhead": "reduce-overhead"}
 COMPILE_WARMUP_STEPS = 3  # compile, then record CUDA graphs (reduce-overhead records on the second or third call)
 
