@@ -84,6 +84,25 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
         torch.testing.assert_close(a[key], b[key], msg=key)
 
 
+def test_an_epoch_logged_but_not_checkpointed_is_rerun_not_recorded_twice(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, models=["bpmt"], stages=["1"])
+    original = ReconstructionStage.save
+
+    def killed_while_saving_epoch_2(self, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt("simulated kill after logging epoch 2")
+        return original(self, state)
+
+    monkeypatch.setattr(ReconstructionStage, "save", killed_while_saving_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config)
+    monkeypatch.setattr(ReconstructionStage, "save", original)
+    run_pipeline(config)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in records if r["stage"] == "stage1"] == [
+        (1, "train"), (1, "val"), (2, "train"), (2, "val")]
+
+
 def test_cli_train_then_eval(tmp_path, monkeypatch, capsys):
     import yaml
 
@@ -130,6 +149,11 @@ def test_an_untrainable_split_fails_before_training_with_a_clear_error(tmp_path,
     with pytest.raises(ValueError, match="identities_per_batch=50 .* training identities"):
         run_pipeline(config)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
+
+    closed_set = tiny_config(tmp_path / "closed", data={**TINY["data"], "protocol": "closed-set"},
+                             finetune={**TINY["finetune"], "ce_weight": 0.0})
+    with pytest.raises(ValueError, match="closed-set classification, which needs the classifier"):
+        run_pipeline(closed_set)
 
     import yaml
 

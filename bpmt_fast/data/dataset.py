@@ -86,6 +86,7 @@ class PoseDataset(Dataset):
         self.seed = _check_seed("seed", seed)
         self.epoch = 0
         self._rng: np.random.Generator | None = None
+        self._cleaned: dict[int, np.ndarray] = {}  # index -> normalised poses (see _clean)
         self._rng_key: tuple | None = None
 
         channels = None
@@ -151,6 +152,19 @@ class PoseDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.get(index)
 
+    def _clean(self, index: int, seq, where: str) -> np.ndarray:
+        """Checked (and normalised) poses of one sequence, computed once: they do not change between epochs."""
+        if index not in self._cleaned:
+            if self.normalise:
+                try:
+                    poses = normalise_poses(seq.poses, self.skeleton, self.min_confidence)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+            else:
+                poses = np.array(check_poses(seq.poses, f"{where} poses", skeleton=self.skeleton), dtype=np.float32)
+            self._cleaned[index] = poses
+        return self._cleaned[index]
+
     def get(self, index: int, rng: np.random.Generator | None = None) -> dict:
         try:
             index = operator.index(index)
@@ -164,15 +178,9 @@ class PoseDataset(Dataset):
         needs_rng = self.transform is not None or (self.random_crop and self.max_frames is not None)
         if rng is None and needs_rng:
             rng = self._stream_rng()
-        if self.normalise:
-            try:
-                poses = normalise_poses(seq.poses, self.skeleton, self.min_confidence)
-            except ValueError as exc:
-                raise ValueError(f"{where}: {exc}") from None
-        else:
-            poses = np.array(check_poses(seq.poses, f"{where} poses", skeleton=self.skeleton), dtype=np.float32)
+        poses = self._clean(index, seq, where)
         if self.transform is not None:
-            poses = self.transform(poses, rng)
+            poses = self.transform(poses.copy(), rng)  # a copy: the clean poses are cached for the next epoch
             poses = check_poses(poses, f"{where}: poses after {self.transform!r}", skeleton=self.skeleton,
                                 channels=self.channels)
         frames = len(poses)
@@ -183,7 +191,7 @@ class PoseDataset(Dataset):
                 start = (frames - self.max_frames) // 2
             poses = poses[start:start + self.max_frames]
         return {
-            "poses": torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32)),
+            "poses": torch.from_numpy(np.array(poses, dtype=np.float32)),  # a copy: never a view of the cache
             "label": self._labels[index],
             "subject": seq.subject,
             "view": getattr(seq, "view", ""),

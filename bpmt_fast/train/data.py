@@ -1,7 +1,7 @@
 """From a data spec to split datasets and loaders."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -73,11 +73,17 @@ class Datasets:
     max_frames: int
     train_gallery: list[int]  # retrieval on as many training subjects as validation has: the generalisation gap
     train_probe: list[int]
+    _subsets: dict = field(default_factory=dict, repr=False)
 
     def subset(self, indices: list[int]) -> PoseDataset:
-        """Un-augmented, centre-cropped view of some sequences (validation / evaluation)."""
-        return PoseDataset([self.sequences[i] for i in indices], self.skeleton, max_frames=self.max_frames,
-                           label_map=self.eval_label_map, random_crop=False)
+        """Un-augmented, centre-cropped view of some sequences (validation / evaluation); built once per list, so
+        the sequences evaluated every epoch are checked and normalised once."""
+        key = tuple(indices)
+        if key not in self._subsets:
+            self._subsets[key] = PoseDataset([self.sequences[i] for i in indices], self.skeleton,
+                                             max_frames=self.max_frames, label_map=self.eval_label_map,
+                                             random_crop=False)
+        return self._subsets[key]
 
 
 def build_datasets(sequences, split: Split, data: DataConfig, augment: AugmentConfig, seed: int) -> Datasets:

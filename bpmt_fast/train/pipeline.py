@@ -51,6 +51,11 @@ def check_trainable(config: TrainConfig, data, stages: list[str]) -> None:
         raise ValueError(f"finetune.identities_per_batch={config.finetune.identities_per_batch} but the "
                          f"{config.data.protocol} split of {config.data.source} has only {identities} training "
                          f"identities; lower it or use more data")
+    closed_set_lists = [name for name in ("val", "test") if getattr(data.split, name)
+                        and not (name == "val" and data.split.val_gallery)]
+    if "ft" in stages and closed_set_lists and not config.finetune.ce_weight:
+        raise ValueError(f"the {config.data.protocol} protocol scores {' and '.join(closed_set_lists)} by closed-set "
+                         f"classification, which needs the classifier: set finetune.ce_weight > 0")
 
 
 def train_vs_validation(metrics_path: Path) -> dict:

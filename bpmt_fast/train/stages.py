@@ -45,6 +45,20 @@ class MetricsLog:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record, default=jsonable) + "\n")
 
+    def forget_after(self, model: str, stage: str, epoch: int) -> None:
+        """Drop the records of (model, stage) past `epoch`: a kill between logging an epoch and checkpointing it
+        reruns that epoch, which must not leave two records of it."""
+        if not self.enabled or not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        keep = [line for line in lines if not _later(json.loads(line), model, stage, epoch)]
+        if len(keep) != len(lines):
+            checkpoint.atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+
+
+def _later(record: dict, model: str, stage: str, epoch: int) -> bool:
+    return record.get("model") == model and record.get("stage") == stage and record.get("epoch", 0) > epoch
+
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
     def factor(step):
@@ -130,6 +144,7 @@ class Stage:
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])  # dropout continues exactly as without the kill
             self.say(f"resuming after epoch {state['epoch']}")
+        self.log.forget_after(self.name, self.stage_key, state["epoch"])
         self.train_model = self.parallel.wrap(self.model, self.device)
         for epoch in range(state["epoch"], self.config.epochs):
             started = time.perf_counter()
