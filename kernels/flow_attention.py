@@ -58,19 +58,16 @@ Differences from the reference (`bpmt_fast.reference.flow`)
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-MAX_HEAD_DIM = 128
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from .common import DOT_PRECISION, INTERPRET, check_packed_qkv
+from .common import head_block as _head_block, last_dim_contiguous as _last_dim_contiguous
+
 DEFAULT_EPS = 1e-6  # the reference's default
-# IEEE fp32 products, so results match the fp32 reference (TF32 would not); triton 3.6 and 3.9 both take this.
-DOT_PRECISION = "ieee"
 
 
 def _alloc(shape, dtype, device) -> torch.Tensor:
@@ -604,10 +601,6 @@ class _Config(NamedTuple):
     num_warps: int
 
 
-def _head_block(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
-
-
 def _config(causal: bool, block_d: int, block_dv: int) -> _Config:
     """One fixed config per shape class. The interpreter gets big blocks (fewer interpreted loop steps); the
     causal chunk must be the same in both backward kernels (chunk-start sums are indexed by it), so nothing here
@@ -620,10 +613,6 @@ def _config(causal: bool, block_d: int, block_dv: int) -> _Config:
     if causal:
         return _Config(64 if widest <= 32 else 32 if widest <= 64 else 16, num_warps)
     return _Config(64 if widest <= 64 else 32 if block_d * block_dv < 128 * 128 else 16, num_warps)
-
-
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 class FlowState(NamedTuple):
@@ -747,26 +736,7 @@ def flow_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
     `(total_q, H, Dv)` in q's dtype, computed in float32. `check_values=False` skips the checks that read the
     offsets back to the host (a sync): for callers whose offsets are already validated.
     """
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 3:
-            raise ValueError(f"{name} must have rank 3 (total, H, D), got shape {tuple(x.shape)}")
-        if x.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name} must be float16, bfloat16 or float32, got {x.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
-    if not (q.shape[1] == k.shape[1] == v.shape[1]):
-        raise ValueError(f"head count H differs: q {q.shape[1]}, k {k.shape[1]}, v {v.shape[1]}")
-    if q.shape[2] != k.shape[2]:
-        raise ValueError(f"head dim D differs: q {q.shape[2]}, k {k.shape[2]}")
-    if k.shape[0] != v.shape[0]:
-        raise ValueError(f"key/value token count differs: k {k.shape[0]}, v {v.shape[0]}")
-    for name, dim in (("D", q.shape[2]), ("Dv", v.shape[2])):
-        if not 1 <= dim <= MAX_HEAD_DIM:
-            raise ValueError(f"head dim {name} must lie in [1, {MAX_HEAD_DIM}], got {dim}")
+    check_packed_qkv(q, k, v)
     if q.shape[0] < 1 or k.shape[0] < 1 or q.shape[1] < 1:
         raise ValueError(f"need at least one token and one head, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)

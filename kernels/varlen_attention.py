@@ -66,20 +66,16 @@ Differences from the reference (`bpmt_fast.reference.softmax`)
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-MAX_HEAD_DIM = 128
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from .common import DOT_PRECISION, INTERPRET, check_packed_qkv
+from .common import head_block as _head_block, last_dim_contiguous as _last_dim_contiguous
+
 LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E)
-# fp32 inputs: IEEE products so fp32 results match the fp32 reference (TF32 would not); halves ignore it.
-# Both triton 3.6 and 3.9 take `input_precision` (`allow_tf32` is deprecated).
-DOT_PRECISION = "ieee"
 # Packed-rows tile (rows and keys) under the interpreter; segments up to half of it are packed automatically.
 PACKED_BLOCK_INTERPRET = 256
 
@@ -406,17 +402,9 @@ def _auto_pack_rows(head_dim: int, head_dim_v: int, max_seqlen_q: int, max_seqle
             and max_seqlen_k <= _packed_config("dkdv", head_block).block_n // 2)
 
 
-def _head_block(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
-
-
 def _strides(*tensors):
     """(token stride, head stride) of each `(T, H, D)` tensor, flattened for the kernel arguments."""
     return [s for x in tensors for s in (x.stride(0), x.stride(1))]
-
-
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def _queries_of_kv(kv_index: torch.Tensor, num_kv_segments: int, identity: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -601,29 +589,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
 
 def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index) -> None:
     """Shape, dtype and device checks: free, no host sync."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 3:
-            raise ValueError(f"{name} must have rank 3 (total, H, D), got shape {tuple(x.shape)}")
-        if x.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name} has dtype {x.dtype}; supported: float16, bfloat16, float32")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.shape[1] == k.shape[1] == v.shape[1]):
-        raise ValueError(f"head counts differ: q {q.shape[1]}, k {k.shape[1]}, v {v.shape[1]}")
-    if q.shape[2] != k.shape[2]:
-        raise ValueError(f"q and k head dims differ: {q.shape[2]} and {k.shape[2]}")
-    for name, dim in (("head_dim", q.shape[2]), ("head_dim_v", v.shape[2])):
-        if not 1 <= dim <= MAX_HEAD_DIM:
-            raise ValueError(f"{name} must lie in [1, {MAX_HEAD_DIM}], got {dim}")
-    if k.shape[0] != v.shape[0]:
-        raise ValueError(f"k and v must have the same number of tokens, got {k.shape[0]} and {v.shape[0]}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.device.type != "cuda" and not INTERPRET:
-        raise ValueError(f"tensors on {q.device} need a CUDA device, or TRITON_INTERPRET=1 (set before import) "
-                         f"to run in the Triton interpreter")
+    check_packed_qkv(q, k, v)
     for name, index in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k), ("kv_index", kv_index)):
         if index is None:
             continue
