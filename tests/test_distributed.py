@@ -10,7 +10,8 @@ import yaml
 
 from bpmt_fast.train import checkpoint
 from bpmt_fast.train.config import load_config
-from bpmt_fast.train.data import build_datasets, eval_loader, load_sequences, make_split, shuffled_loader
+from bpmt_fast.train.data import (build_datasets, eval_loader, identity_loader, load_sequences, make_split,
+                                  shuffled_loader)
 from bpmt_fast.train.distributed import Parallel
 from bpmt_fast.train.pipeline import run_pipeline
 from bpmt_fast.train.stages import build_model
@@ -34,6 +35,17 @@ def train_losses(run_dir):
 def test_rank_shards_cover_the_global_batch():
     shards = [Parallel(rank=r, world_size=3).shard(list(range(8))) for r in range(3)]
     assert [len(s) for s in shards] == [2, 3, 3] and sum(shards, []) == list(range(8))
+
+
+def test_identity_batches_must_split_evenly_over_the_ranks():
+    config = load_config(overrides=DDP_RUN)
+    sequences, _ = load_sequences(config.data)
+    data = build_datasets(sequences, make_split(sequences, config.data), config.data, config.augment, seed=0)
+    with pytest.raises(ValueError, match="4 x 2 = 8 sequences does not split evenly over 3 ranks"):
+        identity_loader(data.train, 4, 2, seed=0, epoch=0, parallel=Parallel(rank=0, world_size=3))
+    halves = [list(identity_loader(data.train, 4, 2, 0, 0, Parallel(rank=r, world_size=2))) for r in range(2)]
+    whole = list(identity_loader(data.train, 4, 2, 0, 0))
+    assert [a["indices"] + b["indices"] for a, b in zip(*halves)] == [batch["indices"] for batch in whole]
 
 
 def test_augmentation_does_not_depend_on_the_rank():

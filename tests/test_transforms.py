@@ -415,28 +415,9 @@ def test_sampler_deterministic_per_epoch():
     assert list(IdentityBatchSampler(LABELS, 3, 2, seed=6)) != list(b)
 
 
-@pytest.mark.parametrize("replicas, p, k", [(2, 4, 3), (2, 3, 2), (3, 3, 4)])
-def test_sampler_shards_union_equals_single_rank_batch(replicas, p, k):
-    single = IdentityBatchSampler(LABELS, p, k, seed=2)
-    single.set_epoch(4)
-    ranks = [IdentityBatchSampler(LABELS, p, k, seed=2, num_replicas=replicas, rank=r) for r in range(replicas)]
-    for r in ranks:
-        r.set_epoch(4)
-    per_rank = [list(r) for r in ranks]
-    for step, global_batch in enumerate(single):
-        parts = [per_rank[r][step] for r in range(replicas)]
-        assert all(len(x) == p * k // replicas for x in parts)
-        assert sum(parts, []) == global_batch  # disjoint slices, in rank order
-    assert all(len(x) == len(single) for x in per_rank)
-
-
 def test_sampler_rejects_bad_arguments():
     with pytest.raises(ValueError, match="only 9 identities"):
         IdentityBatchSampler(LABELS, 10, 2)
-    with pytest.raises(ValueError, match="num_replicas"):
-        IdentityBatchSampler(LABELS, 3, 3, num_replicas=2)
-    with pytest.raises(ValueError, match="rank"):
-        IdentityBatchSampler(LABELS, 2, 2, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match=">= 1"):
         IdentityBatchSampler(LABELS, 0, 2)
     with pytest.raises(ValueError, match="at least one"):

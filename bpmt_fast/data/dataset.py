@@ -3,14 +3,16 @@
 Typical training loader::
 
     dataset = PoseDataset(sequences, "coco17", transform=Compose([...]), max_frames=60)
-    sampler = IdentityBatchSampler(dataset.labels, identities_per_batch=8, sequences_per_identity=4, seed=0,
-                                   num_replicas=world_size, rank=rank)
+    sampler = IdentityBatchSampler(dataset.labels, identities_per_batch=8, sequences_per_identity=4, seed=0)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_padded, num_workers=2)
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         for batch in loader:
             out = model(batch["poses"], batch["lengths"])
+
+Under torch.distributed, bpmt_fast.train.data shards each global batch over the ranks itself (and keys the
+augmentation by position in the global batch), so this sampler always yields whole global batches.
 """
 from __future__ import annotations
 
@@ -247,16 +249,11 @@ class IdentityBatchSampler(Sampler):
     ``len(sampler)`` = ceil(#identities / P) batches.
 
     Everything is drawn from ``numpy.random.default_rng([seed, epoch])``: call ``set_epoch`` every epoch; the
-    same (labels, P, K, seed, epoch) always give the same global batches, whatever ``num_replicas``.
-
-    Distributed: the global batch of P * K indices (which must divide by ``num_replicas``) is cut into
-    ``num_replicas`` contiguous, disjoint slices and rank r yields slice r, so the union over ranks is exactly
-    the single-process batch. When ``num_replicas`` divides P every rank holds whole identities (P /
-    num_replicas identities x K), so a per-rank triplet loss still sees all positives of its identities.
+    same (labels, P, K, seed, epoch) always give the same batches.
     """
 
     def __init__(self, labels: Sequence[Hashable], identities_per_batch: int, sequences_per_identity: int,
-                 seed: int = 0, num_replicas: int = 1, rank: int = 0):
+                 seed: int = 0):
         if isinstance(labels, (torch.Tensor, np.ndarray)):
             labels = labels.tolist()
         labels = list(labels)
@@ -267,31 +264,17 @@ class IdentityBatchSampler(Sampler):
         if self.p < 1 or self.k < 1:
             raise ValueError(f"identities_per_batch and sequences_per_identity must be >= 1, got {self.p} and {self.k}")
         self.seed = _check_seed("seed", seed)
-        self.num_replicas = _check_seed("num_replicas", num_replicas)
-        if self.num_replicas < 1:
-            raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
-        self.rank = _check_seed("rank", rank)
-        if self.rank >= self.num_replicas:
-            raise ValueError(f"rank must be in [0, {self.num_replicas}), got {rank}")
         groups: dict = {}
         for i, label in enumerate(labels):
             groups.setdefault(label, []).append(i)  # identities in order of first appearance
         if len(groups) < self.p:
             raise ValueError(f"identities_per_batch={self.p} but the labels hold only {len(groups)} identities")
-        if (self.p * self.k) % self.num_replicas:
-            raise ValueError(f"the global batch of {self.p} x {self.k} = {self.p * self.k} sequences does not split "
-                             f"evenly over num_replicas={self.num_replicas}")
         self._groups = [np.asarray(v, dtype=np.int64) for v in groups.values()]
         self.epoch = 0
 
     @property
     def global_batch_size(self) -> int:
         return self.p * self.k
-
-    @property
-    def batch_size(self) -> int:
-        """Indices per batch on this rank."""
-        return self.p * self.k // self.num_replicas
 
     @property
     def num_identities(self) -> int:
@@ -328,6 +311,4 @@ class IdentityBatchSampler(Sampler):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        size = self.batch_size
-        for batch in self.global_batches():
-            yield batch[self.rank * size:(self.rank + 1) * size]
+        yield from self.global_batches()

@@ -136,8 +136,10 @@ def shuffled_loader(dataset: PoseDataset, batch_size: int, seed: int, epoch: int
 def identity_loader(dataset: PoseDataset, identities: int, per_identity: int, seed: int, epoch: int,
                     parallel: Parallel = SINGLE) -> DataLoader:
     """P x K batches (IdentityBatchSampler); the global batch must split evenly over the ranks."""
-    sampler = IdentityBatchSampler(dataset.labels, identities, per_identity, seed=seed,
-                                   num_replicas=parallel.world_size)
+    if (identities * per_identity) % parallel.world_size:
+        raise ValueError(f"the global batch of {identities} x {per_identity} = {identities * per_identity} sequences "
+                         f"does not split evenly over {parallel.world_size} ranks")
+    sampler = IdentityBatchSampler(dataset.labels, identities, per_identity, seed=seed)
     return keyed_loader(dataset, sampler.global_batches(epoch), epoch, parallel)
 
 
