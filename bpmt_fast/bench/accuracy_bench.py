@@ -20,8 +20,8 @@ import torch
 
 from bpmt_fast.attention import BACKENDS, AttentionInputs
 from bpmt_fast.train.config import load_config
-from bpmt_fast.train.data import build_datasets, load_sequences, make_split
-from bpmt_fast.train.stages import FinetuneStage, MetricsLog, ReconstructionStage, build_model, evaluate_model
+from bpmt_fast.train.pipeline import evaluate_test_split, prepare_data, train_model
+from bpmt_fast.train.stages import MetricsLog
 
 from .common import (ERROR, INTERPRETED_TRAINING_REASON, NAN, OK, OOM, UNSUPPORTED, Settings, error_text, say,
                      select_backends, skip_reason)
@@ -70,23 +70,15 @@ def final_losses(metrics_path: Path, model: str) -> dict[str, float]:
 
 def train_and_evaluate(name: str, config, data, device: torch.device, metrics_path: Path) -> dict[str, dict]:
     """{model: {"losses", "rank1", "mAP", "seconds"}} after stage 1 -> (stage 2) -> finetune with backend `name`."""
-    model_config = dataclasses.replace(config.model, attn_backend=name)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, attn_backend=name))
     log = MetricsLog(metrics_path)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bpmt-bench-") as checkpoints:
         for model_name in config.models:
             started = time.perf_counter()
-            torch.manual_seed(config.seed)  # the same initial weights for every backend
-            num_classes = len(data.label_map) if config.finetune.ce_weight else 0
-            model = build_model(model_name, model_config, num_classes).to(device)
-            common = (config, device, log, Path(checkpoints))
-            ReconstructionStage("part", model_name, model, data, config.stage1, *common).run()
-            if model_name == "bpmt":
-                ReconstructionStage("pair", model_name, model, data, config.stage2, *common).run()
-            FinetuneStage(model_name, model, data, config.finetune, *common).run()
-            split = data.split
-            test = (evaluate_model(model, data, split.gallery, split.probe, device)["all"]["per_query"]
-                    if split.gallery and split.probe else {"rank1": NAN, "mAP": NAN})
+            model = train_model(model_name, config, data, device, log, Path(checkpoints), ["1", "2", "ft"])
+            test = evaluate_test_split(model, data, device).get("test", {}).get("all", {}).get("per_query") or \
+                {"rank1": NAN, "mAP": NAN}
             results[model_name] = {"losses": final_losses(metrics_path, model_name), "rank1": test["rank1"],
                                    "mAP": test["mAP"], "seconds": time.perf_counter() - started}
     return results
@@ -118,10 +110,7 @@ def run_accuracy(settings: Settings) -> list[dict]:
     folder = settings.out / "accuracy"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "data.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        sequences, report = load_sequences(config.data)
-        split = make_split(sequences, config.data)
-        data = build_datasets(sequences, split, config.data, config.augment, config.seed)
-        print(report, split.describe(), sep="\n")
+        data = prepare_data(config)
     head_dim = config.model.dim // config.model.heads
     probe = AttentionInputs(settings.device.type, torch.float32, head_dim, head_dim, config.model.heads, masked=True,
                             requires_grad=True)

@@ -16,7 +16,7 @@ from bpmt_fast.eval.pose_stats import pose_statistics, zscore_by_gallery
 
 from .config import TrainConfig, to_dict
 from .data import build_datasets, load_sequences, make_split
-from .distributed import close_parallel, init_parallel, resolve_device
+from .distributed import SINGLE, close_parallel, init_parallel, resolve_device
 from .plots import plot_run, read_metrics
 from .stages import FinetuneStage, MetricsLog, jsonable, ReconstructionStage, build_model, closed_set, evaluate_model
 
@@ -171,7 +171,25 @@ def new_model(name: str, config: TrainConfig, data, device):
     return build_model(name, config.model, num_classes).to(device)
 
 
-def test_metrics(model, data, device) -> dict:
+def train_model(name: str, config: TrainConfig, data, device, log, ckpt_dir: Path, stages: list[str],
+                parallel=SINGLE):
+    """A fresh model `name` (seeded: the same initial weights on every rank and for every backend) through the
+    requested stages; stage 2 is BPMT's only."""
+    torch.manual_seed(config.seed)
+    model = new_model(name, config, data, device)
+    torch.manual_seed(config.seed + parallel.rank)  # each rank its own dropout
+    stage_args = (name, model, data)
+    common = (config, device, log, ckpt_dir, parallel)
+    if "1" in stages:
+        ReconstructionStage("part", *stage_args, config.stage1, *common).run()
+    if "2" in stages and name == "bpmt":
+        ReconstructionStage("pair", *stage_args, config.stage2, *common).run()
+    if "ft" in stages:
+        FinetuneStage(*stage_args, config.finetune, *common).run()
+    return model
+
+
+def evaluate_test_split(model, data, device) -> dict:
     """Test retrieval (gallery / probe) and closed-set accuracy, whichever the split defines."""
     split, result = data.split, {}
     if split.gallery and split.probe:
@@ -198,21 +216,9 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
     results = results_header(config, data, device, with_reference=main)
 
     for name in config.models:
-        torch.manual_seed(config.seed)  # the same initial weights on every rank
-        model = new_model(name, config, data, device)
-        torch.manual_seed(config.seed + parallel.rank)  # each rank its own dropout
         started = time.perf_counter()
-        stage_args = (name, model, data)
-        common = (config, device, log, ckpt_dir, parallel)
-        if "1" in stages:
-            ReconstructionStage("part", *stage_args, config.stage1, *common).run()
-        if "2" in stages and name == "bpmt":
-            ReconstructionStage("pair", *stage_args, config.stage2, *common).run()
-        result = {}
-        if "ft" in stages:
-            FinetuneStage(*stage_args, config.finetune, *common).run()
-            if main:
-                result = test_metrics(model, data, device)
+        model = train_model(name, config, data, device, log, ckpt_dir, stages, parallel)
+        result = evaluate_test_split(model, data, device) if "ft" in stages and main else {}
         result["seconds"] = time.perf_counter() - started
         results["models"][name] = result
         log.write(model=name, stage="test", **{k: v for k, v in result.items() if k != "seconds"})
@@ -248,6 +254,6 @@ def evaluate_run(run_dir: str | Path) -> dict:
             continue
         model = new_model(name, config, data, device)
         checkpoint.load_weights(folder, model)
-        results["models"][name] = test_metrics(model, data, device)
+        results["models"][name] = evaluate_test_split(model, data, device)
     print(summarise(results))
     return results

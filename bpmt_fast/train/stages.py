@@ -291,8 +291,9 @@ class FinetuneStage(Stage):
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             optimizer.step()
             scheduler.step()
-            total, count = total + loss.item(), count + 1
-            self.show(bar, loss.item(), batch)
+            batch_loss = loss.item()
+            total, count = total + batch_loss, count + 1
+            self.show(bar, batch_loss, batch)
             for key, value in loss_parts.items():
                 parts[key] = parts.get(key, 0.0) + value
         record = {"loss": total / max(count, 1), **{k: v / max(count, 1) for k, v in parts.items()}}
