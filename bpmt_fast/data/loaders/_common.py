@@ -43,6 +43,29 @@ class Context:
         self.report.skip(str(source), reason)
 
 
+def find_files(path: Path, pattern: str, what: str) -> list[Path]:
+    """`path` itself when it is a file, else every `pattern` file under it (recursively, in relative-path order)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    files = sorted((p for p in path.rglob(pattern) if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+    if not files:
+        raise DataError(f"{path}: no {what} files found")
+    return files
+
+
+def load_files(files: Sequence[Path], desc: str, load_one, ctx: Context) -> list[PoseSequence]:
+    """Every file through `load_one(file)` (a sequence, a list of them, or None for a lenient skip), with a
+    progress bar; counts the loaded sequences in the report."""
+    out = []
+    for f in progress(files, desc):
+        loaded = load_one(f)
+        out.extend(loaded if isinstance(loaded, list) else [] if loaded is None else [loaded])
+    ctx.report.loaded += len(out)
+    return out
+
+
 def progress(items: Sequence, desc: str, unit: str = "file") -> Iterable:
     """tqdm progress bar for long walks; silent when stderr is not a terminal (``disable=None``)."""
     if _tqdm is None or len(items) < 2:

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bpmt_fast.data.loaders._common import Context, build_sequence, frame_number, progress, read_text
+from bpmt_fast.data.loaders._common import (Context, build_sequence, find_files, frame_number, load_files,
+                                           read_text)
 from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
 
 NUM_JOINTS = 17
@@ -248,19 +249,5 @@ def load_alphapose(path: str | os.PathLike, *, lenient: bool = False,
     """Load one AlphaPose JSON file or every ``*.json`` under a folder (recursively); see the module docstring."""
     ctx = Context(lenient, report)
     path = Path(path)
-    if path.is_file():
-        files, root = [path], path
-    elif path.is_dir():
-        files = sorted((p for p in path.rglob("*.json") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
-        root = path
-    else:
-        raise DataError(f"{path}: no such file or folder")
-    if not files:
-        raise DataError(f"{path}: no AlphaPose .json files found")
-    out = []
-    for f in progress(files, "alphapose"):
-        seq = load_alphapose_file(f, root, ctx)
-        if seq is not None:
-            out.append(seq)
-    ctx.report.loaded += len(out)
-    return out, ctx.report
+    files = find_files(path, "*.json", "AlphaPose .json")
+    return load_files(files, "alphapose", lambda f: load_alphapose_file(f, path, ctx), ctx), ctx.report

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bpmt_fast.data.loaders._common import Context, build_sequence, frame_number, parse_floats, progress
-from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
+from bpmt_fast.data.loaders._common import (Context, build_sequence, find_files, frame_number, load_files,
+                                           parse_floats)
+from bpmt_fast.data.sequence import LoadReport, PoseSequence
 
 NUM_JOINTS = 17
 NUM_VALUES = 3 * NUM_JOINTS
@@ -105,19 +106,8 @@ def _load_csv(ctx: Context, path: Path) -> list[PoseSequence]:
 
 def load_casiab(path: str | os.PathLike, *, lenient: bool = False,
                 report: LoadReport | None = None) -> tuple[list[PoseSequence], LoadReport]:
-    """Load a GaitGraph CASIA-B CSV file (or every ``*.csv`` in a folder); see the module docstring."""
+    """Load a GaitGraph CASIA-B CSV file (or every ``*.csv`` under a folder, recursively); see the module
+    docstring."""
     ctx = Context(lenient, report)
-    path = Path(path)
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(path.glob("*.csv"))
-        if not files:
-            raise DataError(f"{path}: no .csv files found")
-    else:
-        raise DataError(f"{path}: no such file or folder")
-    out = []
-    for f in progress(files, "casiab"):
-        out.extend(_load_csv(ctx, f))
-    ctx.report.loaded += len(out)
-    return out, ctx.report
+    files = find_files(Path(path), "*.csv", ".csv")
+    return load_files(files, "casiab", lambda f: _load_csv(ctx, f), ctx), ctx.report

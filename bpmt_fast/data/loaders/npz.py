@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bpmt_fast.data.loaders._common import MAX_FRAME, Context, build_sequence, progress
-from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
+from bpmt_fast.data.loaders._common import MAX_FRAME, Context, build_sequence, find_files, load_files
+from bpmt_fast.data.sequence import LoadReport, PoseSequence
 from bpmt_fast.model.skeleton import get_format
 
 _LABELS = ("subject", "view", "condition", "skeleton", "sequence_id")
@@ -95,19 +95,6 @@ def load_npz(path: str | os.PathLike, *, lenient: bool = False,
     """Load one ``.npz`` file or every ``*.npz`` under a folder; see the module docstring."""
     ctx = Context(lenient, report)
     path = Path(path)
-    if path.is_file():
-        files, root = [path], None
-    elif path.is_dir():
-        files = sorted((p for p in path.rglob("*.npz") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
-        root = path
-        if not files:
-            raise DataError(f"{path}: no .npz files found")
-    else:
-        raise DataError(f"{path}: no such file or folder")
-    out = []
-    for f in progress(files, "npz"):
-        seq = load_npz_file(f, root, ctx)
-        if seq is not None:
-            out.append(seq)
-    ctx.report.loaded += len(out)
-    return out, ctx.report
+    files = find_files(path, "*.npz", ".npz")
+    root = path if path.is_dir() else None  # a single file keeps its name as the sequence id
+    return load_files(files, "npz", lambda f: load_npz_file(f, root, ctx), ctx), ctx.report
