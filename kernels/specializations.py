@@ -1,0 +1,164 @@
+"""The kernel specializations the library launches, from the launchers themselves (one source of truth).
+
+A *case* is one call of an op at the library's shapes (head dim, dtype, segment-length class, row mode or causal
+flag). `launch_case` runs the op's forward and backward launchers on it. On real tensors that launches every
+kernel the case needs; under `recording_launches` on "meta" tensors nothing runs and each kernel launch is
+recorded instead (kernel, grid, arguments, options), which is what `bpmt_fast.bench.compile_report` compiles for
+GPU targets on a machine without a GPU. So the configuration functions of the launchers (`_config`,
+`_packed_config`) decide the specializations; there is no hand-kept list to drift from them.
+
+Shapes swept (`all_cases`): head dims 16/32/64/128, fp16/bf16/fp32; softmax attention per segment at maximum
+lengths 12, 30, 60 and 120 (each class picks different tiles; longer segments use the 120 tiles) and in the
+packed-rows mode; flow attention non-causal and causal.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from . import flow_attention as flow
+from . import varlen_attention as softmax
+
+HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Longest segment per length class: the tiles `_config` picks change at 16, 32, 64 and 128 tokens.
+SOFTMAX_LENGTHS = (12, 30, 60, 120)
+HEADS = 2  # enough to make the head stride a real stride; the grid size does not change the specialization
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    op: str  # "softmax" | "flow"
+    dtype: torch.dtype
+    head_dim: int
+    max_len: int  # longest segment
+    pack_rows: bool = False  # softmax: packed-rows mode (many short segments per program)
+    causal: bool = False  # flow: causal variant
+
+    @property
+    def mode(self) -> str:
+        if self.op == "softmax":
+            return "packed" if self.pack_rows else f"per-segment<={self.max_len}"
+        return "causal" if self.causal else "non-causal"
+
+    @property
+    def name(self) -> str:
+        dtype = str(self.dtype).replace("torch.", "")
+        return f"{self.op} {self.mode} D{self.head_dim} {dtype}"
+
+    def lengths(self) -> list[int]:
+        """Segment lengths: odd, unequal, the longest first (a second block for long segments)."""
+        n = self.max_len
+        return [n, max(1, n // 2 + 1), max(1, n - 3), 1, max(1, n // 3)]
+
+
+def all_cases() -> list[KernelCase]:
+    cases = []
+    for dtype in DTYPES:
+        for d in HEAD_DIMS:
+            cases += [KernelCase("softmax", dtype, d, n) for n in SOFTMAX_LENGTHS]
+            cases.append(KernelCase("softmax", dtype, d, 30, pack_rows=True))
+            cases += [KernelCase("flow", dtype, d, 60, causal=causal) for causal in (False, True)]
+    return cases
+
+
+def case_inputs(case: KernelCase, device, seed: int = 0):
+    """q, k, v `(total, HEADS, D)` and int32 cu_seqlens for the case (random values; meta tensors hold none)."""
+    lengths = case.lengths()
+    total = sum(lengths)
+    cu = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0).to(torch.int32)
+    if torch.device(device).type == "meta":
+        make = lambda: torch.empty(total, HEADS, case.head_dim, dtype=case.dtype, device=device)  # noqa: E731
+        return make(), make(), make(), cu.to(device)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(total, HEADS, case.head_dim, generator=g).to(device=device, dtype=case.dtype)
+               for _ in range(3))
+    return q, k, v, cu.to(device)
+
+
+def launch_case(case: KernelCase, device) -> tuple[torch.Tensor, ...]:
+    """Forward and backward launchers of the case's op on `device`; returns (out, dq, dk, dv)."""
+    q, k, v, cu = case_inputs(case, device)
+    do = torch.ones_like(q) if torch.device(device).type == "meta" else torch.randn_like(q)
+    if case.op == "softmax":
+        n = case.max_len
+        segments = cu.numel() - 1
+        kv_index = torch.arange(segments, dtype=torch.int32, device=device)
+        scale = case.head_dim ** -0.5
+        out, lse = softmax.varlen_attention_fwd(q, k, v, cu, cu, kv_index, n, n, scale, case.pack_rows)
+        grads = softmax.varlen_attention_bwd(do, q, k, v, out, lse, cu, cu, kv_index, n, n, scale,
+                                             case.pack_rows, True)
+        return (out, *grads)
+    out, state = flow.flow_attention_fwd(q, k, v, cu, cu, case.causal, flow.DEFAULT_EPS)
+    grads = flow.flow_attention_bwd(do, q, k, v, cu, cu, state, case.causal, flow.DEFAULT_EPS)
+    return (out, *grads)
+
+
+@dataclass
+class Launch:
+    """One recorded kernel launch."""
+    kernel: object  # the triton JITFunction
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+    @property
+    def kernel_name(self) -> str:
+        return self.kernel.__name__
+
+    def constexprs(self) -> dict:
+        """The UPPER-case meta-parameters (tiles, head dims, modes) and launch options: what the launcher chose."""
+        return {k: v for k, v in self.kwargs.items() if k.isupper() or k in ("num_warps", "num_stages")}
+
+
+class _Recorder:
+    def __init__(self, kernel, launches: list):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append(Launch(self.kernel, tuple(grid), args, dict(kwargs)))
+        return launch
+
+
+KERNEL_MODULES = (softmax, flow)
+
+
+def kernels() -> dict[str, object]:
+    """Every Triton kernel of the library by name (the `*_kernel` JIT functions of the kernel modules)."""
+    found = {}
+    for module in KERNEL_MODULES:
+        for name, value in vars(module).items():
+            if name.endswith("_kernel") and hasattr(value, "arg_names"):
+                found[name] = value
+    return found
+
+
+@contextlib.contextmanager
+def recording_launches() -> Iterator[list[Launch]]:
+    """Inside, kernel launches of the kernel modules are recorded, not run (use with "meta" tensors)."""
+    launches: list[Launch] = []
+    saved = []
+    for module in KERNEL_MODULES:
+        for name, value in list(vars(module).items()):
+            if name.endswith("_kernel") and hasattr(value, "arg_names"):
+                saved.append((module, name, value))
+                setattr(module, name, _Recorder(value, launches))
+    try:
+        yield launches
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def recorded_launches(cases: list[KernelCase] | None = None) -> list[tuple[KernelCase, Launch]]:
+    """Every kernel launch of every case, recorded on meta tensors (nothing runs)."""
+    found = []
+    for case in all_cases() if cases is None else cases:
+        with recording_launches() as launches:
+            launch_case(case, "meta")
+        found += [(case, launch) for launch in launches]
+    return found
