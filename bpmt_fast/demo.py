@@ -28,12 +28,12 @@ def synthetic_batch(seed: int = 0, batch: int = BATCH, frames: int = FRAMES, num
 
 
 def train_steps(model_cls, backend: str, stage: str, steps: int, batch, config: ModelConfig = CONFIG,
-                losses: list | None = None) -> tuple[float, float]:
-    """Returns (final loss, ms per step) for a fresh, identically seeded model; every step's loss is appended to
-    `losses` when given."""
-    poses, lengths, labels, frame_mask = batch
+                losses: list | None = None, device: str | torch.device = "cpu") -> tuple[float, float]:
+    """Returns (final loss, ms per step) for a fresh, identically seeded model on `device`; every step's loss is
+    appended to `losses` when given."""
+    poses, lengths, labels, frame_mask = (x.to(device) for x in batch)
     torch.manual_seed(0)
-    model = model_cls(ModelConfig(**{**config.__dict__, "attn_backend": backend, "dropout": 0.0}))
+    model = model_cls(ModelConfig(**{**config.__dict__, "attn_backend": backend, "dropout": 0.0})).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mask = None if stage == "finetune" else frame_mask[:, : model.tokenizer.num_parts]
     start, loss = time.perf_counter(), None
@@ -51,9 +51,13 @@ def train_steps(model_cls, backend: str, stage: str, steps: int, batch, config: 
     return loss.item(), (time.perf_counter() - start) * 1000 / steps
 
 
+def demo_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def trainable_here(name: str) -> str | None:
-    """None if the backend can train on this machine's device, else why not."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    """None if the backend can train on this machine's device (`demo_device`), else why not."""
+    device = demo_device()
     probe = torch.zeros(1, 1, 1, 16, device=device, requires_grad=True)
     reasons = BACKENDS[name].not_supported_reasons(AttentionInputs.describe(probe, probe, probe, masked=True))
     return "; ".join(reasons) or None
@@ -75,7 +79,8 @@ def run_demo(backend: str | None, steps: int = 3) -> int:
         for model_cls in (BPMT, Baseline):
             stages = ("part", "pair", "finetune") if model_cls is BPMT else ("part", "finetune")
             for stage in stages:
-                loss, ms = train_steps(model_cls, name, stage, steps, batch)
+                # The device the backend was probed on (before, a CUDA machine probed CUDA but trained on CPU).
+                loss, ms = train_steps(model_cls, name, stage, steps, batch, device=demo_device())
                 key = (model_cls.__name__, stage)
                 reference.setdefault(key, loss) if name == "math" else None
                 diff = abs(loss - reference[key])

@@ -1,4 +1,5 @@
-"""Numerical tolerances for comparing a backend with the reference, in one place (tests and benchmarks use them).
+"""Numerical tolerances for comparing a backend with the reference, in one place (tests and benchmarks use them),
+and the devices tests run on.
 
 Rule for softmax backends (the flash-attention test rule): in float16/bfloat16 the error against the fp32
 reference may be at most twice that of a plain PyTorch run in the same low precision, plus a small floor.
@@ -9,6 +10,9 @@ from __future__ import annotations
 import torch
 
 from bpmt_fast.attention import layout
+
+# Tests that run on CPU run on the GPU too where there is one (a GPU run covers what the CPU run covers, on CUDA).
+TEST_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # (atol, rtol) for direct comparison against an fp32/fp64 reference.
 TOLERANCES = {

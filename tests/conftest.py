@@ -7,6 +7,41 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from bpmt_fast import require_cuda  # noqa: E402  (after TRITON_INTERPRET: it imports the attention backends)
+
+
+def pytest_configure(config):
+    """BPMT_REQUIRE_CUDA=1 on a machine without CUDA is a mistake: stop at once, in one line."""
+    if require_cuda.enabled() and not torch.cuda.is_available():
+        raise pytest.UsageError(require_cuda.no_cuda_message(torch.__version__, torch.version.cuda))
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def _fail_required_skip(report) -> None:
+    """Under BPMT_REQUIRE_CUDA=1, a skip of a backend that should run on this CUDA machine becomes a failure."""
+    if not (require_cuda.enabled() and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    failure = require_cuda.skip_failure(_skip_reason(report), require_cuda.backend_status())
+    if failure:
+        report.outcome, report.longrepr = "failed", failure
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_required_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # module-level skips happen at collection
+    _fail_required_skip(outcome.get_result())
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_env(monkeypatch):

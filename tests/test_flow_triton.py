@@ -18,7 +18,7 @@ from bpmt_fast.reference.flow import flow_attention_reference
 from bpmt_fast.testing import assert_close
 
 if FlowTritonBackend.why_unavailable() is not None:
-    pytest.skip(FlowTritonBackend.why_unavailable(), allow_module_level=True)
+    pytest.skip(f"flow-triton: {FlowTritonBackend.why_unavailable()}", allow_module_level=True)
 
 from bpmt_fast.kernels import flow_attention as fa  # noqa: E402  (imports triton: only where it can run)
 

@@ -9,6 +9,7 @@ from einops import rearrange
 from bpmt_fast.attention import BACKENDS, AttentionInputs, BackendError, attention
 from bpmt_fast.attention.triton import runs_interpreted
 from bpmt_fast.model import BPMT, Baseline, CrossPartAttention, ModelConfig, PartSelfAttention
+from bpmt_fast.testing import TEST_DEVICES
 
 SMALL = ModelConfig(dim=32, heads=2, part_layers=1, pair_layers=1, embedding_dim=16, num_classes=5)
 LENGTHS = torch.tensor([23, 7, 1, 16])
@@ -20,9 +21,9 @@ def poses_batch(frames=FRAMES, lengths=LENGTHS, joints=17):
     return poses, lengths.clone()
 
 
-def backend_mode(name):
-    """'train' if the backend runs forward+backward on CPU here, 'forward' if forward only, else skip."""
-    probe = torch.zeros(1, 1, 1, 16, requires_grad=True)
+def backend_mode(name, device="cpu"):
+    """'train' if the backend runs forward+backward on `device` here, 'forward' if forward only, else skip."""
+    probe = torch.zeros(1, 1, 1, 16, device=device, requires_grad=True)
     inputs = AttentionInputs.describe(probe, probe, probe, masked=True)
     cls = BACKENDS[name]
     if cls.supports(inputs):
@@ -39,18 +40,26 @@ MODELS = {"bpmt": (BPMT, ("part", "pair", "finetune")), "baseline": (Baseline, (
 # Triton backends get two short sequences; the GPU runs them at the default batch.
 
 
+# CPU ids stay "[bpmt-math]"; a GPU adds "[bpmt-math-cuda]". Not flex on CUDA: compiled FlexAttention compiles
+# once per shape (seconds each) and every stage has its own (test_attention_backends runs flex on CUDA).
+BACKEND_DEVICE = [pytest.param(name, "cpu", id=name) for name in BACKENDS] + [
+    pytest.param(name, device, id=f"{name}-{device}") for device in TEST_DEVICES if device != "cpu"
+    for name in BACKENDS if name != "flex"]
+
+
 @pytest.mark.parametrize("model_name", MODELS)
-@pytest.mark.parametrize("backend", list(BACKENDS))
-def test_forward_backward_every_stage(model_name, backend):
-    mode = backend_mode(backend)
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICE)
+def test_forward_backward_every_stage(model_name, backend, device):
+    mode = backend_mode(backend, device)
     cls, stages = MODELS[model_name]
-    model = cls(dataclasses.replace(SMALL, attn_backend=backend))
-    interpreted = runs_interpreted(BACKENDS[backend], "cuda" if torch.cuda.is_available() else "cpu")
+    model = cls(dataclasses.replace(SMALL, attn_backend=backend)).to(device)
+    interpreted = runs_interpreted(BACKENDS[backend], device)
     frames, lengths = (6, torch.tensor([6, 3])) if interpreted else (FRAMES, LENGTHS)
     poses, lengths = poses_batch(frames, lengths)
+    poses, lengths = poses.to(device), lengths.to(device)
     parts = model.tokenizer.num_parts
     for stage in stages:
-        frame_mask = torch.rand(len(lengths), parts, frames) < 0.4 if stage != "finetune" else None
+        frame_mask = (torch.rand(len(lengths), parts, frames) < 0.4).to(device) if stage != "finetune" else None
         with torch.set_grad_enabled(mode == "train"):
             out = model(poses, lengths, frame_mask, stage=stage)
         feat = out["training_feat"]

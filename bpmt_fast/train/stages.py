@@ -274,23 +274,29 @@ class FinetuneStage(Stage):
                 yield batch
             sub_epoch += 1
 
+    def train_step(self, batch: dict, optimizer, scheduler) -> tuple[torch.Tensor, dict]:
+        """One optimizer step on one P x K batch as the loader gives it (on the host); returns the loss (a detached
+        tensor on the device) and its named parts. `bpmt-fast gpu-check` runs it under CUDA sync debugging."""
+        batch = _to(batch, self.device)
+        feat = self.train_model(batch["poses"], batch["lengths"], stage="finetune")["training_feat"]
+        # Every rank computes the loss of the whole global batch (triplets need all of it).
+        logits = None if feat["logits"] is None else gather(feat["logits"])
+        out = {"training_feat": {"embeddings": gather(feat["embeddings"]), "logits": logits}}
+        loss, loss_parts = identity_loss(out, gather(batch["labels"]), self.config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        return loss.detach(), loss_parts
+
     def train_epoch(self, epoch, optimizer, scheduler):
         self.model.train()
         total, count, parts = 0.0, 0, {}
         bar = self.progress(self._batches(epoch), epoch, self.batches_per_epoch())
         for batch in bar:
-            batch = _to(batch, self.device)
-            feat = self.train_model(batch["poses"], batch["lengths"], stage="finetune")["training_feat"]
-            # Every rank computes the loss of the whole global batch (triplets need all of it).
-            logits = None if feat["logits"] is None else gather(feat["logits"])
-            out = {"training_feat": {"embeddings": gather(feat["embeddings"]), "logits": logits}}
-            loss, loss_parts = identity_loss(out, gather(batch["labels"]), self.config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            loss, loss_parts = self.train_step(batch, optimizer, scheduler)
             batch_loss = loss.item()
             total, count = total + batch_loss, count + 1
             self.show(bar, batch_loss, batch)
