@@ -25,3 +25,10 @@ train: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# On a CUDA machine: no venv, no install, no internet. The machine's python (PYTHON=...) runs the source tree
+# (bpmt_fast maps kernels/ itself); PYTHONPATH keeps what is already there (e.g. carried xformers wheels).
+# Options: make gpu-check GPU_CHECK_ARGS="--budget-s 450 --out DIR". Refused (exit status 2) without CUDA.
+.PHONY: gpu-check
+gpu-check:
+	@PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m bpmt_fast.cli gpu-check $(GPU_CHECK_ARGS)

@@ -1,4 +1,4 @@
-"""Command line: `bpmt-fast backends | train | eval | demo | bench`."""
+"""Command line: `bpmt-fast backends | train | eval | demo | bench | gpu-check`."""
 from __future__ import annotations
 
 import argparse
@@ -113,15 +113,29 @@ def cmd_bench(args) -> int:
     from bpmt_fast.bench import run_bench
 
     run_bench(args.suite, quick=args.quick, out=args.out, backends=args.backends, shapes=args.shapes,
-              dtype=args.dtype, device=args.device)
+              dtype=args.dtype, device=args.device, budget_s=args.budget_s)
     return 0
 
 
 def cmd_bench_report(args) -> int:
     from bpmt_fast.bench import rebuild_report
+    from bpmt_fast.bench.readme import update_readme
 
     rebuild_report(args.path, args.out)
+    if args.readme:
+        update_readme(args.path, args.readme)
     return 0
+
+
+def seconds_arg(text: str) -> float:
+    """argparse type: a non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text}")
+    return value
 
 
 def add_bench_parser(commands) -> None:
@@ -142,11 +156,44 @@ def add_bench_parser(commands) -> None:
                             help="shape sets: bpmt-fixed, bpmt-varlen, cross-pairs, long, train-step (default: all)")
         parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
         parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        parser.add_argument("--budget-s", type=seconds_arg, metavar="S",
+                            help="time budget for the whole run, shared among the suites; rows that would start "
+                                 "later are 'skipped' with reason 'time budget' (default: none)")
         parser.set_defaults(run=cmd_bench)
     report = suites.add_parser("report", help="rebuild the markdown report and plots from a saved results JSON")
     report.add_argument("path", help="results.json or the folder holding it")
     report.add_argument("--out", help="folder for report.md and plots/ (default: the JSON's folder)")
+    report.add_argument("--readme", nargs="?", const="README.md", metavar="README",
+                        help="also replace the GPU results section of README (default README.md) between its "
+                             "<!-- gpu-results:start --> / <!-- gpu-results:end --> markers; full-size GPU runs only")
     report.set_defaults(run=cmd_bench_report)
+
+
+def cmd_gpu_check(args) -> int:
+    from bpmt_fast.bench.gpu_check import run_gpu_check
+
+    verdicts = run_gpu_check(args.out, args.budget_s, device=None if args.device == "cuda" else args.device,
+                             bench_out=args.bench_out, readme=args.readme)
+    return 0 if all(v.ok for v in verdicts) else 1
+
+
+def add_gpu_check_parser(commands) -> None:
+    from bpmt_fast.bench.gpu_check import DEFAULT_TOTAL_S
+
+    check = commands.add_parser(
+        "gpu-check", help="on a CUDA machine: environment, every kernel launch against the references, the GPU "
+                          "tests, host syncs in a training step, the full benchmark and the README's GPU results, "
+                          "within a time budget (refused without CUDA)")
+    check.add_argument("--out", help="verdicts and part outputs (default: BENCH_OUT/gpu-check)")
+    check.add_argument("--budget-s", type=seconds_arg, default=DEFAULT_TOTAL_S, metavar="S",
+                       help=f"total time budget, shared among the parts (default {DEFAULT_TOTAL_S:.0f})")
+    check.add_argument("--bench-out", help="benchmark results folder (default: benchmarks/results/<date>-<gpu>)")
+    check.add_argument("--readme", help="README whose GPU results section is regenerated (default: the source "
+                                        "tree's README.md)")
+    check.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                       help="cpu: a rehearsal of the orchestration on CPU (kernels in the Triton interpreter); "
+                            "nothing it writes is a GPU result and it never touches the README")
+    check.set_defaults(run=cmd_gpu_check)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=3, help="optimizer steps per backend and model")
     demo.set_defaults(run=cmd_demo)
     add_bench_parser(commands)
+    add_gpu_check_parser(commands)
     return parser
 
 

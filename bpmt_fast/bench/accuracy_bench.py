@@ -15,6 +15,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -23,8 +24,8 @@ from bpmt_fast.train.config import load_config
 from bpmt_fast.train.pipeline import evaluate_test_split, prepare_data, train_model
 from bpmt_fast.train.stages import MetricsLog
 
-from .common import (ERROR, INTERPRETED_TRAINING_REASON, NAN, OK, OOM, UNSUPPORTED, Settings, error_text, say,
-                     select_backends, skip_reason)
+from .common import (ERROR, INTERPRETED_TRAINING_REASON, NAN, OK, OOM, SKIPPED, TIME_BUDGET_REASON, UNSUPPORTED,
+                     Settings, error_text, say, select_backends, skip_reason)
 from .timing import free_memory, is_out_of_memory
 
 LOSS_RTOL = 1e-3  # exact backends: final losses within this of math's (relative, floor 1)
@@ -105,8 +106,18 @@ def compare_with_math(rows: list[dict]) -> None:
                                               f"(relative; allowed {LOSS_RTOL:g})")
 
 
-def run_accuracy(settings: Settings) -> list[dict]:
+def run_accuracy(settings: Settings) -> Iterator[dict]:
+    """Rows per backend as each finishes (the runner saves each); math runs first, so every later row is compared
+    with it before it is yielded. Once the suite's time budget is spent, the remaining backends are `skipped` rows
+    with reason "time budget"."""
     config = run_config(settings)
+    names = settings.backends or select_backends(None)
+    if settings.out_of_time():  # not even the shared data set
+        for name in names:
+            yield from ({**_row(name, model), "status": SKIPPED, "reason": TIME_BUDGET_REASON}
+                        for model in config.models)
+        say(f"accuracy: skipped, {TIME_BUDGET_REASON}")
+        return
     folder = settings.out / "accuracy"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "data.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -115,33 +126,42 @@ def run_accuracy(settings: Settings) -> list[dict]:
     probe = AttentionInputs(settings.device.type, torch.float32, head_dim, head_dim, config.model.heads, masked=True,
                             requires_grad=True)
     rows = []
-    for name in settings.backends or select_backends(None):
+    for name in names:
         template = [_row(name, model) for model in config.models]
-        skip = skip_reason(name, settings.device, INTERPRETED_TRAINING_REASON)
-        reasons = BACKENDS[name].not_supported_reasons(probe)
-        if skip or reasons:
-            status, reason = skip or (UNSUPPORTED, "; ".join(reasons))
-            rows += [{**row, "status": status, "reason": reason} for row in template]
-            say(f"accuracy | {name}: {status} {reason[:90]}")
-            continue
-        metrics_path = folder / f"{name}.metrics.jsonl"
-        metrics_path.unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
-        try:
-            with open(folder / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), \
-                    contextlib.redirect_stderr(log):
-                results = train_and_evaluate(name, config, data, settings.device, metrics_path)
-        except Exception as error:  # noqa: BLE001 - any failure is a row, never a crash
-            status = OOM if is_out_of_memory(error) else ERROR
-            rows += [{**row, "status": status, "reason": error_text(error)} for row in template]
-            say(f"accuracy | {name}: {rows[-1]['status']} {rows[-1]['reason'][:90]}")
-            free_memory(settings.device)
-            continue
+        rows += backend_rows(name, template, config, data, probe, settings, folder)
+        compare_with_math(rows)
+        yield from template
+
+
+def backend_rows(name: str, template: list[dict], config, data, probe, settings: Settings, folder: Path) -> list[dict]:
+    """The backend's rows (one per model): trained and evaluated, or why not."""
+    skip = skip_reason(name, settings.device, INTERPRETED_TRAINING_REASON)
+    reasons = BACKENDS[name].not_supported_reasons(probe)
+    if settings.out_of_time():
+        skip = (SKIPPED, TIME_BUDGET_REASON)
+    if skip or reasons:
+        status, reason = skip or (UNSUPPORTED, "; ".join(reasons))
         for row in template:
-            result = results[row["model"]]
-            row.update(status=OK, rank1=result["rank1"], mAP=result["mAP"], seconds=result["seconds"],
-                       **{f"loss_{k}": result["losses"].get(k, NAN) for k in STAGE_KEYS})
-        rows += template
-        say(f"accuracy | {name}: " + ", ".join(f"{r['model']} finetune loss {r['loss_finetune']:.4f} rank-1 "
-                                              f"{r['rank1']:.3f} ({r['seconds']:.1f} s)" for r in template))
-    compare_with_math(rows)
-    return rows
+            row.update(status=status, reason=reason)
+        say(f"accuracy | {name}: {status} {reason[:90]}")
+        return template
+    metrics_path = folder / f"{name}.metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
+    try:
+        with open(folder / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), \
+                contextlib.redirect_stderr(log):
+            results = train_and_evaluate(name, config, data, settings.device, metrics_path)
+    except Exception as error:  # noqa: BLE001 - any failure is a row, never a crash
+        status = OOM if is_out_of_memory(error) else ERROR
+        for row in template:
+            row.update(status=status, reason=error_text(error))
+        say(f"accuracy | {name}: {status} {template[-1]['reason'][:90]}")
+        free_memory(settings.device)
+        return template
+    for row in template:
+        result = results[row["model"]]
+        row.update(status=OK, rank1=result["rank1"], mAP=result["mAP"], seconds=result["seconds"],
+                   **{f"loss_{k}": result["losses"].get(k, NAN) for k in STAGE_KEYS})
+    say(f"accuracy | {name}: " + ", ".join(f"{r['model']} finetune loss {r['loss_finetune']:.4f} rank-1 "
+                                          f"{r['rank1']:.3f} ({r['seconds']:.1f} s)" for r in template))
+    return template

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Iterator
 
 import torch
 
 from bpmt_fast.attention import BACKENDS, AttentionInputs, layout
 from bpmt_fast.testing import LOW_PRECISION_FLOOR, allowed_error, low_precision_softmax_attention, max_error
 
-from .common import (ERROR, NAN, OK, OOM, SKIPPED, UNSUPPORTED, WRONG, Settings, error_text, say, select_backends,
-                     skip_reason)
+from .common import (ERROR, NAN, OK, OOM, SKIPPED, TIME_BUDGET_REASON, UNSUPPORTED, WRONG, Settings, error_text, say,
+                     select_backends, skip_reason)
 from .shapes import AttentionCase, select_shape_sets
 from .timing import free_memory, is_out_of_memory, measure
 
@@ -292,25 +293,38 @@ def bench_backend(name: str, shape_set: str, case: AttentionCase, data: CaseInpu
     return list(rows.values())
 
 
-def run_attention(settings: Settings, hardware: dict) -> list[dict]:
+def marked_rows(name: str, shape_set: str, case: AttentionCase, settings: Settings, status: str,
+                reason: str) -> list[dict]:
+    return [{**row, "status": status, "reason": reason} for row in empty_rows(name, shape_set, case, settings).values()]
+
+
+def run_attention(settings: Settings, hardware: dict) -> Iterator[dict]:
+    """Rows one by one (the runner saves each): per case, per backend, fwd then fwd+bwd. Once the suite's time
+    budget is spent, the remaining rows are `skipped` with reason "time budget"."""
     backends = settings.backends or select_backends(None)
-    rows = []
     for shape_set in select_shape_sets(settings.shapes, "attention"):
         for case in shape_set.cases(settings.quick):
+            if settings.out_of_time():
+                say(f"attention | {case.name}: skipped, {TIME_BUDGET_REASON}")
+                for name in backends:
+                    yield from marked_rows(name, shape_set.name, case, settings, SKIPPED, TIME_BUDGET_REASON)
+                continue
             try:
                 data = CaseInputs(case, settings.device, settings.dtype)
             except Exception as error:  # noqa: BLE001 - e.g. the inputs alone do not fit
                 status, reason = _failure(error, settings.device)
                 say(f"attention | {case.name}: inputs failed: {reason}")
                 for name in backends:
-                    for row in empty_rows(name, shape_set.name, case, settings).values():
-                        rows.append({**row, "status": status, "reason": f"inputs: {reason}"})
+                    yield from marked_rows(name, shape_set.name, case, settings, status, f"inputs: {reason}")
                 continue
             for name in backends:
-                for row in bench_backend(name, shape_set.name, case, data, settings, hardware):
-                    rows.append(row)
+                if settings.out_of_time():
+                    rows = marked_rows(name, shape_set.name, case, settings, SKIPPED, TIME_BUDGET_REASON)
+                else:
+                    rows = bench_backend(name, shape_set.name, case, data, settings, hardware)
+                for row in rows:
                     timing = f"{row['median_ms']:.4f} ms" if row["status"] == OK else row["reason"][:90]
                     say(f"attention | {case.name} | {name} {row['direction']}: {row['status']} {timing}")
+                    yield row
             del data
             free_memory(settings.device)
-    return rows

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,6 +19,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ATTENTION_REMOVED = "attention removed"  # the train-step row whose attention returns v unchanged
 INTERPRETED_REASON = "interpreted on CPU: timing meaningless"
 INTERPRETED_TRAINING_REASON = "interpreted on CPU: too slow to train here"
+TIME_BUDGET_REASON = "time budget"  # a row not started because its suite's time budget was spent
 
 # Row statuses. Only "ok" rows carry numbers; every other status has NaN times and a reason.
 OK, WRONG, ERROR, OOM, UNSUPPORTED, SKIPPED, UNAVAILABLE = ("ok", "wrong", "error", "oom", "unsupported",
@@ -31,10 +34,16 @@ class Settings:
     backends: list[str] = field(default_factory=list)  # names to run, math first
     shapes: list[str] | None = None  # shape-set names; None: all
     out: Path = Path("bench-results")
+    deadline: float | None = None  # clock() value after which no new row starts; None: no budget
+    clock: Callable[[], float] = time.monotonic
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).replace("torch.", "")
+
+    def out_of_time(self) -> bool:
+        """Checked before each row starts: a row that started runs to its end (the budget is cooperative)."""
+        return self.deadline is not None and self.clock() >= self.deadline
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:

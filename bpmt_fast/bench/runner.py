@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import re
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,6 +19,9 @@ from .shapes import SHAPE_SETS, select_shape_sets
 
 SUITES = ("attention", "train-step", "accuracy")
 SUITE_SHAPE_KIND = {"attention": "attention", "train-step": "train-step", "accuracy": None}
+# How a time budget (--budget-s) is shared among the suites that run: each suite gets its share of what is left
+# when it starts, so time an earlier suite did not use goes to the later ones.
+SUITE_BUDGET_SHARES = {"attention": 0.5, "train-step": 0.35, "accuracy": 0.15}
 
 
 def default_out(device: torch.device) -> Path:
@@ -55,14 +60,31 @@ def cpu_threads(settings: Settings):
         torch.set_num_threads(previous)
 
 
+def suite_deadline(name: str, suites: list[str], end: float | None, now: float) -> float | None:
+    """When suite `name` (one of the `suites` still to run, in order) must stop starting rows, or None."""
+    if end is None:
+        return None
+    later = suites[suites.index(name):]
+    share = SUITE_BUDGET_SHARES[name] / sum(SUITE_BUDGET_SHARES[s] for s in later)
+    return now + max(0.0, end - now) * share
+
+
 def run_bench(suite: str, *, quick: bool = False, out: str | Path | None = None, backends: list[str] | None = None,
-              shapes: list[str] | None = None, dtype: str | None = None, device: str = "auto") -> Path:
-    """Run `suite` ("attention", "train-step", "accuracy" or "all"); returns the folder with the results."""
+              shapes: list[str] | None = None, dtype: str | None = None, device: str = "auto",
+              budget_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> Path:
+    """Run `suite` ("attention", "train-step", "accuracy" or "all"); returns the folder with the results.
+
+    `budget_s`: seconds for the whole run (measured on `clock`), shared among the suites (`SUITE_BUDGET_SHARES`);
+    a row that would start past its suite's share is a `skipped` row with reason "time budget". The budget is
+    cooperative: a row that started finishes. results.json is rewritten after every row."""
+    if budget_s is not None and budget_s < 0:
+        raise ValueError(f"budget_s must be >= 0 seconds, got {budget_s}")
+    end = None if budget_s is None else clock() + budget_s
     suites = suites_to_run(suite, shapes)
     torch_device = resolve_device(device)
     settings = Settings(device=torch_device, dtype=resolve_dtype(dtype, torch_device), quick=quick,
                         backends=select_backends(backends), shapes=shapes,
-                        out=Path(out) if out else default_out(torch_device))
+                        out=Path(out) if out else default_out(torch_device), clock=clock)
     settings.out.mkdir(parents=True, exist_ok=True)
     # Imported here: the suites pull in the model and training code, which `bench report` does not need.
     from .accuracy_bench import run_accuracy
@@ -76,12 +98,15 @@ def run_bench(suite: str, *, quick: bool = False, out: str | Path | None = None,
             f"{hardware['matmul_tflop_s']:.3g} TFLOP/s")
         results = new_results({"suite": suite, "quick": quick, "dtype": settings.dtype_name,
                                "device": settings.device.type, "backends": settings.backends, "shapes": shapes,
-                               "cpu_threads": threads}, settings.device, hardware)
+                               "cpu_threads": threads, "budget_s": budget_s}, settings.device, hardware)
+        write_json(results, settings.out)
         runners = {"attention": lambda: run_attention(settings, hardware),
                    "train-step": lambda: run_train_step(settings), "accuracy": lambda: run_accuracy(settings)}
         for name in suites:
-            results["rows"] += runners[name]()
-            write_json(results, settings.out)  # after every suite: a crash later keeps what was measured
+            settings.deadline = suite_deadline(name, suites, end, clock())
+            for row in runners[name]():
+                results["rows"].append(row)
+                write_json(results, settings.out)  # after every row: a kill or crash keeps what was measured
     report = write_report(results, settings.out)
     say(f"results: {settings.out / 'results.json'}, report: {report}")
     return settings.out

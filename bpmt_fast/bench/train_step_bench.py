@@ -11,6 +11,7 @@ fp32 without autocast. Sequences are full length (lengths=None): the packed-part
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,8 @@ from bpmt_fast.attention import BACKENDS, AttentionBackend, AttentionInputs, Aut
 from bpmt_fast.model import BPMT, Baseline, ModelConfig
 from bpmt_fast.train.losses import masked_reconstruction_loss
 
-from .common import (ATTENTION_REMOVED, ERROR, NAN, OK, OOM, SKIPPED, UNSUPPORTED, Settings, error_text, say,
-                     select_backends, skip_reason)
+from .common import (ATTENTION_REMOVED, ERROR, NAN, OK, OOM, SKIPPED, TIME_BUDGET_REASON, UNSUPPORTED, Settings,
+                     error_text, say, select_backends, skip_reason)
 from .shapes import TrainCase, select_shape_sets
 from .timing import free_memory, is_out_of_memory, measure
 
@@ -106,14 +107,21 @@ def attention_inputs(case: TrainCase, settings: Settings, attn_dtype: torch.dtyp
                            requires_grad=True)
 
 
+def empty_row(case: TrainCase, backend: str, mode: str, settings: Settings) -> dict:
+    """One row before anything ran (numbers NaN)."""
+    autocast_dtype = None if settings.dtype == torch.float32 else settings.dtype
+    return {"suite": "train-step", "shape_set": "train-step", "case": case.name, "model": case.model,
+            "stage": case.stage, "backend": backend, "mode": mode, "batch": case.batch, "frames": case.frames,
+            "dim": case.dim, "heads": case.heads,
+            "dtype": settings.dtype_name + (" autocast" if autocast_dtype else ""),
+            "exact": True if backend == ATTENTION_REMOVED else BACKENDS[backend].IS_EXACT,
+            "status": None, "reason": "", "median_ms": NAN, "sequences_per_s": NAN, "peak_mib": NAN}
+
+
 def bench_one(case: TrainCase, backend: str, mode: str, settings: Settings) -> dict:
     attn_dtype = settings.dtype
     autocast_dtype = None if settings.dtype == torch.float32 else settings.dtype
-    row = {"suite": "train-step", "shape_set": "train-step", "case": case.name, "model": case.model,
-           "stage": case.stage, "backend": backend, "mode": mode, "batch": case.batch, "frames": case.frames,
-           "dim": case.dim, "heads": case.heads, "dtype": settings.dtype_name + (" autocast" if autocast_dtype else ""),
-           "exact": True if backend == ATTENTION_REMOVED else BACKENDS[backend].IS_EXACT,
-           "status": None, "reason": "", "median_ms": NAN, "sequences_per_s": NAN, "peak_mib": NAN}
+    row = empty_row(case, backend, mode, settings)
     if backend != ATTENTION_REMOVED:
         skip = skip_reason(backend, settings.device)
         reasons = BACKENDS[backend].not_supported_reasons(attention_inputs(case, settings, attn_dtype))
@@ -148,17 +156,22 @@ def bench_one(case: TrainCase, backend: str, mode: str, settings: Settings) -> d
             "sequences_per_s": case.batch / (result.median_ms * 1e-3)}
 
 
-def run_train_step(settings: Settings) -> list[dict]:
+def run_train_step(settings: Settings) -> Iterator[dict]:
+    """Rows one by one (the runner saves each); once the suite's time budget is spent, the remaining rows are
+    `skipped` with reason "time budget". Per case, every backend eager before any compiles (compiling takes
+    tens of seconds per model): a budget that ends early still leaves the eager comparison of the first cases."""
     backends = (settings.backends or select_backends(None)) + [ATTENTION_REMOVED]
-    rows = []
     for shape_set in select_shape_sets(settings.shapes, "train-step"):
         for case in shape_set.cases(settings.quick):
-            for backend in backends:
-                for mode in MODES:
-                    row = bench_one(case, backend, mode, settings)
-                    rows.append(row)
+            for mode in MODES:
+                for backend in backends:
+                    if settings.out_of_time():
+                        row = {**empty_row(case, backend, mode, settings), "status": SKIPPED,
+                               "reason": TIME_BUDGET_REASON}
+                    else:
+                        row = bench_one(case, backend, mode, settings)
                     shown = (f"{row['median_ms']:.2f} ms, {row['sequences_per_s']:.0f} seq/s"
                              if row["status"] == OK else row["reason"][:90])
                     say(f"train-step | {case.name} | {backend} {mode}: {row['status']} {shown}")
+                    yield row
     torch._dynamo.reset()  # drop compiled graphs (and their CUDA graph pools) before the next suite
-    return rows
