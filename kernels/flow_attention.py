@@ -599,6 +599,7 @@ def flow_attention_causal_bwd_kernel(
 class _Config(NamedTuple):
     block_n: int  # token block (non-causal) or chunk (causal)
     num_warps: int
+    num_stages: int = 1
 
 
 def _config(causal: bool, block_d: int, block_dv: int) -> _Config:
@@ -636,7 +637,7 @@ def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: f
     if causal:
         flow_attention_causal_fwd_kernel[grid](
             q, k, v, out, cu_seqlens_q, *strides, heads, eps, D=d, DV=dv, CHUNK=cfg.block_n, BLOCK_D=block_d,
-            BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION, num_warps=cfg.num_warps)
+            BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return out, None
     state = FlowState(_alloc((segments, heads, 4, d), torch.float32, q.device),
                       _alloc((segments, heads, d, dv), torch.float32, q.device),
@@ -644,7 +645,7 @@ def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: f
     flow_attention_fwd_kernel[grid](
         q, k, v, out, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k, *strides, heads, eps,
         D=d, DV=dv, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION,
-        num_warps=cfg.num_warps)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, state
 
 
@@ -664,7 +665,7 @@ def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                do.stride(0), do.stride(1))
     meta = dict(D=d, DV=dv_dim, BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION,
-                num_warps=cfg.num_warps)
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if not causal:
         flow_attention_bwd_kernel[grid](
             q, k, v, do, dq, dk, dv, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k, *strides, heads,
