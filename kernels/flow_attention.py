@@ -64,7 +64,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import DOT_PRECISION, INTERPRET, check_packed_qkv
+from .common import INTERPRET, check_packed_qkv
 from .common import head_block as _head_block, last_dim_contiguous as _last_dim_contiguous
 
 DEFAULT_EPS = 1e-6  # the reference's default
@@ -75,27 +75,72 @@ def _alloc(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _dot_precision(dtype: torch.dtype) -> str:
+    """`tl.dot` input precision per input dtype (all dot operands are fp32 values, accumulation is fp32):
+    fp32 inputs keep IEEE products ("ieee": FMA, no tensor cores) so fp32 results match an fp32 reference;
+    fp16 / bf16 inputs take TF32 tensor cores ("tf32": operands carry 10 mantissa bits, as many as fp16 and more
+    than bf16; fp32 range, so no scaling of the unbounded states / gradients is needed). The interpreter ignores
+    the precision (it computes IEEE products)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # helpers (inlined into the kernels)
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _load_rows(ptr, row0, n_rows, stride_t, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, C: tl.constexpr):
-    """Rows row0 .. row0 + BLOCK_N of a `(tokens, C)` view (ptr already at the head), fp32, zero outside."""
+def _load_rows(ptr, row0, n_rows, stride_t, n_cols, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Rows row0 .. row0 + BLOCK_N, columns 0 .. BLOCK_C of a `(tokens, C)` view (ptr already at the head and first
+    column), fp32, zero outside n_rows x n_cols."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, BLOCK_C)
-    mask = (offs_n[:, None] < n_rows) & (offs_c[None, :] < C)
+    mask = (offs_n[:, None] < n_rows) & (offs_c[None, :] < n_cols)
     rows = (row0 + offs_n).to(tl.int64)  # int64: token * stride can pass 2^31 on big batches
     x = tl.load(ptr + rows[:, None] * stride_t + offs_c[None, :], mask=mask, other=0.0)
     return x.to(tl.float32)
 
 
 @triton.jit
-def _store_rows(ptr, row0, n_rows, stride_t, x, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, C: tl.constexpr):
+def _store_rows(ptr, row0, n_rows, stride_t, n_cols, x, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     offs_n = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, BLOCK_C)
-    mask = (offs_n[:, None] < n_rows) & (offs_c[None, :] < C)
+    mask = (offs_n[:, None] < n_rows) & (offs_c[None, :] < n_cols)
     rows = (row0 + offs_n).to(tl.int64)
     tl.store(ptr + rows[:, None] * stride_t + offs_c[None, :], x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_tok(ptr, row0, n_rows, stride_t, BLOCK_N: tl.constexpr):
+    """One float32 per token `(BLOCK_N,)`, zero outside."""
+    offs_n = tl.arange(0, BLOCK_N)
+    rows = (row0 + offs_n).to(tl.int64)
+    return tl.load(ptr + rows * stride_t, mask=offs_n < n_rows, other=0.0)
+
+
+@triton.jit
+def _store_tok(ptr, row0, n_rows, stride_t, x, BLOCK_N: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    rows = (row0 + offs_n).to(tl.int64)
+    tl.store(ptr + rows * stride_t, x, mask=offs_n < n_rows)
+
+
+@triton.jit
+def _sum_parts_rows(ptr, row0, n_rows, stride_t, n_cols, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                    NDV: tl.constexpr):
+    """Sum over the NDV per-Dv-block partials of a `(tokens, NDV, C)` float32 workspace view (ptr at the head),
+    in block order (deterministic)."""
+    acc = _load_rows(ptr, row0, n_rows, stride_t, n_cols, BLOCK_N, BLOCK_C)
+    for b in tl.static_range(1, NDV):
+        acc += _load_rows(ptr + b * n_cols, row0, n_rows, stride_t, n_cols, BLOCK_N, BLOCK_C)
+    return acc
+
+
+@triton.jit
+def _sum_parts_tok(ptr, row0, n_rows, stride_t, BLOCK_N: tl.constexpr, NDV: tl.constexpr):
+    """Sum over the NDV partials of a `(tokens, NDV)` float32 workspace view (ptr at the head)."""
+    acc = _load_tok(ptr, row0, n_rows, stride_t, BLOCK_N)
+    for b in tl.static_range(1, NDV):
+        acc += _load_tok(ptr + b, row0, n_rows, stride_t, BLOCK_N)
+    return acc
 
 
 @triton.jit
@@ -105,7 +150,7 @@ def _load_phi(ptr, row0, n_rows, stride_t, eps, BLOCK_N: tl.constexpr, BLOCK_D: 
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_n[:, None] < n_rows) & (offs_d[None, :] < D)
-    phi = tl.where(ok, tl.sigmoid(_load_rows(ptr, row0, n_rows, stride_t, BLOCK_N, BLOCK_D, D)), 0.0)
+    phi = tl.where(ok, tl.sigmoid(_load_rows(ptr, row0, n_rows, stride_t, D, BLOCK_N, BLOCK_D)), 0.0)
     return phi, tl.where(ok, phi + eps, 0.0)
 
 
@@ -174,16 +219,20 @@ def flow_attention_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    """Grid (segments, heads, Dv blocks): columns blk * BLOCK_DV .. + BLOCK_DV of the state and the output."""
     seg = tl.program_id(0)
     head = tl.program_id(1)
+    blk = tl.program_id(2)
     q_start = tl.load(CU_Q + seg)
     n_q = tl.load(CU_Q + seg + 1) - q_start
     k_start = tl.load(CU_K + seg)
     n_k = tl.load(CU_K + seg + 1) - k_start
+    dv0 = blk * BLOCK_DV
+    n_dv = DV - dv0  # valid columns of this block (>= 1)
     Q += head * stride_qh
     K += head * stride_kh
-    V += head * stride_vh
-    O += head * DV  # O is contiguous (total_q, H, DV)
+    V += head * stride_vh + dv0
+    O += head * DV + dv0  # O is contiguous (total_q, H, DV)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     eps_d = tl.where(offs_d < D, eps, 0.0)  # (BLOCK_D,): eps on real dims only
@@ -205,14 +254,14 @@ def flow_attention_fwd_kernel(
         incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), start + offs_n < n_q)  # (BLOCK_N,)
         w_q += tl.sum(phi_q * incoming[:, None], 0)
 
-    # 1.-3. on the keys: outgoing flow, w_k, conserved source -> exp, and the unnormalised D x Dv state
+    # 1.-3. on the keys: outgoing flow, w_k, conserved source -> exp, and the unnormalised state (this block)
     w_k = tl.zeros([BLOCK_D], tl.float32)
     kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum_j phi(k_j)^T v_j e_j
     z = _fp32_zero(BLOCK_N)  # sum_j e_j
     for start in range(0, n_k, BLOCK_N):
         row_ok = start + offs_n < n_k
         phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
-        v = _load_rows(V, k_start + start, n_k - start, stride_vt, BLOCK_N, BLOCK_DV, DV)  # (BLOCK_N, BLOCK_DV)
+        v = _load_rows(V, k_start + start, n_k - start, stride_vt, n_dv, BLOCK_N, BLOCK_DV)
         outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
         w_k += tl.sum(phi_k * outgoing[:, None], 0)
         source = tl.minimum(tl.maximum(_rowdot(phi_k_eps, w_q + eps_d), -1.0), 1.0)
@@ -230,27 +279,104 @@ def flow_attention_fwd_kernel(
         incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
         allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
         out = tl.dot(phi_q, kv, input_precision=DOT_PRECISION) * (incoming * allocation)[:, None]
-        _store_rows(O, q_start + start, n_q - start, num_heads * DV, out, BLOCK_N, BLOCK_DV, DV)
+        _store_rows(O, q_start + start, n_q - start, num_heads * DV, n_dv, out, BLOCK_N, BLOCK_DV)
 
-    # small per-(segment, head) state for the backward
+    # small per-(segment, head) state for the backward (the vectors and z from block 0: every block has them)
     pid = seg * num_heads + head
-    _store_vec(VECS + (pid * 4 + 0) * D, sum_q, BLOCK_D, D)
-    _store_vec(VECS + (pid * 4 + 1) * D, sum_k, BLOCK_D, D)
-    _store_vec(VECS + (pid * 4 + 2) * D, w_q, BLOCK_D, D)
-    _store_vec(VECS + (pid * 4 + 3) * D, w_k, BLOCK_D, D)
+    if blk == 0:
+        _store_vec(VECS + (pid * 4 + 0) * D, sum_q, BLOCK_D, D)
+        _store_vec(VECS + (pid * 4 + 1) * D, sum_k, BLOCK_D, D)
+        _store_vec(VECS + (pid * 4 + 2) * D, w_q, BLOCK_D, D)
+        _store_vec(VECS + (pid * 4 + 3) * D, w_k, BLOCK_D, D)
+        tl.store(Z + pid, z)
     offs_dv = tl.arange(0, BLOCK_DV)
-    tl.store(KV + pid * D * DV + offs_d[:, None] * DV + offs_dv[None, :], kv,
-             mask=(offs_d[:, None] < D) & (offs_dv[None, :] < DV))
-    tl.store(Z + pid, z)
+    tl.store(KV + pid * D * DV + offs_d[:, None] * DV + (dv0 + offs_dv)[None, :], kv,
+             mask=(offs_d[:, None] < D) & (offs_dv[None, :] < n_dv))
 
 
 @triton.jit
-def flow_attention_bwd_kernel(
-    Q, K, V, DO, DQ, DK, DV_OUT, VECS, KV, Z, CU_Q, CU_K,
+def flow_attention_bwd_state_kernel(
+    Q, K, V, DO, DV_OUT, VECS, KV, Z, CU_Q, CU_K, D_GATE, D_PHI_Q, D_COMP, D_PHI_K, S_DOT,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads, eps,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    """Backward, part a, grid (segments, heads, Dv blocks): everything that touches this block's columns of S and
+    dS. Writes dv (final) and float32 per-block partials of the sums over Dv: dg_i, gate_i dO_i S^T, <dS, S>,
+    d comp_j = v_j · (phi(k_j) dS) and (v_j comp_j) dS^T."""
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    blk = tl.program_id(2)
+    q_start = tl.load(CU_Q + seg)
+    n_q = tl.load(CU_Q + seg + 1) - q_start
+    k_start = tl.load(CU_K + seg)
+    n_k = tl.load(CU_K + seg + 1) - k_start
+    dv0 = blk * BLOCK_DV
+    n_dv = DV - dv0
+    Q += head * stride_qh
+    K += head * stride_kh
+    V += head * stride_vh + dv0
+    DO += head * stride_doh + dv0
+    DV_OUT += head * DV + dv0  # gradients are contiguous
+    D_GATE += head * NDV + blk  # workspaces (total, H, NDV) and (total, H, NDV, D)
+    D_PHI_Q += (head * NDV + blk) * D
+    D_COMP += head * NDV + blk
+    D_PHI_K += (head * NDV + blk) * D
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+
+    pid = seg * num_heads + head
+    sum_k = _load_vec(VECS + (pid * 4 + 1) * D, BLOCK_D, D)
+    w_q = _load_vec(VECS + (pid * 4 + 2) * D, BLOCK_D, D)
+    w_k = _load_vec(VECS + (pid * 4 + 3) * D, BLOCK_D, D)
+    kv = tl.load(KV + pid * D * DV + offs_d[:, None] * DV + (dv0 + offs_dv)[None, :],
+                 mask=(offs_d[:, None] < D) & (offs_dv[None, :] < n_dv), other=0.0)  # (BLOCK_D, BLOCK_DV): S
+    z = tl.load(Z + pid)
+    nk_f = n_k.to(tl.float32)
+    ratio = n_q.to(tl.float32) / nk_f
+
+    # queries: dS (this block), and the S-parts of dg_i and d phi(q_i)
+    d_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
+    for start in range(0, n_q, BLOCK_N):
+        row_ok = start + offs_n < n_q
+        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        do = _load_rows(DO, q_start + start, n_q - start, stride_dot, n_dv, BLOCK_N, BLOCK_DV)
+        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
+        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
+        gate = incoming * allocation  # (BLOCK_N,): out_i = gate_i phi(q_i) S
+        d_gate = tl.sum(do * tl.dot(phi_q, kv, input_precision=DOT_PRECISION), 1)
+        _store_tok(D_GATE, q_start + start, n_q - start, num_heads * NDV, d_gate, BLOCK_N)
+        d_phi = tl.dot(do * gate[:, None], tl.trans(kv), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        _store_rows(D_PHI_Q, q_start + start, n_q - start, num_heads * NDV * D, D, d_phi, BLOCK_N, BLOCK_D)
+        d_kv = tl.dot(tl.trans(phi_q * gate[:, None]), do, d_kv, input_precision=DOT_PRECISION)
+    # sum_j comp_j d comp_j = <dS, S>: the softmax Jacobian's shared term (this block's part)
+    tl.store(S_DOT + pid * NDV + blk, tl.sum(tl.sum(d_kv * kv, 1), 0))
+
+    # keys: dv, and the dS-parts of d comp_j and d phi(k_j)
+    for start in range(0, n_k, BLOCK_N):
+        row_ok = start + offs_n < n_k
+        phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+        v = _load_rows(V, k_start + start, n_k - start, stride_vt, n_dv, BLOCK_N, BLOCK_DV)
+        source = tl.minimum(tl.maximum(_rowdot(phi_k_eps, w_q + eps_d), -1.0), 1.0)
+        competition = tl.where(row_ok, tl.exp(source) * (nk_f / z), 0.0)
+        d_x = tl.dot(phi_k, d_kv, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_DV): d(v_j comp_j)
+        _store_tok(D_COMP, k_start + start, n_k - start, num_heads * NDV, tl.sum(d_x * v, 1), BLOCK_N)
+        _store_rows(DV_OUT, k_start + start, n_k - start, num_heads * DV, n_dv, d_x * competition[:, None],
+                    BLOCK_N, BLOCK_DV)
+        d_phi = tl.dot(v * competition[:, None], tl.trans(d_kv), input_precision=DOT_PRECISION)
+        _store_rows(D_PHI_K, k_start + start, n_k - start, num_heads * NDV * D, D, d_phi, BLOCK_N, BLOCK_D)
+
+
+@triton.jit
+def flow_attention_bwd_chain_kernel(
+    Q, K, DQ, DK, VECS, Z, CU_Q, CU_K, D_GATE, D_PHI_Q, D_COMP, D_PHI_K, S_DOT,
+    stride_qt, stride_qh, stride_kt, stride_kh, num_heads, eps,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NDV: tl.constexpr,
+):
+    """Backward, part b, grid (segments, heads): the scalar chain through steps 3-1 (no D x Dv state, no dots),
+    from the Dv-block partials summed in block order; writes dq and dk."""
     seg = tl.program_id(0)
     head = tl.program_id(1)
     q_start = tl.load(CU_Q + seg)
@@ -259,14 +385,14 @@ def flow_attention_bwd_kernel(
     n_k = tl.load(CU_K + seg + 1) - k_start
     Q += head * stride_qh
     K += head * stride_kh
-    V += head * stride_vh
-    DO += head * stride_doh
     DQ += head * D  # gradients are contiguous
     DK += head * D
-    DV_OUT += head * DV
+    D_GATE += head * NDV
+    D_PHI_Q += head * NDV * D
+    D_COMP += head * NDV
+    D_PHI_K += head * NDV * D
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     eps_d = tl.where(offs_d < D, eps, 0.0)
 
     pid = seg * num_heads + head
@@ -274,29 +400,26 @@ def flow_attention_bwd_kernel(
     sum_k = _load_vec(VECS + (pid * 4 + 1) * D, BLOCK_D, D)
     w_q = _load_vec(VECS + (pid * 4 + 2) * D, BLOCK_D, D)
     w_k = _load_vec(VECS + (pid * 4 + 3) * D, BLOCK_D, D)
-    kv = tl.load(KV + pid * D * DV + offs_d[:, None] * DV + offs_dv[None, :],
-                 mask=(offs_d[:, None] < D) & (offs_dv[None, :] < DV), other=0.0)  # (BLOCK_D, BLOCK_DV): S
     z = tl.load(Z + pid)
+    comp_dot = tl.load(S_DOT + pid * NDV)
+    for b in tl.static_range(1, NDV):
+        comp_dot += tl.load(S_DOT + pid * NDV + b)
     nq_f = n_q.to(tl.float32)
     nk_f = n_k.to(tl.float32)
     ratio = nq_f / nk_f
+    tok_q = num_heads * NDV  # token strides of the workspaces
+    tok_k = num_heads * NDV
 
-    # queries, first pass: 4. dS and dg; 3. d sink; 2. d w_k
-    d_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
+    # queries, first pass: 3. d sink; 2. d w_k
     d_wk = tl.zeros([BLOCK_D], tl.float32)
     for start in range(0, n_q, BLOCK_N):
         row_ok = start + offs_n < n_q
         phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
-        do = _load_rows(DO, q_start + start, n_q - start, stride_dot, BLOCK_N, BLOCK_DV, DV)  # (BLOCK_N, BLOCK_DV)
+        d_gate = _sum_parts_tok(D_GATE, q_start + start, n_q - start, tok_q, BLOCK_N, NDV)
         incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
         allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
-        gate = incoming * allocation  # (BLOCK_N,): out_i = gate_i phi(q_i) S
-        d_gate = tl.sum(do * tl.dot(phi_q, kv, input_precision=DOT_PRECISION), 1)
-        d_kv = tl.dot(tl.trans(phi_q * gate[:, None]), do, d_kv, input_precision=DOT_PRECISION)
         d_sink = d_gate * incoming * allocation * (1.0 - allocation) * ratio
         d_wk += tl.sum(phi_q_eps * d_sink[:, None], 0)
-    # sum_j comp_j d comp_j = <dS, S>: the softmax Jacobian's shared term, without another pass
-    comp_dot = tl.sum(tl.sum(d_kv * kv, 1), 0)
 
     # keys, first pass: 3. d source (softmax + clamp); 2. d w_q; 1. d sum phi(q) through outgoing_j
     d_wq = tl.zeros([BLOCK_D], tl.float32)
@@ -304,12 +427,11 @@ def flow_attention_bwd_kernel(
     for start in range(0, n_k, BLOCK_N):
         row_ok = start + offs_n < n_k
         phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
-        v = _load_rows(V, k_start + start, n_k - start, stride_vt, BLOCK_N, BLOCK_DV, DV)
+        d_comp = _sum_parts_tok(D_COMP, k_start + start, n_k - start, tok_k, BLOCK_N, NDV)
         outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
         source = _rowdot(phi_k_eps, w_q + eps_d)
         unclamped = row_ok & (source >= -1.0) & (source <= 1.0)
         competition = tl.where(row_ok, tl.exp(tl.minimum(tl.maximum(source, -1.0), 1.0)) * (nk_f / z), 0.0)
-        d_comp = tl.sum(tl.dot(phi_k, d_kv, input_precision=DOT_PRECISION) * v, 1)
         d_source = tl.where(unclamped, competition * (d_comp - comp_dot / nk_f), 0.0)
         d_wq += tl.sum(phi_k_eps * d_source[:, None], 0)
         d_den_k = -_rowdot(phi_k, d_wk) * outgoing * outgoing  # d outgoing_j = phi(k_j) · d w_k, times -outgoing_j^2
@@ -320,40 +442,35 @@ def flow_attention_bwd_kernel(
     for start in range(0, n_q, BLOCK_N):
         row_ok = start + offs_n < n_q
         phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
-        do = _load_rows(DO, q_start + start, n_q - start, stride_dot, BLOCK_N, BLOCK_DV, DV)
+        d_gate = _sum_parts_tok(D_GATE, q_start + start, n_q - start, tok_q, BLOCK_N, NDV)
         incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
         allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
-        gate = incoming * allocation
-        d_gate = tl.sum(do * tl.dot(phi_q, kv, input_precision=DOT_PRECISION), 1)
         d_sink = d_gate * incoming * allocation * (1.0 - allocation) * ratio
         d_incoming = d_gate * allocation + _rowdot(phi_q, d_wq)
         d_den_q = -d_incoming * incoming * incoming
         d_sum_k += tl.sum(phi_q_eps * d_den_q[:, None], 0)
-        d_phi = tl.dot(do * gate[:, None], tl.trans(kv), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        d_phi = _sum_parts_rows(D_PHI_Q, q_start + start, n_q - start, tok_q * D, D, BLOCK_N, BLOCK_D, NDV)
         d_phi += d_sink[:, None] * (w_k + eps_d)[None, :] + incoming[:, None] * d_wq[None, :]
         d_phi += d_den_q[:, None] * (sum_k + eps_d)[None, :] + d_sum_q[None, :]
-        _store_rows(DQ, q_start + start, n_q - start, num_heads * D, d_phi * phi_q * (1.0 - phi_q),
-                    BLOCK_N, BLOCK_D, D)
+        _store_rows(DQ, q_start + start, n_q - start, num_heads * D, D, d_phi * phi_q * (1.0 - phi_q),
+                    BLOCK_N, BLOCK_D)
 
-    # keys, second pass: dk, dv
+    # keys, second pass: dk
     for start in range(0, n_k, BLOCK_N):
         row_ok = start + offs_n < n_k
         phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
-        v = _load_rows(V, k_start + start, n_k - start, stride_vt, BLOCK_N, BLOCK_DV, DV)
+        d_comp = _sum_parts_tok(D_COMP, k_start + start, n_k - start, tok_k, BLOCK_N, NDV)
         outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
         source = _rowdot(phi_k_eps, w_q + eps_d)
         unclamped = row_ok & (source >= -1.0) & (source <= 1.0)
         competition = tl.where(row_ok, tl.exp(tl.minimum(tl.maximum(source, -1.0), 1.0)) * (nk_f / z), 0.0)
-        d_x = tl.dot(phi_k, d_kv, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_DV): d(v_j comp_j)
-        d_source = tl.where(unclamped, competition * (tl.sum(d_x * v, 1) - comp_dot / nk_f), 0.0)
+        d_source = tl.where(unclamped, competition * (d_comp - comp_dot / nk_f), 0.0)
         d_den_k = -_rowdot(phi_k, d_wk) * outgoing * outgoing
-        d_phi = tl.dot(v * competition[:, None], tl.trans(d_kv), input_precision=DOT_PRECISION)
+        d_phi = _sum_parts_rows(D_PHI_K, k_start + start, n_k - start, tok_k * D, D, BLOCK_N, BLOCK_D, NDV)
         d_phi += d_source[:, None] * (w_q + eps_d)[None, :] + outgoing[:, None] * d_wk[None, :]
         d_phi += d_den_k[:, None] * (sum_q + eps_d)[None, :] + d_sum_k[None, :]
-        _store_rows(DK, k_start + start, n_k - start, num_heads * D, d_phi * phi_k * (1.0 - phi_k),
-                    BLOCK_N, BLOCK_D, D)
-        _store_rows(DV_OUT, k_start + start, n_k - start, num_heads * DV, d_x * competition[:, None],
-                    BLOCK_N, BLOCK_DV, DV)
+        _store_rows(DK, k_start + start, n_k - start, num_heads * D, D, d_phi * phi_k * (1.0 - phi_k),
+                    BLOCK_N, BLOCK_D)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -366,14 +483,18 @@ def flow_attention_causal_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    """Grid (segments, heads, Dv blocks): this block's output columns, through its columns of the running state."""
     seg = tl.program_id(0)
     head = tl.program_id(1)
+    blk = tl.program_id(2)
     start_tok = tl.load(CU + seg)
     n_tok = tl.load(CU + seg + 1) - start_tok
+    dv0 = blk * BLOCK_DV
+    n_dv = DV - dv0
     Q += head * stride_qh
     K += head * stride_kh
-    V += head * stride_vh
-    O += head * DV
+    V += head * stride_vh + dv0
+    O += head * DV + dv0
     offs_c = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, BLOCK_D)
     eps_d = tl.where(offs_d < D, eps, 0.0)
@@ -385,13 +506,13 @@ def flow_attention_causal_fwd_kernel(
     w_q = tl.zeros([BLOCK_D], tl.float32)
     w_k = tl.zeros([BLOCK_D], tl.float32)
     e_sum = _fp32_zero(CHUNK)
-    kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum_j phi(k_j)^T v_j competition_j
+    kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum_j phi(k_j)^T v_j competition_j (this block's columns)
     for start in range(0, n_tok, CHUNK):
         row_ok = start + offs_c < n_tok
         n = (start + offs_c + 1).to(tl.float32)  # (CHUNK,): n_i
         phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
         phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
-        v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, CHUNK, BLOCK_DV, DV)
+        v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, n_dv, CHUNK, BLOCK_DV)
         _, _, _, _, incoming, outgoing, _, allocation, e, _, competition = _causal_flows(
             phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
         # 4. inside the chunk a masked product, earlier chunks through the running state
@@ -400,7 +521,7 @@ def flow_attention_causal_fwd_kernel(
         out = tl.dot(scores, x, input_precision=DOT_PRECISION)
         out = tl.dot(phi_q, kv, out, input_precision=DOT_PRECISION)
         out = out * (allocation * incoming / n)[:, None]
-        _store_rows(O, start_tok + start, n_tok - start, num_heads * DV, out, CHUNK, BLOCK_DV, DV)
+        _store_rows(O, start_tok + start, n_tok - start, num_heads * DV, n_dv, out, CHUNK, BLOCK_DV)
         sum_q += tl.sum(phi_q, 0)
         sum_k += tl.sum(phi_k, 0)
         w_q += tl.sum(phi_q * incoming[:, None], 0)
@@ -414,19 +535,23 @@ def flow_attention_causal_bwd_scan_kernel(
     Q, K, V, DO, D_GATE, D_PHI_Q, CARRY, E_CARRY, CU,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads, eps,
     D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Backward part a: the forward scan again; writes dg_i, the S-part of d phi(q_i) and the chunk-start sums."""
+    """Backward part a, grid (segments, heads, Dv blocks): the forward scan again; writes this block's partials
+    of dg_i and of the S-part of d phi(q_i), and (block 0) the chunk-start sums."""
     seg = tl.program_id(0)
     head = tl.program_id(1)
+    blk = tl.program_id(2)
     start_tok = tl.load(CU + seg)
     n_tok = tl.load(CU + seg + 1) - start_tok
+    dv0 = blk * BLOCK_DV
+    n_dv = DV - dv0
     Q += head * stride_qh
     K += head * stride_kh
-    V += head * stride_vh
-    DO += head * stride_doh
-    D_GATE += head
-    D_PHI_Q += head * D
+    V += head * stride_vh + dv0
+    DO += head * stride_doh + dv0
+    D_GATE += head * NDV + blk  # workspaces (total, H, NDV) and (total, H, NDV, D)
+    D_PHI_Q += (head * NDV + blk) * D
     offs_c = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, BLOCK_D)
     eps_d = tl.where(offs_d < D, eps, 0.0)
@@ -442,19 +567,20 @@ def flow_attention_causal_bwd_scan_kernel(
     e_sum = _fp32_zero(CHUNK)
     kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
     for start in range(0, n_tok, CHUNK):
-        carry = CARRY + ((row0 + start // CHUNK) * num_heads + head) * 4 * D
-        _store_vec(carry + 0 * D, sum_q, BLOCK_D, D)
-        _store_vec(carry + 1 * D, sum_k, BLOCK_D, D)
-        _store_vec(carry + 2 * D, w_q, BLOCK_D, D)
-        _store_vec(carry + 3 * D, w_k, BLOCK_D, D)
-        tl.store(E_CARRY + (row0 + start // CHUNK) * num_heads + head, e_sum)
+        if blk == 0:
+            carry = CARRY + ((row0 + start // CHUNK) * num_heads + head) * 4 * D
+            _store_vec(carry + 0 * D, sum_q, BLOCK_D, D)
+            _store_vec(carry + 1 * D, sum_k, BLOCK_D, D)
+            _store_vec(carry + 2 * D, w_q, BLOCK_D, D)
+            _store_vec(carry + 3 * D, w_k, BLOCK_D, D)
+            tl.store(E_CARRY + (row0 + start // CHUNK) * num_heads + head, e_sum)
 
         row_ok = start + offs_c < n_tok
         n = (start + offs_c + 1).to(tl.float32)
         phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
         phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
-        v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, CHUNK, BLOCK_DV, DV)
-        do = _load_rows(DO, start_tok + start, n_tok - start, stride_dot, CHUNK, BLOCK_DV, DV)
+        v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, n_dv, CHUNK, BLOCK_DV)
+        do = _load_rows(DO, start_tok + start, n_tok - start, stride_dot, n_dv, CHUNK, BLOCK_DV)
         _, _, _, _, incoming, outgoing, _, allocation, e, _, competition = _causal_flows(
             phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
         x = v * competition[:, None]
@@ -462,14 +588,12 @@ def flow_attention_causal_bwd_scan_kernel(
         scores = tl.where(causal, tl.dot(phi_q, tl.trans(phi_k), input_precision=DOT_PRECISION), 0.0)
         u = tl.dot(scores, x, input_precision=DOT_PRECISION)
         u = tl.dot(phi_q, kv, u, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_DV): phi(q_i) S_i
-        d_gate = tl.where(row_ok, tl.sum(do * u, 1), 0.0)
+        _store_tok(D_GATE, start_tok + start, n_tok - start, num_heads * NDV, tl.sum(do * u, 1), CHUNK)
         # d phi(q_i) = gate_i dO_i S_i^T = gate_i (sum_{j<=i in chunk} (dO_i · x_j) phi(k_j) + dO_i S_prev^T)
         dox = tl.where(causal, tl.dot(do, tl.trans(x), input_precision=DOT_PRECISION), 0.0)  # (CHUNK, CHUNK)
         d_phi = tl.dot(dox, phi_k, input_precision=DOT_PRECISION)
         d_phi = tl.dot(do, tl.trans(kv), d_phi, input_precision=DOT_PRECISION) * gate[:, None]
-        rows = (start_tok + start + offs_c).to(tl.int64)
-        tl.store(D_GATE + rows * num_heads, d_gate, mask=row_ok)
-        _store_rows(D_PHI_Q, start_tok + start, n_tok - start, num_heads * D, d_phi, CHUNK, BLOCK_D, D)
+        _store_rows(D_PHI_Q, start_tok + start, n_tok - start, num_heads * NDV * D, D, d_phi, CHUNK, BLOCK_D)
 
         sum_q += tl.sum(phi_q, 0)
         sum_k += tl.sum(phi_k, 0)
@@ -480,60 +604,56 @@ def flow_attention_causal_bwd_scan_kernel(
 
 
 @triton.jit
-def flow_attention_causal_bwd_kernel(
-    Q, K, V, DO, D_GATE, D_PHI_Q, CARRY, E_CARRY, DQ, DK, DV_OUT, CU,
+def _load_carry(CARRY, E_CARRY, chunk_row, num_heads, head, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    carry = CARRY + (chunk_row * num_heads + head) * 4 * D
+    return (_load_vec(carry + 0 * D, BLOCK_D, D), _load_vec(carry + 1 * D, BLOCK_D, D),
+            _load_vec(carry + 2 * D, BLOCK_D, D), _load_vec(carry + 3 * D, BLOCK_D, D),
+            tl.load(E_CARRY + chunk_row * num_heads + head))
+
+
+@triton.jit
+def flow_attention_causal_bwd_state_kernel(
+    Q, K, V, DO, CARRY, E_CARRY, DV_OUT, D_COMP, D_PHI_K, CU,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads, eps,
     D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Backward part b: chunks last to first, carrying suffix sums; writes dq, dk, dv."""
+    """Backward part b, grid (segments, heads, Dv blocks): chunks last to first, carrying this block's columns of
+    R = sum_{i later} gate_i phi(q_i)^T dO_i; writes dv (final) and this block's partials of d comp_j = v_j · d x_j
+    and of the step-4 part of d phi(k_j)."""
     seg = tl.program_id(0)
     head = tl.program_id(1)
+    blk = tl.program_id(2)
     start_tok = tl.load(CU + seg)
     n_tok = tl.load(CU + seg + 1) - start_tok
+    dv0 = blk * BLOCK_DV
+    n_dv = DV - dv0
     Q += head * stride_qh
     K += head * stride_kh
-    V += head * stride_vh
-    DO += head * stride_doh
-    D_GATE += head
-    D_PHI_Q += head * D
-    DQ += head * D
-    DK += head * D
-    DV_OUT += head * DV
+    V += head * stride_vh + dv0
+    DO += head * stride_doh + dv0
+    DV_OUT += head * DV + dv0
+    D_COMP += head * NDV + blk
+    D_PHI_K += (head * NDV + blk) * D
     offs_c = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, BLOCK_D)
     eps_d = tl.where(offs_d < D, eps, 0.0)
     later = offs_c[:, None] <= offs_c[None, :]  # (CHUNK, CHUNK), rows j, columns i: i >= j
     row0 = start_tok // CHUNK + seg
 
-    # suffix sums over all later chunks
-    r_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum_i gate_i phi(q_i)^T dO_i
-    d_wq_suf = tl.zeros([BLOCK_D], tl.float32)
-    d_wk_suf = tl.zeros([BLOCK_D], tl.float32)
-    d_pre_q_suf = tl.zeros([BLOCK_D], tl.float32)  # gradients of the prefix sums of phi(q) / phi(k)
-    d_pre_k_suf = tl.zeros([BLOCK_D], tl.float32)
-    d_pre_e_suf = _fp32_zero(CHUNK)
+    r_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum over later chunks of gate_i phi(q_i)^T dO_i
     n_chunks = (n_tok + CHUNK - 1) // CHUNK
     for rev in range(0, n_chunks):
         c = n_chunks - 1 - rev
         start = c * CHUNK
-        carry = CARRY + ((row0 + c) * num_heads + head) * 4 * D
-        sum_q = _load_vec(carry + 0 * D, BLOCK_D, D)
-        sum_k = _load_vec(carry + 1 * D, BLOCK_D, D)
-        w_q = _load_vec(carry + 2 * D, BLOCK_D, D)
-        w_k = _load_vec(carry + 3 * D, BLOCK_D, D)
-        e_sum = tl.load(E_CARRY + (row0 + c) * num_heads + head)
-
+        sum_q, sum_k, w_q, w_k, e_sum = _load_carry(CARRY, E_CARRY, row0 + c, num_heads, head, D, BLOCK_D)
         row_ok = start + offs_c < n_tok
         n = (start + offs_c + 1).to(tl.float32)
         phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
         phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
-        v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, CHUNK, BLOCK_DV, DV)
-        do = _load_rows(DO, start_tok + start, n_tok - start, stride_dot, CHUNK, BLOCK_DV, DV)
-        rows = (start_tok + start + offs_c).to(tl.int64)
-        d_gate = tl.load(D_GATE + rows * num_heads, mask=row_ok, other=0.0)  # (CHUNK,)
-        d_phi_q = _load_rows(D_PHI_Q, start_tok + start, n_tok - start, num_heads * D, CHUNK, BLOCK_D, D)
-        pre_q, pre_k, pre_wq, pre_wk, incoming, outgoing, source, allocation, e, pre_e, competition = \
+        v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, n_dv, CHUNK, BLOCK_DV)
+        do = _load_rows(DO, start_tok + start, n_tok - start, stride_dot, n_dv, CHUNK, BLOCK_DV)
+        _, _, _, _, incoming, _, _, allocation, _, _, competition = \
             _causal_flows(phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
         gate = allocation * incoming / n
         x = v * competition[:, None]  # (CHUNK, BLOCK_DV)
@@ -543,10 +663,62 @@ def flow_attention_causal_bwd_kernel(
         kq = tl.where(later, tl.dot(phi_k, tl.trans(gq), input_precision=DOT_PRECISION), 0.0)  # (CHUNK_j, CHUNK_i)
         d_x = tl.dot(kq, do, input_precision=DOT_PRECISION)
         d_x = tl.dot(phi_k, r_kv, d_x, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_DV)
+        _store_tok(D_COMP, start_tok + start, n_tok - start, num_heads * NDV, tl.sum(d_x * v, 1), CHUNK)
+        _store_rows(DV_OUT, start_tok + start, n_tok - start, num_heads * DV, n_dv, d_x * competition[:, None],
+                    CHUNK, BLOCK_DV)
         xdo = tl.where(later, tl.dot(x, tl.trans(do), input_precision=DOT_PRECISION), 0.0)  # (CHUNK_j, CHUNK_i)
         d_phi_k = tl.dot(xdo, gq, input_precision=DOT_PRECISION)
         d_phi_k = tl.dot(x, tl.trans(r_kv), d_phi_k, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_D)
-        d_comp = tl.sum(d_x * v, 1)
+        _store_rows(D_PHI_K, start_tok + start, n_tok - start, num_heads * NDV * D, D, d_phi_k, CHUNK, BLOCK_D)
+        r_kv = tl.dot(tl.trans(gq), do, r_kv, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def flow_attention_causal_bwd_chain_kernel(
+    Q, K, D_GATE, D_PHI_Q, D_COMP, D_PHI_K, CARRY, E_CARRY, DQ, DK, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, num_heads, eps,
+    D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, NDV: tl.constexpr,
+):
+    """Backward part c, grid (segments, heads): chunks last to first, carrying the suffix sums of the scalar chain
+    (D-vectors and one scalar; no D x Dv state, no dots); the Dv-block partials are summed in block order.
+    Writes dq, dk."""
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    start_tok = tl.load(CU + seg)
+    n_tok = tl.load(CU + seg + 1) - start_tok
+    Q += head * stride_qh
+    K += head * stride_kh
+    D_GATE += head * NDV
+    D_PHI_Q += head * NDV * D
+    D_COMP += head * NDV
+    D_PHI_K += head * NDV * D
+    DQ += head * D
+    DK += head * D
+    offs_c = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+    row0 = start_tok // CHUNK + seg
+    tok = num_heads * NDV  # token stride of the scalar workspaces
+
+    # suffix sums over all later chunks
+    d_wq_suf = tl.zeros([BLOCK_D], tl.float32)
+    d_wk_suf = tl.zeros([BLOCK_D], tl.float32)
+    d_pre_q_suf = tl.zeros([BLOCK_D], tl.float32)  # gradients of the prefix sums of phi(q) / phi(k)
+    d_pre_k_suf = tl.zeros([BLOCK_D], tl.float32)
+    d_pre_e_suf = _fp32_zero(CHUNK)
+    n_chunks = (n_tok + CHUNK - 1) // CHUNK
+    for rev in range(0, n_chunks):
+        c = n_chunks - 1 - rev
+        start = c * CHUNK
+        sum_q, sum_k, w_q, w_k, e_sum = _load_carry(CARRY, E_CARRY, row0 + c, num_heads, head, D, BLOCK_D)
+        row_ok = start + offs_c < n_tok
+        n = (start + offs_c + 1).to(tl.float32)
+        phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
+        phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
+        d_gate = _sum_parts_tok(D_GATE, start_tok + start, n_tok - start, tok, CHUNK, NDV)  # (CHUNK,)
+        d_comp = _sum_parts_tok(D_COMP, start_tok + start, n_tok - start, tok, CHUNK, NDV)
+        pre_q, pre_k, pre_wq, pre_wk, incoming, outgoing, source, allocation, e, pre_e, competition = \
+            _causal_flows(phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
 
         # 3. competition e_i / pre_e_i * n_i: direct term plus the suffix sum of d pre_e
         d_pre_e = -d_comp * competition / pre_e  # zero on masked rows (competition is)
@@ -557,35 +729,32 @@ def flow_attention_causal_bwd_kernel(
         d_sink = d_gate * incoming / n * allocation * (1.0 - allocation)
 
         # 2. conservation: source_i = (phi(k_i)+eps) · (pre_wq_i + eps) / n_i, sink likewise
-        d_phi_k += d_source[:, None] * (pre_wq + eps_d[None, :]) / n[:, None]
-        d_phi_q += d_sink[:, None] * (pre_wk + eps_d[None, :]) / n[:, None]
         d_wq_i = phi_k_eps * (d_source / n)[:, None]  # (CHUNK, BLOCK_D): gradient of pre_wq_i
         d_wk_i = phi_q_eps * (d_sink / n)[:, None]
         d_wq_in = d_wq_suf[None, :] + tl.cumsum(d_wq_i, 0, reverse=True)  # gradient of phi(q_j) incoming_j
         d_wk_in = d_wk_suf[None, :] + tl.cumsum(d_wk_i, 0, reverse=True)
-        d_phi_q += incoming[:, None] * d_wq_in
-        d_phi_k += outgoing[:, None] * d_wk_in
         d_incoming = d_gate * allocation / n + tl.sum(phi_q * d_wq_in, 1)
         d_outgoing = tl.sum(phi_k * d_wk_in, 1)
 
         # 1. flows: incoming_i = n_i / den_i, d den_i = -d incoming_i incoming_i^2 / n_i
         d_den_q = -d_incoming * incoming * incoming / n
         d_den_k = -d_outgoing * outgoing * outgoing / n
-        d_phi_q += d_den_q[:, None] * (pre_k + eps_d[None, :])
-        d_phi_k += d_den_k[:, None] * (pre_q + eps_d[None, :])
         d_pre_k_i = phi_q_eps * d_den_q[:, None]  # gradient of pre_k_i
         d_pre_q_i = phi_k_eps * d_den_k[:, None]
-        d_phi_k += d_pre_k_suf[None, :] + tl.cumsum(d_pre_k_i, 0, reverse=True)
+
+        d_phi_q = _sum_parts_rows(D_PHI_Q, start_tok + start, n_tok - start, tok * D, D, CHUNK, BLOCK_D, NDV)
+        d_phi_q += d_sink[:, None] * (pre_wk + eps_d[None, :]) / n[:, None] + incoming[:, None] * d_wq_in
+        d_phi_q += d_den_q[:, None] * (pre_k + eps_d[None, :])
         d_phi_q += d_pre_q_suf[None, :] + tl.cumsum(d_pre_q_i, 0, reverse=True)
+        _store_rows(DQ, start_tok + start, n_tok - start, num_heads * D, D, d_phi_q * phi_q * (1.0 - phi_q),
+                    CHUNK, BLOCK_D)
+        d_phi_k = _sum_parts_rows(D_PHI_K, start_tok + start, n_tok - start, tok * D, D, CHUNK, BLOCK_D, NDV)
+        d_phi_k += d_source[:, None] * (pre_wq + eps_d[None, :]) / n[:, None] + outgoing[:, None] * d_wk_in
+        d_phi_k += d_den_k[:, None] * (pre_q + eps_d[None, :])
+        d_phi_k += d_pre_k_suf[None, :] + tl.cumsum(d_pre_k_i, 0, reverse=True)
+        _store_rows(DK, start_tok + start, n_tok - start, num_heads * D, D, d_phi_k * phi_k * (1.0 - phi_k),
+                    CHUNK, BLOCK_D)
 
-        _store_rows(DQ, start_tok + start, n_tok - start, num_heads * D, d_phi_q * phi_q * (1.0 - phi_q),
-                    CHUNK, BLOCK_D, D)
-        _store_rows(DK, start_tok + start, n_tok - start, num_heads * D, d_phi_k * phi_k * (1.0 - phi_k),
-                    CHUNK, BLOCK_D, D)
-        _store_rows(DV_OUT, start_tok + start, n_tok - start, num_heads * DV, d_x * competition[:, None],
-                    CHUNK, BLOCK_DV, DV)
-
-        r_kv = tl.dot(tl.trans(gq), do, r_kv, input_precision=DOT_PRECISION)
         d_wq_suf += tl.sum(d_wq_i, 0)
         d_wk_suf += tl.sum(d_wk_i, 0)
         d_pre_q_suf += tl.sum(d_pre_q_i, 0)
@@ -597,23 +766,21 @@ def flow_attention_causal_bwd_kernel(
 # launchers
 # ---------------------------------------------------------------------------------------------------------------
 class _Config(NamedTuple):
-    block_n: int  # token block (non-causal) or chunk (causal)
-    num_warps: int
-    num_stages: int = 1
+    block_n: int  # token block (non-causal) or chunk (causal; the same in every causal kernel of a call)
+    block_dv: int  # Dv columns per program of the kernels that hold a D x Dv state (a power of two)
+    num_warps: int  # kernels with a D x Dv state
+    chain_warps: int  # the backward's scalar-chain kernel (D-wide tiles only)
+    num_stages: int = 1  # the loops run once or a few times: software pipelining would only cost registers
 
 
-def _config(causal: bool, block_d: int, block_dv: int) -> _Config:
-    """One fixed config per shape class. The interpreter gets big blocks (fewer interpreted loop steps); the
-    causal chunk must be the same in both backward kernels (chunk-start sums are indexed by it), so nothing here
-    is autotuned. On GPU the blocks shrink with the head dims to keep shared memory (fp32 dot operands, the
-    chunk's (C x C) products) well under the 227 KiB of an H100 (sm90 builds, triton 3.9: at most 160 KiB)."""
+def _config(causal: bool, block_d: int, block_dv: int, dtype: torch.dtype) -> _Config:
+    """One fixed config per shape class (nothing autotuned: the causal chunk indexes the chunk-start sums).
+
+    The interpreter gets big blocks (fewer interpreted loop steps) and no Dv split. On GPU the tiles and warps
+    are those that compile without register spills (see the module docstring for the figures)."""
     if INTERPRET:
-        return _Config(64 if causal else 128, 4)
-    widest = max(block_d, block_dv)
-    num_warps = 4 if block_d * block_dv <= 64 * 64 else 8
-    if causal:
-        return _Config(64 if widest <= 32 else 32 if widest <= 64 else 16, num_warps)
-    return _Config(64 if widest <= 64 else 32 if block_d * block_dv < 128 * 128 else 16, num_warps)
+        return _Config(64 if causal else 128, block_dv, 4, 4)
+    return _Config(16 if causal else 32, min(block_dv, 64), 8, 4)
 
 
 class FlowState(NamedTuple):
@@ -629,23 +796,22 @@ def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: f
     total_q, heads, d = q.shape
     dv = v.shape[-1]
     segments = cu_seqlens_q.numel() - 1
-    block_d, block_dv = _head_block(d), _head_block(dv)
-    cfg = _config(causal, block_d, block_dv)
+    block_d = _head_block(d)
+    cfg = _config(causal, block_d, _head_block(dv), q.dtype)
     out = _alloc((total_q, heads, dv), q.dtype, q.device)
-    grid = (segments, heads)
+    grid = (segments, heads, triton.cdiv(dv, cfg.block_dv))
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
+    meta = dict(D=d, DV=dv, BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, DOT_PRECISION=_dot_precision(q.dtype),
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if causal:
-        flow_attention_causal_fwd_kernel[grid](
-            q, k, v, out, cu_seqlens_q, *strides, heads, eps, D=d, DV=dv, CHUNK=cfg.block_n, BLOCK_D=block_d,
-            BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        flow_attention_causal_fwd_kernel[grid](q, k, v, out, cu_seqlens_q, *strides, heads, eps,
+                                               CHUNK=cfg.block_n, **meta)
         return out, None
     state = FlowState(_alloc((segments, heads, 4, d), torch.float32, q.device),
                       _alloc((segments, heads, d, dv), torch.float32, q.device),
                       _alloc((segments, heads), torch.float32, q.device))
-    flow_attention_fwd_kernel[grid](
-        q, k, v, out, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k, *strides, heads, eps,
-        D=d, DV=dv, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    flow_attention_fwd_kernel[grid](q, k, v, out, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k,
+                                    *strides, heads, eps, BLOCK_N=cfg.block_n, **meta)
     return out, state
 
 
@@ -656,33 +822,45 @@ def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState
     total_q, heads, d = q.shape
     total_k, dv_dim = k.shape[0], v.shape[-1]
     segments = cu_seqlens_q.numel() - 1
-    block_d, block_dv = _head_block(d), _head_block(dv_dim)
-    cfg = _config(causal, block_d, block_dv)
+    block_d = _head_block(d)
+    cfg = _config(causal, block_d, _head_block(dv_dim), q.dtype)
+    n_dv = triton.cdiv(dv_dim, cfg.block_dv)
     dq = _alloc((total_q, heads, d), q.dtype, q.device)
     dk = _alloc((total_k, heads, d), k.dtype, k.device)
     dv = _alloc((total_k, heads, dv_dim), v.dtype, v.device)
-    grid = (segments, heads)
+    # float32 per-Dv-block partials of the sums over Dv (summed in block order by the chain kernel)
+    d_gate = _alloc((total_q, heads, n_dv), torch.float32, q.device)
+    d_phi_q = _alloc((total_q, heads, n_dv, d), torch.float32, q.device)
+    d_comp = _alloc((total_k, heads, n_dv), torch.float32, q.device)
+    d_phi_k = _alloc((total_k, heads, n_dv, d), torch.float32, q.device)
+    grid = (segments, heads, n_dv)
+    chain_grid = (segments, heads)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                do.stride(0), do.stride(1))
-    meta = dict(D=d, DV=dv_dim, BLOCK_D=block_d, BLOCK_DV=block_dv, DOT_PRECISION=DOT_PRECISION,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    qk_strides = strides[:4]
+    meta = dict(D=d, DV=dv_dim, BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, NDV=n_dv,
+                DOT_PRECISION=_dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    chain_meta = dict(D=d, BLOCK_D=block_d, NDV=n_dv, num_warps=cfg.chain_warps, num_stages=cfg.num_stages)
     if not causal:
-        flow_attention_bwd_kernel[grid](
-            q, k, v, do, dq, dk, dv, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k, *strides, heads,
-            eps, BLOCK_N=cfg.block_n, **meta)
+        s_dot = _alloc((segments, heads, n_dv), torch.float32, q.device)
+        flow_attention_bwd_state_kernel[grid](
+            q, k, v, do, dv, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k, d_gate, d_phi_q, d_comp,
+            d_phi_k, s_dot, *strides, heads, eps, BLOCK_N=cfg.block_n, **meta)
+        flow_attention_bwd_chain_kernel[chain_grid](
+            q, k, dq, dk, state.vecs, state.z, cu_seqlens_q, cu_seqlens_k, d_gate, d_phi_q, d_comp, d_phi_k, s_dot,
+            *qk_strides, heads, eps, BLOCK_N=cfg.block_n, **chain_meta)
         return dq, dk, dv
     chunk = cfg.block_n
-    # float32 workspaces: O(total x D) per head, never per-token D x Dv
-    d_gate = _alloc((total_q, heads), torch.float32, q.device)
-    d_phi_q = _alloc((total_q, heads, d), torch.float32, q.device)
     chunk_rows = total_q // chunk + segments + 1  # bound on the chunk-row index, see the scan kernel
     carry = _alloc((chunk_rows, heads, 4, d), torch.float32, q.device)
     e_carry = _alloc((chunk_rows, heads), torch.float32, q.device)
     flow_attention_causal_bwd_scan_kernel[grid](
         q, k, v, do, d_gate, d_phi_q, carry, e_carry, cu_seqlens_q, *strides, heads, eps, CHUNK=chunk, **meta)
-    flow_attention_causal_bwd_kernel[grid](
-        q, k, v, do, d_gate, d_phi_q, carry, e_carry, dq, dk, dv, cu_seqlens_q, *strides, heads, eps,
-        CHUNK=chunk, **meta)
+    flow_attention_causal_bwd_state_kernel[grid](
+        q, k, v, do, carry, e_carry, dv, d_comp, d_phi_k, cu_seqlens_q, *strides, heads, eps, CHUNK=chunk, **meta)
+    flow_attention_causal_bwd_chain_kernel[chain_grid](
+        q, k, d_gate, d_phi_q, d_comp, d_phi_k, carry, e_carry, dq, dk, cu_seqlens_q, *qk_strides, heads, eps,
+        CHUNK=chunk, **chain_meta)
     return dq, dk, dv
 
 

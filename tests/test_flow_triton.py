@@ -100,6 +100,34 @@ def test_matches_reference_wide_and_tiny_heads(causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+@pytest.mark.parametrize("d, dv, block_dv, dtype", [(48, 48, 16, torch.float32), (20, 40, 32, torch.float16)],
+                         ids=["48x48-dv16-float32", "20x40-dv32-float16"])
+def test_dv_split_matches_reference(d, dv, block_dv, dtype, causal, monkeypatch):
+    """The D x Dv state split into Dv blocks of one program each (what D = 128 does on GPU), forced here with a
+    small block: 48 = 3 x 16 columns, 40 = 32 + a masked 8 of 32. Output and every gradient sum the blocks'
+    partials; the launches must really run several blocks."""
+    config = fa._config
+    monkeypatch.setattr(fa, "_config", lambda *args: config(*args)._replace(block_dv=block_dv))
+    grids = []
+    for name in ("flow_attention_fwd_kernel", "flow_attention_causal_fwd_kernel"):
+        kernel = getattr(fa, name)
+        monkeypatch.setattr(fa, name, _GridSpy(kernel, grids))
+    kv_lengths = Q_LENGTHS if causal else KV_LENGTHS
+    assert_matches_reference(Q_LENGTHS, kv_lengths, 2, d, dv, dtype, causal, seed=8)
+    assert grids and all(grid[2] == -(-dv // block_dv) > 1 for grid in grids)
+
+
+class _GridSpy:
+    """A kernel whose launches record their grid, then run."""
+    def __init__(self, kernel, grids):
+        self.kernel, self.grids = kernel, grids
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
 def test_packed_call_equals_one_call_per_segment(causal):
     """Segments do not interact: one packed call gives exactly the per-segment results, gradients too."""
     q_lengths, kv_lengths = [7, 1, 66], ([7, 1, 66] if causal else [3, 70, 1])
