@@ -5,6 +5,7 @@ child processes leave behind. The orchestration runs with an injected CPU device
 result."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import site
@@ -38,7 +39,7 @@ def plain_python_env() -> dict:
 @needs_no_cuda
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_gpu_check_refuses_without_cuda_in_one_line():
-    result = subprocess.run(["make", "-s", "-C", str(ROOT), "gpu-check", f"PYTHON={sys.executable} -S"],
+    result = subprocess.run([shutil.which("make"), "-s", "-C", str(ROOT), "gpu-check", f"PYTHON={sys.executable} -S"],
                             capture_output=True, text=True, env=plain_python_env(), timeout=120)
     ours = [line for line in result.stderr.splitlines() if not line.startswith("make")]
     assert result.returncode == 2, result.stderr
@@ -84,6 +85,18 @@ def test_launch_summary_reports_failures_crashes_and_time_budget():
     assert "1 not run: their worker died" in verdict.reason and "1 not run: time budget" in verdict.reason
     assert gpu_check.launch_summary({0: records[0]}, [0, 1], {}).status == TIMEOUT
     assert gpu_check.launch_summary({0: records[0]}, [0], {}).status == PASS
+    skipped = {0: records[0], 1: {"case": "c", "status": "skipped", "reason": "bfloat16 on CPU is not supported"}}
+    verdict = gpu_check.launch_summary(skipped, [0, 1], {})
+    assert verdict.status == PASS and verdict.reason == "1/2 cases ok; 1 skipped (bfloat16 on CPU is not supported)"
+
+
+def test_bf16_cases_are_skipped_in_the_interpreter_with_the_backends_reason():
+    from bpmt_fast.kernels.specializations import all_cases
+
+    bf16 = next(c for c in all_cases() if c.dtype == torch.bfloat16)
+    record = gpu_check.check_case(bf16, "cpu")
+    assert record["status"] == "skipped" and "Triton interpreter's bf16 tl.dot is wrong" in record["reason"]
+    assert gpu_check.declared_limit(bf16, "cuda") is None
 
 
 def test_launch_order_puts_the_library_shapes_first():
@@ -420,6 +433,32 @@ def test_sync_location_points_into_the_repository():
     assert "triton: sync at bpmt_fast/train/stages.py:82" in verdict.reason
     assert gpu_check.sync_verdict([{"backend": "sdpa", "status": "ok"}], True).status == PASS
     assert gpu_check.sync_verdict([{"backend": "sdpa", "status": "error", "error": "E"}], True).ok is False
+
+
+def test_first_sync_and_sync_sites_read_torchs_sync_debugging(monkeypatch):
+    """Driven by a fake step that behaves as torch does under the debug modes (CUDA-only, so faked here)."""
+    import warnings
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    calls = []
+
+    def step(batch):
+        calls.append(batch)
+        if len(calls) == 2:
+            raise RuntimeError("called a synchronizing CUDA operation")
+
+    first = gpu_check.first_sync(step, iter(range(10)), contextlib.nullcontext)
+    assert first["status"] == "sync" and first["step"] == 1 and "in step" in first["location"]
+    assert modes == ["error", "default", "error", "default"]  # back to default after every step
+    assert gpu_check.first_sync(lambda batch: None, iter(range(10)), contextlib.nullcontext) is None
+
+    def syncing():
+        for _ in range(2):
+            warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("something else")
+    sites = gpu_check.sync_sites(syncing)
+    assert len(sites) == 1 and sites[0]["count"] == 2 and sites[0]["location"].startswith("tests/test_gpu_check.py:")
 
 
 def test_sync_steps_run_the_finetune_step_on_cpu(tmp_path):

@@ -69,8 +69,8 @@ TEST_GROUPS = {
     "models": ["tests/test_models.py", "tests/test_flow_reference.py"],
     "api": ["tests/test_attention_api.py"],
 }
-SYNC_BACKENDS = ("triton", "sdpa")
-MAX_LAUNCH_WORKERS = 8
+SYNC_BACKENDS = ("sdpa", "triton")  # sdpa first: no kernels to compile, so it fits the budget
+MAX_LAUNCH_WORKERS = 16  # processes; each compiles its cases on one core
 
 
 # ---- the run's settings, shared with child processes as check.json --------------------------------------------
@@ -136,8 +136,10 @@ def device_slug(device: str) -> str:
 
 
 def default_bench_out(device: str) -> Path:
+    """GPU runs go where results are committed; a CPU rehearsal into the ignored bench-results/."""
     root = SOURCE_ROOT if (SOURCE_ROOT / "setup.py").is_file() else Path.cwd()
-    return root / "benchmarks" / "results" / f"{datetime.date.today().isoformat()}-{device_slug(device)}"
+    folder = f"{datetime.date.today().isoformat()}-{device_slug(device)}"
+    return root / "benchmarks" / "results" / folder if device == "cuda" else root / "bench-results" / folder
 
 
 def write_json(path: Path, value) -> Path:
@@ -223,7 +225,8 @@ def run_isolated(name: str, check: Check, deadline: float, clock: Callable[[], f
     if status is None:
         partial = PARTIAL_SUMMARIES[name](check) if name in PARTIAL_SUMMARIES else None
         return Verdict(name, TIMEOUT, f"stopped after {seconds:.0f} s (its budget); partial output kept: "
-                                      f"{partial or log_tail(log, 1)} (log {log.name})", seconds)
+                                      f"{partial or log_tail(log, 1) or 'nothing finished'} (log {log.name})",
+                       seconds)
     if not result.is_file():
         return Verdict(name, FAIL, f"child process exited with status {status} without a verdict; log {log.name}: "
                                    f"{log_tail(log)}", seconds)
@@ -352,6 +355,15 @@ def compare_case(case, device: str) -> dict:
     return checks
 
 
+def declared_limit(case, device: str) -> str | None:
+    """Why our backend of the case's op refuses it on `device` (on CPU: bf16 in the Triton interpreter), or None."""
+    from bpmt_fast.attention import BACKENDS, AttentionInputs
+
+    backend = BACKENDS["triton" if case.op == "softmax" else "flow-triton"]
+    inputs = AttentionInputs(device, case.dtype, case.head_dim, case.head_dim, 2, masked=True, causal=case.causal)
+    return "; ".join(backend.extra_reasons(inputs)) or None
+
+
 def check_case(case, device: str) -> dict:
     """One case: the exact launcher path (`launch_case`: forward + backward launchers) with finite results, then
     the comparison with the reference. Any exception (a launch-time resource error such as too much shared
@@ -360,6 +372,9 @@ def check_case(case, device: str) -> dict:
 
     record = {"case": case.name, "op": case.op, "dtype": str(case.dtype).replace("torch.", ""),
               "head_dim": case.head_dim, "mode": case.mode, "status": "ok", "reason": ""}
+    limit = declared_limit(case, device)
+    if limit:
+        return {**record, "status": "skipped", "reason": limit, "seconds": 0.0}
     started = time.perf_counter()
     stage = "launch_case"
     try:
@@ -400,10 +415,13 @@ def launch_worker(check: Check, indices: list[int], out: Path, deadline: float) 
 
 
 def launch_summary(records: dict[int, dict], chosen: list[int], crashed: dict[int, str]) -> Verdict:
-    failed = [records[i] for i in chosen if i in records and records[i]["status"] != "ok"]
+    failed = [records[i] for i in chosen if i in records and records[i]["status"] not in ("ok", "skipped")]
+    skipped = [records[i] for i in chosen if i in records and records[i]["status"] == "skipped"]
     missing = [i for i in chosen if i not in records]
-    ok = len(chosen) - len(failed) - len(missing)
+    ok = len(chosen) - len(failed) - len(missing) - len(skipped)
     parts = [f"{ok}/{len(chosen)} cases ok"]
+    if skipped:
+        parts.append(f"{len(skipped)} skipped ({skipped[0]['reason']})")
     if failed:
         parts.append(f"{len(failed)} failed: " + "; ".join(f"{r['case']} ({r['reason'][:160]})" for r in failed[:4])
                      + (" ..." if len(failed) > 4 else ""))
@@ -551,14 +569,12 @@ SYNC_WARMUP_STEPS, SYNC_STEPS = 2, 3
 
 
 def sync_location(error: BaseException) -> tuple[str, list[str]]:
-    """(innermost frame of this repository, traceback tail) of an exception."""
+    """(innermost frame of this repository outside this module, traceback tail) of an exception."""
     frames = traceback.extract_tb(error.__traceback__)
-    ours = [f for f in frames if str(PACKAGE_DIR) in f.filename or str(SOURCE_ROOT / "kernels") in f.filename]
+    ours = [f for f in frames if f.filename.startswith(str(SOURCE_ROOT)) and f.filename != __file__]
     where = ours[-1] if ours else frames[-1]
-    short = os.path.relpath(where.filename, SOURCE_ROOT) if where.filename.startswith(str(SOURCE_ROOT)) else \
-        where.filename
     tail = traceback.format_list(frames[-12:])
-    return f"{short}:{where.lineno} in {where.name}: {(where.line or '').strip()}", tail
+    return f"{short_path(where.filename)}:{where.lineno} in {where.name}: {(where.line or '').strip()}", tail
 
 
 def endless(loader_of_epoch):
@@ -567,6 +583,27 @@ def endless(loader_of_epoch):
     while True:
         yield from loader_of_epoch(epoch)
         epoch += 1
+
+
+def short_path(filename: str) -> str:
+    return os.path.relpath(filename, SOURCE_ROOT) if filename.startswith(str(SOURCE_ROOT)) else filename
+
+
+def sync_sites(step: Callable[[], object]) -> list[dict]:
+    """Every host sync of one call of `step`, located: torch.cuda.set_sync_debug_mode("warn") warns at each
+    synchronizing operation, attributed to the Python line that called it (syncs inside backward show up at
+    the backward call). [{"location": "file:line", "count": n}] in order of first occurrence."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sites = Counter(f"{short_path(w.filename)}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower())
+    return [{"location": where, "count": n} for where, n in sites.items()]
 
 
 def sync_steps(backend: str, device: torch.device, folder: Path) -> dict:
@@ -601,22 +638,36 @@ def sync_steps(backend: str, device: torch.device, folder: Path) -> dict:
             stage.train_step(next(batches), optimizer, scheduler)
         return {**result, "status": "not checked", "reason": "sync debugging needs CUDA (the steps ran)"}
     torch.cuda.synchronize()
-    for step in range(SYNC_STEPS):
+    first = first_sync(lambda batch: stage.train_step(batch, optimizer, scheduler), batches, autocast)
+    batch = next(batches)
+
+    def one_step():
+        with autocast():
+            stage.train_step(batch, optimizer, scheduler)
+    result["sites"] = sync_sites(one_step)  # all of them, not only the first
+    torch.cuda.synchronize()
+    if first is None:
+        return {**result, "status": "ok", "reason": f"{SYNC_STEPS} steps without a host sync"}
+    return {**result, **first}
+
+
+def first_sync(step: Callable, batches, autocast) -> dict | None:
+    """SYNC_STEPS steps under set_sync_debug_mode("error"): the first host sync raises; its place, or None."""
+    for number in range(SYNC_STEPS):
         batch = next(batches)  # host-side loading is not part of the step
         torch.cuda.set_sync_debug_mode("error")
         try:
             with autocast():
-                stage.train_step(batch, optimizer, scheduler)
+                step(batch)
         except RuntimeError as error:
             if "synchroniz" not in str(error).lower():
                 raise
             location, tail = sync_location(error)
-            return {**result, "status": "sync", "step": step, "location": location, "error": error_text(error),
+            return {"status": "sync", "step": number, "location": location, "error": error_text(error),
                     "traceback": tail}
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    return {**result, "status": "ok", "reason": f"{SYNC_STEPS} steps without a host sync"}
+    return None
 
 
 def part_sync(check: Check, deadline: float) -> Verdict:
@@ -641,8 +692,12 @@ def sync_verdict(results: list[dict], on_gpu: bool) -> Verdict:
     texts = []
     for r in results:
         detail = r.get("location") or r.get("error") or r.get("reason", "")
-        texts.append(f"{r['backend']}: {r['status']}" + (f" at {detail}" if r["status"] == "sync" else
-                                                         f" ({detail})" if detail else ""))
+        text = f"{r['backend']}: {r['status']}" + (f" at {detail}" if r["status"] == "sync" else
+                                                   f" ({detail})" if detail else "")
+        if r.get("sites"):
+            text += (f"; {sum(s['count'] for s in r['sites'])} syncs in one step at " +
+                     ", ".join(f"{s['location']} x{s['count']}" for s in r["sites"][:6]))
+        texts.append(text)
     statuses = {r["status"] for r in results}
     if "error" in statuses:
         return Verdict("sync", FAIL, "; ".join(texts))
