@@ -417,6 +417,20 @@ def test_test_groups_are_summarised_from_junit_or_from_the_log_of_a_killed_run(t
     assert verdict.status == FAIL and "models: TIMEOUT (1 failed, 1 passed) at its deadline" in verdict.reason
 
 
+def test_tests_part_runs_pytest_groups_in_parallel_with_junit(tmp_path):
+    """The real tests part (on CPU: without BPMT_REQUIRE_CUDA): one group passes, one cannot even start."""
+    check = Check(out=tmp_path, device="cpu", test_groups={
+        "smoke": ["tests/test_skeleton.py::test_coco17_parts_are_bpmt"], "broken": ["tests/test_nonexistent.py"]})
+    verdict = gpu_check.part_tests(check, time.monotonic() + 120)
+    assert verdict.status == FAIL
+    assert verdict.reason.startswith("smoke: PASS (1 passed) | broken: FAIL (nothing counted) pytest exit status 4: "
+                                     ), verdict.reason
+    assert "tests/test_nonexistent.py" in verdict.reason  # the end of its log says what went wrong
+    summary = json.loads((tmp_path / "tests.json").read_text())
+    assert summary["require_cuda"] is False and summary["groups"][0]["counts"] == {"passed": 1}
+    assert "test_coco17_parts_are_bpmt PASSED" in (tmp_path / "tests" / "smoke.log").read_text()
+
+
 def test_sync_location_points_into_the_repository():
     def sync_here():
         raise RuntimeError("called a synchronizing CUDA operation")
