@@ -21,7 +21,7 @@ Two ways to give rows to programs (one set of kernels; the constexpr `PACK_ROWS`
     Automatic choice (`pack_rows=None`): packed rows iff kv_index is the identity and every packed row tile holds
     at least two segments of the longest length: max_seqlen_q <= BLOCK_M / 2 (query tile of the forward / dQ) and
     max_seqlen_k <= BLOCK_N / 2 (key tile of dK/dV) of `_packed_config`, i.e. both <= 128 under the interpreter
-    (256-row tiles), both <= 32 on a GPU (64-row tiles). Long segments and any other kv_index: per segment.
+    (256-row tiles), both <= 32 on a GPU (64-row tiles; fp32: <= 16, 32-row tiles). Long segments and any other kv_index: per segment.
     `pack_rows=True` / `False` forces a mode (True still needs the identity).
 
 Forward, one program per (query block, head) of its mode:
@@ -355,51 +355,70 @@ def _fit(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(max(int(n), 1))))
 
 
-def _config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int) -> _Config:
-    """Block sizes per kernel from the (padded) head dim and the longest segments.
+# fp32 matmuls run on FMA units (IEEE precision, no tensor cores): their operands are held per thread, so fp32
+# tiles are smaller, with 8 warps, to stay spill-free (compile report: benchmarks/results/compile-report.md).
+FP32_TILE = 32
+
+
+def _config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int,
+            dtype: torch.dtype = torch.float16) -> _Config:
+    """Block sizes per kernel from the (padded) head dim, the longest segments and the dtype.
 
     Gait sequences are short (30-500 frames): a whole key segment fits in one BLOCK_N when it can, and blocks
-    shrink to the segment so short segments do not pay for masked lanes. Under the interpreter one fixed, large
-    choice: fewer programs and loop trips are what costs time there.
+    shrink to the segment so short segments do not pay for masked lanes. fp16 / bf16 (tensor cores): up to 64-row
+    query tiles, 128-key forward tiles (32 above head dim 64), 8 warps above head dim 64. fp32 (FMA): 32 x 32
+    tiles, 16-query tiles in dK/dV and in the forward above head dim 64, 8 warps; a few bytes of spill remain in
+    some fp32 specializations (the report's fp32 allowance).
+    fp16 / bf16 choices compile without spills for sm80 and sm90 (triton 3.9; the compile report checks it). Under the
+    interpreter one fixed, large choice: fewer programs and loop trips are what costs time there.
     """
     if INTERPRET:
         return _Config(_fit(max_seqlen_q, 128), _fit(max_seqlen_k, 128), 4, 1)
+    if dtype == torch.float32:
+        tile_k = _fit(max_seqlen_k, FP32_TILE)
+        if kernel == "dkdv" or (kernel == "fwd" and head_block > 64):  # 16-query tiles: 32 spill on sm80/sm90
+            return _Config(_fit(max_seqlen_q, 16), tile_k, 8, 2)
+        return _Config(_fit(max_seqlen_q, FP32_TILE), tile_k, 8, 1 if kernel == "fwd" else 2)
     big = head_block > 64
     if kernel == "fwd":  # q tile resident, loop over keys
-        return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, 64 if big else 128), 8 if big else 4, 2)
+        return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, 32 if big else 128), 8 if big else 4, 2)
     if kernel == "dkdv":  # k, v, dk, dv tiles resident, loop over queries
         return _Config(_fit(max_seqlen_q, 32), _fit(max_seqlen_k, 64), 8 if big else 4, 2)
     return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, 32 if big else 64), 8 if big else 4, 2)  # dq
 
 
-def _packed_config(kernel: str, head_block: int) -> _Config:
+def _packed_config(kernel: str, head_block: int, dtype: torch.dtype = torch.float16) -> _Config:
     """Block sizes per kernel in the packed-rows mode (fixed: they do not shrink to the segments, which share them).
 
     The packed row tile is BLOCK_M (queries) in "fwd" and "dq" and BLOCK_N (keys) in "dkdv"; the other side is
-    the loop tile. On a GPU: 64-row packed tiles in all three kernels; loop tiles and warps as `_config` at its
-    caps (32-query loop tiles in dK/dV, 32-key loop tiles in dQ above head dim 64, 8 warps there), except a
-    64-key loop tile in the forward. Most products of a packed tile are masked off (block-diagonal), which is
-    cheap next to the memory latency of many tiny programs at gait lengths; untuned: to be measured on a GPU.
-    Under the interpreter one fixed, large square tile: programs and loop trips are what cost time there, masked
-    lanes are nearly free, so the tile is as large as the interpreter handles comfortably.
+    the loop tile. fp16 / bf16: 64-row packed tiles in all three kernels; loop tiles and warps as `_config` at its
+    caps (32-query loop tiles in dK/dV, 32-key loop tiles in dQ and the forward above head dim 64, 8 warps
+    there), except a 64-key loop tile in the forward up to head dim 64. fp32: `_config`'s 32 x 32 tiles (packed mode then takes segments <= 16).
+    Most products of a packed tile are masked off (block-diagonal), which is cheap next to the memory latency of
+    many tiny programs at gait lengths; untuned: to be measured on a GPU. Under the interpreter one fixed, large
+    square tile: programs and loop trips are what cost time there, masked lanes are nearly free, so the tile is
+    as large as the interpreter handles comfortably.
     """
     if INTERPRET:
         return _Config(PACKED_BLOCK_INTERPRET, PACKED_BLOCK_INTERPRET, 4, 1)
+    if dtype == torch.float32:
+        return _config(kernel, head_block, FP32_TILE, FP32_TILE, dtype)
     big = head_block > 64
     if kernel == "fwd":
-        return _Config(64, 64, 8 if big else 4, 2)
-    if kernel == "dkdv":  # 64 packed keys; 64-query loop tiles spill registers (sm90, fp16, head dims >= 64)
+        return _Config(64, 32 if big else 64, 8 if big else 4, 2)
+    if kernel == "dkdv":  # 64 packed keys, 32-query loop tiles
         return _Config(32, 64, 8 if big else 4, 2)
     return _Config(64, 32 if big else 64, 8 if big else 4, 2)  # dq
 
 
-def _auto_pack_rows(head_dim: int, head_dim_v: int, max_seqlen_q: int, max_seqlen_k: int) -> bool:
+def _auto_pack_rows(head_dim: int, head_dim_v: int, max_seqlen_q: int, max_seqlen_k: int,
+                    dtype: torch.dtype = torch.float16) -> bool:
     """The automatic choice for an identity kv_index: packed rows when every packed row tile holds at least two
     segments of the longest length, max_seqlen_q <= BLOCK_M / 2 of the "fwd" / "dq" tile and
-    max_seqlen_k <= BLOCK_N / 2 of the "dkdv" tile (interpreter: both <= 128; GPU: both <= 32)."""
+    max_seqlen_k <= BLOCK_N / 2 of the "dkdv" tile (interpreter: both <= 128; GPU: both <= 32, fp32 <= 16)."""
     head_block = max(_head_block(head_dim), _head_block(head_dim_v))
-    return (max_seqlen_q <= min(_packed_config(kind, head_block).block_m for kind in ("fwd", "dq")) // 2
-            and max_seqlen_k <= _packed_config("dkdv", head_block).block_n // 2)
+    return (max_seqlen_q <= min(_packed_config(kind, head_block, dtype).block_m for kind in ("fwd", "dq")) // 2
+            and max_seqlen_k <= _packed_config("dkdv", head_block, dtype).block_n // 2)
 
 
 def _strides(*tensors):
@@ -451,10 +470,10 @@ def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seql
     num_segments = cu_seqlens_q.numel() - 1
     block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
     if pack_rows:  # blocks of packed rows x heads
-        cfg = _packed_config("fwd", max(block_d, block_dv))
+        cfg = _packed_config("fwd", max(block_d, block_dv), q.dtype)
         grid = (triton.cdiv(total_q, cfg.block_m), num_heads)
     else:  # blocks of one segment x (segments, heads)
-        cfg = _config("fwd", max(block_d, block_dv), max_seqlen_q, max_seqlen_k)
+        cfg = _config("fwd", max(block_d, block_dv), max_seqlen_q, max_seqlen_k, q.dtype)
         grid = (triton.cdiv(max_seqlen_q, cfg.block_m), num_segments * num_heads)
     if total_q and grid[0] and grid[1]:
         seg_q, seg_k = _packing(pack_rows, cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0])
@@ -492,11 +511,11 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_i
     num_q_segments, num_kv_segments = cu_seqlens_q.numel() - 1, cu_seqlens_k.numel() - 1
     seg_q, seg_k = _packing(pack_rows, cu_seqlens_q, cu_seqlens_k, total_q, total_k)
     if pack_rows:  # blocks of packed key rows x heads; their queries follow from the identity kv_index
-        cfg = _packed_config("dkdv", head_block)
+        cfg = _packed_config("dkdv", head_block, q.dtype)
         q_of_kv_ptr, q_of_kv = cu_seqlens_k, cu_seqlens_q  # placeholders, never read
         grid = (triton.cdiv(total_k, cfg.block_n), num_heads)
     else:
-        cfg = _config("dkdv", head_block, max_seqlen_q, max_seqlen_k)
+        cfg = _config("dkdv", head_block, max_seqlen_q, max_seqlen_k, q.dtype)
         q_of_kv_ptr, q_of_kv = _queries_of_kv(kv_index, num_kv_segments, identity)
         grid = (triton.cdiv(max_seqlen_k, cfg.block_n), num_kv_segments * num_heads)
     varlen_attention_bwd_dkdv_kernel[(grid[0] * grid[1],)](
@@ -505,10 +524,10 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_i
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **sizes)
 
     if pack_rows:  # blocks of packed query rows x heads, keys as in the forward
-        cfg = _packed_config("dq", head_block)
+        cfg = _packed_config("dq", head_block, q.dtype)
         grid = (triton.cdiv(total_q, cfg.block_m), num_heads)
     else:
-        cfg = _config("dq", head_block, max_seqlen_q, max_seqlen_k)
+        cfg = _config("dq", head_block, max_seqlen_q, max_seqlen_k, q.dtype)
         grid = (triton.cdiv(max_seqlen_q, cfg.block_m), num_q_segments * num_heads)
     varlen_attention_bwd_dq_kernel[(grid[0] * grid[1],)](
         q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, kv_index, seg_q, seg_k,
@@ -578,7 +597,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
             raise ValueError("pack_rows=True needs kv_index to be the identity (query segment i attends to "
                              "key/value segment i); use pack_rows=None or False for other kv_index")
     if pack_rows is None:
-        pack_rows = identity and _auto_pack_rows(q.shape[-1], v.shape[-1], max_seqlen_q, max_seqlen_k)
+        pack_rows = identity and _auto_pack_rows(q.shape[-1], v.shape[-1], max_seqlen_q, max_seqlen_k, q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")

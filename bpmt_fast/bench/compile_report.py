@@ -37,7 +37,7 @@ ARCHS = (80, 90)
 # Shared memory per block (opt-in maximum), bytes.
 SHARED_LIMITS = {80: 166_912, 90: 232_448}
 SM86_SHARED_LIMIT = 101_376  # sm86 / sm89 (consumer Ampere / Ada): reported only
-FP32_SPILL_ALLOWANCE = 0  # bytes of spill stores tolerated in fp32; raise only with a measured reason
+FP32_SPILL_ALLOWANCE = 64  # bytes/thread of spill stores tolerated in fp32 (see the module docstring)
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "compile-report"
 SUBSET_HEAD_DIMS = (32, 128)
@@ -75,14 +75,19 @@ class Selection(NamedTuple):
     head_dims: tuple[int, ...] | None = None
     dtypes: tuple[str, ...] | None = None
     kernels: tuple[str, ...] | None = None  # substrings of kernel names
+    softmax_lengths: tuple[int, ...] | None = None  # length classes of per-segment softmax cases
 
     def takes(self, case, kernel_name: str | None = None) -> bool:
+        per_segment = case.op == "softmax" and not case.pack_rows
         return ((self.head_dims is None or case.head_dim in self.head_dims)
+                and (self.softmax_lengths is None or not per_segment or case.max_len in self.softmax_lengths)
                 and (self.dtypes is None or _dtype_name(case.dtype) in self.dtypes)
                 and (kernel_name is None or self.kernels is None or any(k in kernel_name for k in self.kernels)))
 
 
-SUBSET = Selection(head_dims=SUBSET_HEAD_DIMS, dtypes=SUBSET_DTYPES)
+# make test: every kernel and mode at D32 and D128 in bf16 and fp32, softmax per segment at a short and the long
+# length class (sm90), plus the largest tiles per kernel and dtype for sm80 (`compile_all(largest_only_archs=)`).
+SUBSET = Selection(head_dims=SUBSET_HEAD_DIMS, dtypes=SUBSET_DTYPES, softmax_lengths=(30, 120))
 
 
 def unique_specializations(selection: Selection = Selection()) -> list[dict]:
