@@ -54,6 +54,20 @@ def test_subset_compiles_within_budgets(subset_report):
     assert result.returncode == 0, result.stdout[-2000:]
 
 
+def test_unchanged_specializations_are_reused_not_recompiled(subset_report, tmp_path):
+    report, _ = subset_report
+    source = tmp_path / "previous.json"
+    source.write_text(json.dumps(report))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    again = tmp_path / "again"
+    subprocess.run([sys.executable, "-m", "bpmt_fast.bench.compile_report", "--subset", "--out", str(again),
+                    "--cache", str(source)], env=env, capture_output=True, text=True, timeout=300)
+    rows = json.loads(again.with_suffix(".json").read_text())["rows"]
+    assert rows and all(r.get("cached") for r in rows)
+    strip = lambda r: {k: v for k, v in r.items() if k != "cached"}  # noqa: E731
+    assert [strip(r) for r in rows] == [strip(r) for r in report["rows"]]
+
+
 def test_subset_covers_every_kernel_mode_and_arch(subset_report):
     report, _ = subset_report
     rows = report["rows"]
@@ -166,3 +180,27 @@ def test_refuses_to_run_interpreted(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         cr.compile_all()
+
+
+def test_readme_section_is_generated_from_the_committed_report(committed):
+    text = (REPO / "README.md").read_text()
+    section = text.split(cr.README_START, 1)[1].split(cr.README_END, 1)[0].strip()
+    assert section == cr.readme_summary(committed).strip(), (
+        "README's compile-report section differs from benchmarks/results/compile-report.json: run "
+        "`make compile-report` (it regenerates both)")
+
+
+def test_update_readme_replaces_only_the_marked_section(tmp_path):
+    report = {"kernel_source_hash": "abc", "date": "2026-11-30", "specializations": 1, "violations": [],
+              "rows": [row()]}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{cr.README_START}\nold\n{cr.README_END}\noutro\n")
+    cr.update_readme(readme, report)
+    once = readme.read_text()
+    assert once.startswith("intro\n") and once.endswith("\noutro\n") and "old" not in once
+    assert "| 3.9.0 | sm90 | 1 | 0 | 128 | 0 B |" in once
+    cr.update_readme(readme, report)
+    assert readme.read_text() == once
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="README.md has no"):
+        cr.update_readme(readme, report)

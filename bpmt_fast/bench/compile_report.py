@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -140,8 +141,12 @@ def mma_kind(ptx: str) -> str:
     return "fma"
 
 
-def compile_launch(launch, arch: int) -> dict:
-    """Compile one recorded launch for sm<arch>; resources from ptxas and the compiled metadata."""
+def compile_launch(launch, arch: int, cache: dict | None = None) -> dict:
+    """Compile one recorded launch for sm<arch>; resources from ptxas and the compiled metadata.
+
+    `cache` maps `compile_key`s of earlier rows to those rows: a specialization whose kernel source (with the jit
+    functions it calls), signature, constants, options, target and triton are unchanged is not compiled again.
+    """
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -154,6 +159,11 @@ def compile_launch(launch, arch: int) -> dict:
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*launch.args, **launch.kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, launch.kwargs, bound, specialization, options)
+    key = hashlib.sha256(repr((fn.cache_key, sorted(signature.items()), sorted(constexprs.items()),
+                               sorted(attrs.items()), sorted(options.__dict__.items()), arch,
+                               triton.__version__)).encode()).hexdigest()[:24]
+    if cache and key in cache:
+        return {k: v for k, v in cache[key].items() if k in _RESOURCE_KEYS} | {"compile_key": key, "cached": True}
     log = io.StringIO()
     knobs.nvidia.dump_ptxas_log = True
     with contextlib.redirect_stdout(log):
@@ -161,11 +171,15 @@ def compile_launch(launch, arch: int) -> dict:
                                   options=options.__dict__)
     row = parse_ptxas_log(log.getvalue())
     row.update(shared=int(compiled.metadata.shared), mma=mma_kind(compiled.asm["ptx"]),
-               num_warps=options.num_warps, num_stages=options.num_stages)
+               num_warps=options.num_warps, num_stages=options.num_stages, compile_key=key)
     return row
 
 
-def _compile_jobs(jobs: list[tuple[int, int, int]]) -> list[dict]:
+_RESOURCE_KEYS = ("registers", "spill_stores", "spill_loads", "stack", "shared", "mma", "num_warps", "num_stages",
+                  "compile_s")
+
+
+def _compile_jobs(jobs: list[tuple[int, int, int]], cache: dict | None = None) -> list[dict]:
     """Worker: compile (case index, launch index, arch) jobs in a fresh triton cache (so ptxas always runs)."""
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="bpmt-compile-")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -176,16 +190,18 @@ def _compile_jobs(jobs: list[tuple[int, int, int]]) -> list[dict]:
     for case_index, launch_index, arch in jobs:
         with recording_launches() as launches:
             launch_case(cases[case_index], "meta")
+        started = time.perf_counter()
         try:
-            row = compile_launch(launches[launch_index], arch)
+            row = compile_launch(launches[launch_index], arch, cache)
         except Exception as error:  # noqa: BLE001  (a compile failure is a result to report)
             row = {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error) else ''}"}
-        rows.append({"case": case_index, "launch": launch_index, "arch": arch, **row})
+        seconds = round(time.perf_counter() - started, 2)
+        rows.append({"case": case_index, "launch": launch_index, "arch": arch, "compile_s": seconds, **row})
     return rows
 
 
 def compile_all(selection: Selection = Selection(), archs=ARCHS, workers: int | None = None,
-                largest_only_archs: tuple[int, ...] = ()) -> list[dict]:
+                largest_only_archs: tuple[int, ...] = (), cache_rows: list[dict] = ()) -> list[dict]:
     """Compile every unique specialization for every arch (in `largest_only_archs` only the specializations with
     the largest tiles per kernel and dtype); one row per (specialization, arch)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -200,7 +216,8 @@ def compile_all(selection: Selection = Selection(), archs=ARCHS, workers: int | 
     workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
     chunks = [jobs[i::workers] for i in range(workers)]
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        results = [row for rows in pool.map(_compile_jobs, chunks) for row in rows]
+        cache = {row["compile_key"]: row for row in cache_rows if "compile_key" in row and "error" not in row}
+        results = [row for rows in pool.map(_compile_jobs, chunks, [cache] * len(chunks)) for row in rows]
     by_key = {(s["case"], s["launch"]): s for s in specs}
     rows = []
     for result in results:
@@ -303,6 +320,45 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+README_START, README_END = "<!-- compile-report:start -->", "<!-- compile-report:end -->"
+
+
+def readme_summary(report: dict) -> str:
+    """The README's compile-report section: one row per (triton, arch), generated, never edited by hand."""
+    rows = report["rows"]
+    lines = [f"Generated by `make compile-report` from `benchmarks/results/compile-report.json` (kernel source hash "
+             f"`{report['kernel_source_hash']}`, {report['date']}): {report['specializations']} specializations, "
+             f"each compiled for sm80 and sm90 with every triton listed. Budget violations: "
+             f"{len(report['violations'])}. Per-kernel table: "
+             f"[benchmarks/results/compile-report.md](benchmarks/results/compile-report.md).", "",
+             "| triton | arch | compiles | errors | max registers | max spill, fp16/bf16 | max spill, fp32 | "
+             "max shared memory | > sm86/89 limit | MMA, fp16/bf16 softmax |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for version, arch in sorted({(r["triton"], r["arch"]) for r in rows}):
+        group = [r for r in rows if r["triton"] == version and r["arch"] == arch]
+        ok = [r for r in group if "error" not in r]
+        half = [r["spill_stores"] for r in ok if r["dtype"] != "float32"]
+        single = [r["spill_stores"] for r in ok if r["dtype"] == "float32"]
+        mma = sorted({r["mma"] for r in ok if r["dtype"] != "float32" and r["kernel"].startswith("varlen")
+                      and "preprocess" not in r["kernel"]})
+        lines.append(f"| {version} | sm{arch} | {len(group)} | {len(group) - len(ok)} | "
+                     f"{max((r['registers'] for r in ok), default='-')} | {max(half, default='-')} B | "
+                     f"{max(single, default='-')} B | {max((r['shared'] for r in ok), default=0):,} B "
+                     f"(limit {SHARED_LIMITS[arch]:,}) | {sum(r['shared'] > SM86_SHARED_LIMIT for r in ok)} | "
+                     f"{', '.join(mma)} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, report: dict) -> None:
+    """Replace the text between the compile-report markers of `readme` with `readme_summary(report)`."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} markers for the compile report")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{readme_summary(report)}\n{README_END}{tail}")
+
+
 def build_report(rows: list[dict], specializations: int) -> dict:
     return {"kernel_source_hash": kernel_source_hash(), "date": datetime.date.today().isoformat(),
             "triton_versions": sorted({r["triton"] for r in rows}), "archs": sorted({r["arch"] for r in rows}),
@@ -324,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-only", type=Path, help="write the raw rows as JSON here (for merging) and stop")
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="rows JSON files of other triton versions")
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--cache", type=Path, nargs="*", help="earlier reports whose unchanged rows are reused")
+    parser.add_argument("--readme", type=Path, help="also regenerate this README's compile-report section")
     parser.add_argument("--head-dims", type=int, nargs="+", help="only these head dims (exploring; no report)")
     parser.add_argument("--dtypes", nargs="+", help="only these dtypes, e.g. bfloat16 float32 (exploring)")
     parser.add_argument("--kernels", nargs="+", help="only kernels whose name contains one of these (exploring)")
@@ -336,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         selection = Selection(tuple(args.head_dims) if args.head_dims else None,
                               tuple(args.dtypes) if args.dtypes else None,
                               tuple(args.kernels) if args.kernels else None)
-    rows = compile_all(selection, archs=tuple(args.archs), workers=args.workers, largest_only_archs=largest_only)
+    cache_rows = []
+    for path in args.cache or []:
+        if path.exists():
+            cache_rows += json.loads(path.read_text()).get("rows", [])
+    rows = compile_all(selection, archs=tuple(args.archs), workers=args.workers, largest_only_archs=largest_only,
+                       cache_rows=cache_rows)
     if explore:  # a table on stdout, nothing written
         for row in rows:
             print(format_row(row))
@@ -348,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += json.loads(path.read_text())
     report = build_report(rows, len(unique_specializations(selection)))
     json_path, md_path = write_report(report, args.out)
+    if args.readme:
+        update_readme(args.readme, report)
     print(f"compile report: {len(rows)} compiles, {len(report['violations'])} budget violations -> {md_path}")
     for problem in report["violations"]:
         print(f"  {problem}")
