@@ -185,6 +185,42 @@ def _fp32_zero(BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _halves(a, b):
+    """a `(M, K)` and b `(K, N)` split at K / 2: (a[:, :K/2], a[:, K/2:], b[:K/2], b[K/2:]) (register shuffles)."""
+    M: tl.constexpr = a.shape[0]
+    K: tl.constexpr = a.shape[1]
+    N: tl.constexpr = b.shape[1]
+    a0, a1 = tl.split(tl.permute(tl.reshape(a, (M, 2, K // 2)), (0, 2, 1)))
+    b0, b1 = tl.split(tl.permute(tl.reshape(b, (2, K // 2, N)), (1, 2, 0)))
+    return a0, a1, b0, b1
+
+
+@triton.jit
+def _mm(a, b, acc, PRECISION: tl.constexpr, K_CHUNK: tl.constexpr):
+    """acc + a @ b (acc may be None), as tl.dot's over K chunks of at most K_CHUNK (K up to 4 K_CHUNK).
+
+    Triton's FMA dot (IEEE fp32) holds every thread's whole rows of a and columns of b in registers; chunks of K
+    bound that. Tensor-core dots take K_CHUNK >= K (one dot)."""
+    K: tl.constexpr = a.shape[1]
+    tl.static_assert(K <= 4 * K_CHUNK)
+    if K <= K_CHUNK:
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    else:
+        a0, a1, b0, b1 = _halves(a, b)
+        if K // 2 <= K_CHUNK:
+            acc = tl.dot(a0, b0, acc, input_precision=PRECISION)
+            acc = tl.dot(a1, b1, acc, input_precision=PRECISION)
+        else:
+            a00, a01, b00, b01 = _halves(a0, b0)
+            acc = tl.dot(a00, b00, acc, input_precision=PRECISION)
+            acc = tl.dot(a01, b01, acc, input_precision=PRECISION)
+            a10, a11, b10, b11 = _halves(a1, b1)
+            acc = tl.dot(a10, b10, acc, input_precision=PRECISION)
+            acc = tl.dot(a11, b11, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _causal_flows(phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d):
     """Causal steps 1-3 for one chunk, given the running sums of all earlier chunks.
 
@@ -217,7 +253,7 @@ def flow_attention_fwd_kernel(
     Q, K, V, O, VECS, KV, Z, CU_Q, CU_K,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, num_heads, eps,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr,
 ):
     """Grid (segments, heads, Dv blocks): columns blk * BLOCK_DV .. + BLOCK_DV of the state and the output."""
     seg = tl.program_id(0)
@@ -267,7 +303,7 @@ def flow_attention_fwd_kernel(
         source = tl.minimum(tl.maximum(_rowdot(phi_k_eps, w_q + eps_d), -1.0), 1.0)
         e = tl.where(row_ok, tl.exp(source), 0.0)  # no max-subtraction needed: source in [-1, 1]
         z += tl.sum(e, 0)
-        kv = tl.dot(tl.trans(phi_k), v * e[:, None], kv, input_precision=DOT_PRECISION)
+        kv = _mm(tl.trans(phi_k), v * e[:, None], kv, DOT_PRECISION, DOT_K)
     # 3. competition_j = e_j / z * Nk folded into the state
     kv = kv * (n_k.to(tl.float32) / z)
     ratio = n_q.to(tl.float32) / n_k.to(tl.float32)
@@ -278,7 +314,7 @@ def flow_attention_fwd_kernel(
         phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
         incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
         allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
-        out = tl.dot(phi_q, kv, input_precision=DOT_PRECISION) * (incoming * allocation)[:, None]
+        out = _mm(phi_q, kv, None, DOT_PRECISION, DOT_K) * (incoming * allocation)[:, None]
         _store_rows(O, q_start + start, n_q - start, num_heads * DV, n_dv, out, BLOCK_N, BLOCK_DV)
 
     # small per-(segment, head) state for the backward (the vectors and z from block 0: every block has them)
@@ -299,7 +335,7 @@ def flow_attention_bwd_state_kernel(
     Q, K, V, DO, DV_OUT, VECS, KV, Z, CU_Q, CU_K, D_GATE, D_PHI_Q, D_COMP, D_PHI_K, S_DOT,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads, eps,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr,
 ):
     """Backward, part a, grid (segments, heads, Dv blocks): everything that touches this block's columns of S and
     dS. Writes dv (final) and float32 per-block partials of the sums over Dv: dg_i, gate_i dO_i S^T, <dS, S>,
@@ -346,11 +382,11 @@ def flow_attention_bwd_state_kernel(
         incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
         allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
         gate = incoming * allocation  # (BLOCK_N,): out_i = gate_i phi(q_i) S
-        d_gate = tl.sum(do * tl.dot(phi_q, kv, input_precision=DOT_PRECISION), 1)
+        d_gate = tl.sum(do * _mm(phi_q, kv, None, DOT_PRECISION, DOT_K), 1)
         _store_tok(D_GATE, q_start + start, n_q - start, num_heads * NDV, d_gate, BLOCK_N)
-        d_phi = tl.dot(do * gate[:, None], tl.trans(kv), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        d_phi = _mm(do * gate[:, None], tl.trans(kv), None, DOT_PRECISION, DOT_K)  # (BLOCK_N, BLOCK_D)
         _store_rows(D_PHI_Q, q_start + start, n_q - start, num_heads * NDV * D, D, d_phi, BLOCK_N, BLOCK_D)
-        d_kv = tl.dot(tl.trans(phi_q * gate[:, None]), do, d_kv, input_precision=DOT_PRECISION)
+        d_kv = _mm(tl.trans(phi_q * gate[:, None]), do, d_kv, DOT_PRECISION, DOT_K)
     # sum_j comp_j d comp_j = <dS, S>: the softmax Jacobian's shared term (this block's part)
     tl.store(S_DOT + pid * NDV + blk, tl.sum(tl.sum(d_kv * kv, 1), 0))
 
@@ -361,11 +397,11 @@ def flow_attention_bwd_state_kernel(
         v = _load_rows(V, k_start + start, n_k - start, stride_vt, n_dv, BLOCK_N, BLOCK_DV)
         source = tl.minimum(tl.maximum(_rowdot(phi_k_eps, w_q + eps_d), -1.0), 1.0)
         competition = tl.where(row_ok, tl.exp(source) * (nk_f / z), 0.0)
-        d_x = tl.dot(phi_k, d_kv, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_DV): d(v_j comp_j)
+        d_x = _mm(phi_k, d_kv, None, DOT_PRECISION, DOT_K)  # (BLOCK_N, BLOCK_DV): d(v_j comp_j)
         _store_tok(D_COMP, k_start + start, n_k - start, num_heads * NDV, tl.sum(d_x * v, 1), BLOCK_N)
         _store_rows(DV_OUT, k_start + start, n_k - start, num_heads * DV, n_dv, d_x * competition[:, None],
                     BLOCK_N, BLOCK_DV)
-        d_phi = tl.dot(v * competition[:, None], tl.trans(d_kv), input_precision=DOT_PRECISION)
+        d_phi = _mm(v * competition[:, None], tl.trans(d_kv), None, DOT_PRECISION, DOT_K)
         _store_rows(D_PHI_K, k_start + start, n_k - start, num_heads * NDV * D, D, d_phi, BLOCK_N, BLOCK_D)
 
 
@@ -477,13 +513,66 @@ def flow_attention_bwd_chain_kernel(
 # causal kernels
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
-def flow_attention_causal_fwd_kernel(
-    Q, K, V, O, CU,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, num_heads, eps,
-    D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+def flow_attention_causal_flows_kernel(
+    Q, K, GC, CARRY, E_CARRY, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, num_heads, eps,
+    D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, WRITE_CARRY: tl.constexpr,
 ):
-    """Grid (segments, heads, Dv blocks): this block's output columns, through its columns of the running state."""
+    """Causal steps 1-3, grid (segments, heads): scans the chunks and writes every token's two step-4 scalars,
+    gate_i = allocation_i incoming_i / n_i and competition_i (float32 `(total, H, 2)`); with WRITE_CARRY also the
+    running D-vectors and exp-sum at every chunk start (what the reverse scans of the backward restart from)."""
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    start_tok = tl.load(CU + seg)
+    n_tok = tl.load(CU + seg + 1) - start_tok
+    Q += head * stride_qh
+    K += head * stride_kh
+    GC += head * 2
+    offs_c = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+    # chunk rows: start_tok // CHUNK + seg + c never collide between segments and stay below
+    # total // CHUNK + num_segments + 1 (no host-side chunk count needed)
+    row0 = start_tok // CHUNK + seg
+
+    # running sums over all earlier chunks
+    sum_q = tl.zeros([BLOCK_D], tl.float32)
+    sum_k = tl.zeros([BLOCK_D], tl.float32)
+    w_q = tl.zeros([BLOCK_D], tl.float32)
+    w_k = tl.zeros([BLOCK_D], tl.float32)
+    e_sum = _fp32_zero(CHUNK)
+    for start in range(0, n_tok, CHUNK):
+        if WRITE_CARRY:
+            carry = CARRY + ((row0 + start // CHUNK) * num_heads + head) * 4 * D
+            _store_vec(carry + 0 * D, sum_q, BLOCK_D, D)
+            _store_vec(carry + 1 * D, sum_k, BLOCK_D, D)
+            _store_vec(carry + 2 * D, w_q, BLOCK_D, D)
+            _store_vec(carry + 3 * D, w_k, BLOCK_D, D)
+            tl.store(E_CARRY + (row0 + start // CHUNK) * num_heads + head, e_sum)
+        row_ok = start + offs_c < n_tok
+        n = (start + offs_c + 1).to(tl.float32)  # (CHUNK,): n_i
+        phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
+        phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
+        _, _, _, _, incoming, outgoing, _, allocation, e, _, competition = _causal_flows(
+            phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
+        _store_tok(GC, start_tok + start, n_tok - start, num_heads * 2, allocation * incoming / n, CHUNK)
+        _store_tok(GC + 1, start_tok + start, n_tok - start, num_heads * 2, competition, CHUNK)
+        sum_q += tl.sum(phi_q, 0)
+        sum_k += tl.sum(phi_k, 0)
+        w_q += tl.sum(phi_q * incoming[:, None], 0)
+        w_k += tl.sum(phi_k * outgoing[:, None], 0)
+        e_sum += tl.sum(e, 0)
+
+
+@triton.jit
+def flow_attention_causal_fwd_kernel(
+    Q, K, V, O, GC, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, num_heads,
+    D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr,
+):
+    """Causal step 4, grid (segments, heads, Dv blocks): this block's output columns, through its columns of the
+    running state; the per-token scalars come from the flows kernel."""
     seg = tl.program_id(0)
     head = tl.program_id(1)
     blk = tl.program_id(2)
@@ -495,50 +584,35 @@ def flow_attention_causal_fwd_kernel(
     K += head * stride_kh
     V += head * stride_vh + dv0
     O += head * DV + dv0
+    GC += head * 2
     offs_c = tl.arange(0, CHUNK)
-    offs_d = tl.arange(0, BLOCK_D)
-    eps_d = tl.where(offs_d < D, eps, 0.0)
     causal = offs_c[:, None] >= offs_c[None, :]  # (CHUNK, CHUNK): j <= i
 
-    # running sums over all earlier chunks
-    sum_q = tl.zeros([BLOCK_D], tl.float32)
-    sum_k = tl.zeros([BLOCK_D], tl.float32)
-    w_q = tl.zeros([BLOCK_D], tl.float32)
-    w_k = tl.zeros([BLOCK_D], tl.float32)
-    e_sum = _fp32_zero(CHUNK)
     kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum_j phi(k_j)^T v_j competition_j (this block's columns)
     for start in range(0, n_tok, CHUNK):
-        row_ok = start + offs_c < n_tok
-        n = (start + offs_c + 1).to(tl.float32)  # (CHUNK,): n_i
-        phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
-        phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
+        phi_q, _ = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, 0.0, CHUNK, BLOCK_D, D)
+        phi_k, _ = _load_phi(K, start_tok + start, n_tok - start, stride_kt, 0.0, CHUNK, BLOCK_D, D)
         v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, n_dv, CHUNK, BLOCK_DV)
-        _, _, _, _, incoming, outgoing, _, allocation, e, _, competition = _causal_flows(
-            phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
+        gate = _load_tok(GC, start_tok + start, n_tok - start, num_heads * 2, CHUNK)
+        competition = _load_tok(GC + 1, start_tok + start, n_tok - start, num_heads * 2, CHUNK)
         # 4. inside the chunk a masked product, earlier chunks through the running state
         x = v * competition[:, None]  # (CHUNK, BLOCK_DV)
-        scores = tl.where(causal, tl.dot(phi_q, tl.trans(phi_k), input_precision=DOT_PRECISION), 0.0)
-        out = tl.dot(scores, x, input_precision=DOT_PRECISION)
-        out = tl.dot(phi_q, kv, out, input_precision=DOT_PRECISION)
-        out = out * (allocation * incoming / n)[:, None]
+        scores = tl.where(causal, _mm(phi_q, tl.trans(phi_k), None, DOT_PRECISION, DOT_K), 0.0)
+        out = _mm(scores, x, None, DOT_PRECISION, DOT_K)
+        out = _mm(phi_q, kv, out, DOT_PRECISION, DOT_K) * gate[:, None]
         _store_rows(O, start_tok + start, n_tok - start, num_heads * DV, n_dv, out, CHUNK, BLOCK_DV)
-        sum_q += tl.sum(phi_q, 0)
-        sum_k += tl.sum(phi_k, 0)
-        w_q += tl.sum(phi_q * incoming[:, None], 0)
-        w_k += tl.sum(phi_k * outgoing[:, None], 0)
-        e_sum += tl.sum(e, 0)
-        kv = tl.dot(tl.trans(phi_k), x, kv, input_precision=DOT_PRECISION)
+        kv = _mm(tl.trans(phi_k), x, kv, DOT_PRECISION, DOT_K)
 
 
 @triton.jit
 def flow_attention_causal_bwd_scan_kernel(
-    Q, K, V, DO, D_GATE, D_PHI_Q, CARRY, E_CARRY, CU,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads, eps,
+    Q, K, V, DO, GC, D_GATE, D_PHI_Q, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads,
     D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr,
 ):
-    """Backward part a, grid (segments, heads, Dv blocks): the forward scan again; writes this block's partials
-    of dg_i and of the S-part of d phi(q_i), and (block 0) the chunk-start sums."""
+    """Backward part a, grid (segments, heads, Dv blocks): the step-4 forward scan again; writes this block's
+    partials of dg_i = dO_i · (phi(q_i) S_i) and of d phi(q_i)'s S-part gate_i dO_i S_i^T."""
     seg = tl.program_id(0)
     head = tl.program_id(1)
     blk = tl.program_id(2)
@@ -550,57 +624,31 @@ def flow_attention_causal_bwd_scan_kernel(
     K += head * stride_kh
     V += head * stride_vh + dv0
     DO += head * stride_doh + dv0
+    GC += head * 2
     D_GATE += head * NDV + blk  # workspaces (total, H, NDV) and (total, H, NDV, D)
     D_PHI_Q += (head * NDV + blk) * D
     offs_c = tl.arange(0, CHUNK)
-    offs_d = tl.arange(0, BLOCK_D)
-    eps_d = tl.where(offs_d < D, eps, 0.0)
     causal = offs_c[:, None] >= offs_c[None, :]
-    # chunk rows: start_tok // CHUNK + seg + c never collide between segments and stay below
-    # total // CHUNK + num_segments + 1 (no host-side chunk count needed)
-    row0 = start_tok // CHUNK + seg
 
-    sum_q = tl.zeros([BLOCK_D], tl.float32)
-    sum_k = tl.zeros([BLOCK_D], tl.float32)
-    w_q = tl.zeros([BLOCK_D], tl.float32)
-    w_k = tl.zeros([BLOCK_D], tl.float32)
-    e_sum = _fp32_zero(CHUNK)
     kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
     for start in range(0, n_tok, CHUNK):
-        if blk == 0:
-            carry = CARRY + ((row0 + start // CHUNK) * num_heads + head) * 4 * D
-            _store_vec(carry + 0 * D, sum_q, BLOCK_D, D)
-            _store_vec(carry + 1 * D, sum_k, BLOCK_D, D)
-            _store_vec(carry + 2 * D, w_q, BLOCK_D, D)
-            _store_vec(carry + 3 * D, w_k, BLOCK_D, D)
-            tl.store(E_CARRY + (row0 + start // CHUNK) * num_heads + head, e_sum)
-
-        row_ok = start + offs_c < n_tok
-        n = (start + offs_c + 1).to(tl.float32)
-        phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
-        phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
+        phi_q, _ = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, 0.0, CHUNK, BLOCK_D, D)
+        phi_k, _ = _load_phi(K, start_tok + start, n_tok - start, stride_kt, 0.0, CHUNK, BLOCK_D, D)
         v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, n_dv, CHUNK, BLOCK_DV)
         do = _load_rows(DO, start_tok + start, n_tok - start, stride_dot, n_dv, CHUNK, BLOCK_DV)
-        _, _, _, _, incoming, outgoing, _, allocation, e, _, competition = _causal_flows(
-            phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
+        gate = _load_tok(GC, start_tok + start, n_tok - start, num_heads * 2, CHUNK)  # out_i = gate_i phi(q_i) S_i
+        competition = _load_tok(GC + 1, start_tok + start, n_tok - start, num_heads * 2, CHUNK)
         x = v * competition[:, None]
-        gate = allocation * incoming / n  # (CHUNK,): out_i = gate_i phi(q_i) S_i
-        scores = tl.where(causal, tl.dot(phi_q, tl.trans(phi_k), input_precision=DOT_PRECISION), 0.0)
-        u = tl.dot(scores, x, input_precision=DOT_PRECISION)
-        u = tl.dot(phi_q, kv, u, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_DV): phi(q_i) S_i
+        scores = tl.where(causal, _mm(phi_q, tl.trans(phi_k), None, DOT_PRECISION, DOT_K), 0.0)
+        u = _mm(scores, x, None, DOT_PRECISION, DOT_K)
+        u = _mm(phi_q, kv, u, DOT_PRECISION, DOT_K)  # (CHUNK, BLOCK_DV): phi(q_i) S_i
         _store_tok(D_GATE, start_tok + start, n_tok - start, num_heads * NDV, tl.sum(do * u, 1), CHUNK)
         # d phi(q_i) = gate_i dO_i S_i^T = gate_i (sum_{j<=i in chunk} (dO_i · x_j) phi(k_j) + dO_i S_prev^T)
-        dox = tl.where(causal, tl.dot(do, tl.trans(x), input_precision=DOT_PRECISION), 0.0)  # (CHUNK, CHUNK)
-        d_phi = tl.dot(dox, phi_k, input_precision=DOT_PRECISION)
-        d_phi = tl.dot(do, tl.trans(kv), d_phi, input_precision=DOT_PRECISION) * gate[:, None]
+        dox = tl.where(causal, _mm(do, tl.trans(x), None, DOT_PRECISION, DOT_K), 0.0)  # (CHUNK, CHUNK)
+        d_phi = _mm(dox, phi_k, None, DOT_PRECISION, DOT_K)
+        d_phi = _mm(do, tl.trans(kv), d_phi, DOT_PRECISION, DOT_K) * gate[:, None]
         _store_rows(D_PHI_Q, start_tok + start, n_tok - start, num_heads * NDV * D, D, d_phi, CHUNK, BLOCK_D)
-
-        sum_q += tl.sum(phi_q, 0)
-        sum_k += tl.sum(phi_k, 0)
-        w_q += tl.sum(phi_q * incoming[:, None], 0)
-        w_k += tl.sum(phi_k * outgoing[:, None], 0)
-        e_sum += tl.sum(e, 0)
-        kv = tl.dot(tl.trans(phi_k), x, kv, input_precision=DOT_PRECISION)
+        kv = _mm(tl.trans(phi_k), x, kv, DOT_PRECISION, DOT_K)
 
 
 @triton.jit
@@ -613,10 +661,10 @@ def _load_carry(CARRY, E_CARRY, chunk_row, num_heads, head, D: tl.constexpr, BLO
 
 @triton.jit
 def flow_attention_causal_bwd_state_kernel(
-    Q, K, V, DO, CARRY, E_CARRY, DV_OUT, D_COMP, D_PHI_K, CU,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads, eps,
+    Q, K, V, DO, GC, DV_OUT, D_COMP, D_PHI_K, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads,
     D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr,
 ):
     """Backward part b, grid (segments, heads, Dv blocks): chunks last to first, carrying this block's columns of
     R = sum_{i later} gate_i phi(q_i)^T dO_i; writes dv (final) and this block's partials of d comp_j = v_j · d x_j
@@ -632,45 +680,38 @@ def flow_attention_causal_bwd_state_kernel(
     K += head * stride_kh
     V += head * stride_vh + dv0
     DO += head * stride_doh + dv0
+    GC += head * 2
     DV_OUT += head * DV + dv0
     D_COMP += head * NDV + blk
     D_PHI_K += (head * NDV + blk) * D
     offs_c = tl.arange(0, CHUNK)
-    offs_d = tl.arange(0, BLOCK_D)
-    eps_d = tl.where(offs_d < D, eps, 0.0)
     later = offs_c[:, None] <= offs_c[None, :]  # (CHUNK, CHUNK), rows j, columns i: i >= j
-    row0 = start_tok // CHUNK + seg
 
     r_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum over later chunks of gate_i phi(q_i)^T dO_i
     n_chunks = (n_tok + CHUNK - 1) // CHUNK
     for rev in range(0, n_chunks):
-        c = n_chunks - 1 - rev
-        start = c * CHUNK
-        sum_q, sum_k, w_q, w_k, e_sum = _load_carry(CARRY, E_CARRY, row0 + c, num_heads, head, D, BLOCK_D)
-        row_ok = start + offs_c < n_tok
-        n = (start + offs_c + 1).to(tl.float32)
-        phi_q, phi_q_eps = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, eps, CHUNK, BLOCK_D, D)
-        phi_k, phi_k_eps = _load_phi(K, start_tok + start, n_tok - start, stride_kt, eps, CHUNK, BLOCK_D, D)
+        start = (n_chunks - 1 - rev) * CHUNK
+        phi_q, _ = _load_phi(Q, start_tok + start, n_tok - start, stride_qt, 0.0, CHUNK, BLOCK_D, D)
+        phi_k, _ = _load_phi(K, start_tok + start, n_tok - start, stride_kt, 0.0, CHUNK, BLOCK_D, D)
         v = _load_rows(V, start_tok + start, n_tok - start, stride_vt, n_dv, CHUNK, BLOCK_DV)
         do = _load_rows(DO, start_tok + start, n_tok - start, stride_dot, n_dv, CHUNK, BLOCK_DV)
-        _, _, _, _, incoming, _, _, allocation, _, _, competition = \
-            _causal_flows(phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w_q, w_k, e_sum, eps_d)
-        gate = allocation * incoming / n
+        gate = _load_tok(GC, start_tok + start, n_tok - start, num_heads * 2, CHUNK)
+        competition = _load_tok(GC + 1, start_tok + start, n_tok - start, num_heads * 2, CHUNK)
         x = v * competition[:, None]  # (CHUNK, BLOCK_DV)
         gq = phi_q * gate[:, None]  # (CHUNK, BLOCK_D)
 
         # 4. key side of the causal product: d x_j = phi(k_j) R_j, d phi(k_j) = R_j x_j^T, R_j = sum_{i>=j} gq_i^T dO_i
-        kq = tl.where(later, tl.dot(phi_k, tl.trans(gq), input_precision=DOT_PRECISION), 0.0)  # (CHUNK_j, CHUNK_i)
-        d_x = tl.dot(kq, do, input_precision=DOT_PRECISION)
-        d_x = tl.dot(phi_k, r_kv, d_x, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_DV)
+        kq = tl.where(later, _mm(phi_k, tl.trans(gq), None, DOT_PRECISION, DOT_K), 0.0)  # (CHUNK_j, CHUNK_i)
+        d_x = _mm(kq, do, None, DOT_PRECISION, DOT_K)
+        d_x = _mm(phi_k, r_kv, d_x, DOT_PRECISION, DOT_K)  # (CHUNK, BLOCK_DV)
         _store_tok(D_COMP, start_tok + start, n_tok - start, num_heads * NDV, tl.sum(d_x * v, 1), CHUNK)
         _store_rows(DV_OUT, start_tok + start, n_tok - start, num_heads * DV, n_dv, d_x * competition[:, None],
                     CHUNK, BLOCK_DV)
-        xdo = tl.where(later, tl.dot(x, tl.trans(do), input_precision=DOT_PRECISION), 0.0)  # (CHUNK_j, CHUNK_i)
-        d_phi_k = tl.dot(xdo, gq, input_precision=DOT_PRECISION)
-        d_phi_k = tl.dot(x, tl.trans(r_kv), d_phi_k, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_D)
+        xdo = tl.where(later, _mm(x, tl.trans(do), None, DOT_PRECISION, DOT_K), 0.0)  # (CHUNK_j, CHUNK_i)
+        d_phi_k = _mm(xdo, gq, None, DOT_PRECISION, DOT_K)
+        d_phi_k = _mm(x, tl.trans(r_kv), d_phi_k, DOT_PRECISION, DOT_K)  # (CHUNK, BLOCK_D)
         _store_rows(D_PHI_K, start_tok + start, n_tok - start, num_heads * NDV * D, D, d_phi_k, CHUNK, BLOCK_D)
-        r_kv = tl.dot(tl.trans(gq), do, r_kv, input_precision=DOT_PRECISION)
+        r_kv = _mm(tl.trans(gq), do, r_kv, DOT_PRECISION, DOT_K)
 
 
 @triton.jit
@@ -770,6 +811,7 @@ class _Config(NamedTuple):
     block_dv: int  # Dv columns per program of the kernels that hold a D x Dv state (a power of two)
     num_warps: int  # kernels with a D x Dv state
     chain_warps: int  # the backward's scalar-chain kernel (D-wide tiles only)
+    dot_k: int  # dots over a longer K run as several over K chunks of this size (`_mm`)
     num_stages: int = 1  # the loops run once or a few times: software pipelining would only cost registers
 
 
@@ -779,8 +821,8 @@ def _config(causal: bool, block_d: int, block_dv: int, dtype: torch.dtype) -> _C
     The interpreter gets big blocks (fewer interpreted loop steps) and no Dv split. On GPU the tiles and warps
     are those that compile without register spills (see the module docstring for the figures)."""
     if INTERPRET:
-        return _Config(64 if causal else 128, block_dv, 4, 4)
-    return _Config(16 if causal else 32, min(block_dv, 64), 8, 4)
+        return _Config(64 if causal else 128, block_dv, 4, 4, 32)
+    return _Config(16 if causal else 32, min(block_dv, 64), 8, 4, 32 if dtype == torch.float32 else 128)
 
 
 class FlowState(NamedTuple):
@@ -802,10 +844,14 @@ def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: f
     grid = (segments, heads, triton.cdiv(dv, cfg.block_dv))
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     meta = dict(D=d, DV=dv, BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, DOT_PRECISION=_dot_precision(q.dtype),
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                DOT_K=cfg.dot_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if causal:
-        flow_attention_causal_fwd_kernel[grid](q, k, v, out, cu_seqlens_q, *strides, heads, eps,
-                                               CHUNK=cfg.block_n, **meta)
+        gc = _alloc((total_q, heads, 2), torch.float32, q.device)  # per token: gate_i, competition_i
+        flow_attention_causal_flows_kernel[(segments, heads)](
+            q, k, gc, gc, gc, cu_seqlens_q, *strides[:4], heads, eps, D=d, CHUNK=cfg.block_n, BLOCK_D=block_d,
+            WRITE_CARRY=False, num_warps=cfg.chain_warps, num_stages=cfg.num_stages)
+        flow_attention_causal_fwd_kernel[grid](q, k, v, out, gc, cu_seqlens_q, *strides, heads, CHUNK=cfg.block_n,
+                                               **meta)
         return out, None
     state = FlowState(_alloc((segments, heads, 4, d), torch.float32, q.device),
                       _alloc((segments, heads, d, dv), torch.float32, q.device),
@@ -839,7 +885,8 @@ def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState
                do.stride(0), do.stride(1))
     qk_strides = strides[:4]
     meta = dict(D=d, DV=dv_dim, BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, NDV=n_dv,
-                DOT_PRECISION=_dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                DOT_PRECISION=_dot_precision(q.dtype), DOT_K=cfg.dot_k, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
     chain_meta = dict(D=d, BLOCK_D=block_d, NDV=n_dv, num_warps=cfg.chain_warps, num_stages=cfg.num_stages)
     if not causal:
         s_dot = _alloc((segments, heads, n_dv), torch.float32, q.device)
@@ -854,10 +901,14 @@ def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState
     chunk_rows = total_q // chunk + segments + 1  # bound on the chunk-row index, see the scan kernel
     carry = _alloc((chunk_rows, heads, 4, d), torch.float32, q.device)
     e_carry = _alloc((chunk_rows, heads), torch.float32, q.device)
+    gc = _alloc((total_q, heads, 2), torch.float32, q.device)
+    flow_attention_causal_flows_kernel[chain_grid](
+        q, k, gc, carry, e_carry, cu_seqlens_q, *qk_strides, heads, eps, D=d, CHUNK=chunk, BLOCK_D=block_d,
+        WRITE_CARRY=True, num_warps=cfg.chain_warps, num_stages=cfg.num_stages)
     flow_attention_causal_bwd_scan_kernel[grid](
-        q, k, v, do, d_gate, d_phi_q, carry, e_carry, cu_seqlens_q, *strides, heads, eps, CHUNK=chunk, **meta)
+        q, k, v, do, gc, d_gate, d_phi_q, cu_seqlens_q, *strides, heads, CHUNK=chunk, **meta)
     flow_attention_causal_bwd_state_kernel[grid](
-        q, k, v, do, carry, e_carry, dv, d_comp, d_phi_k, cu_seqlens_q, *strides, heads, eps, CHUNK=chunk, **meta)
+        q, k, v, do, gc, dv, d_comp, d_phi_k, cu_seqlens_q, *strides, heads, CHUNK=chunk, **meta)
     flow_attention_causal_bwd_chain_kernel[chain_grid](
         q, k, d_gate, d_phi_q, d_comp, d_phi_k, carry, e_carry, dq, dk, cu_seqlens_q, *qk_strides, heads, eps,
         CHUNK=chunk, **chain_meta)
