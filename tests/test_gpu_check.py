@@ -477,7 +477,9 @@ def test_first_sync_and_sync_sites_read_torchs_sync_debugging(monkeypatch):
 
 def test_sync_steps_run_the_finetune_step_on_cpu(tmp_path):
     """The training code the sync part drives (FinetuneStage.train_step); on CPU there is nothing to check."""
-    result = gpu_check.sync_steps("sdpa", torch.device("cpu"), tmp_path)
+    tiny = {**gpu_check.SYNC_RUN, "model": {"dim": 16, "heads": 2, "part_layers": 1, "pair_layers": 1,
+                                            "embedding_dim": 16}}
+    result = gpu_check.sync_steps("sdpa", torch.device("cpu"), tmp_path, run=tiny)
     assert result["status"] == "not checked" and "needs CUDA" in result["reason"]
 
 

@@ -251,9 +251,9 @@ def gpu_facts(device: str) -> dict:
 
 
 def kernels_import() -> str | None:
-    """Why `bpmt_fast.kernels` does not import here, or None (only its package: no triton JIT yet)."""
+    """Why the kernel modules (`bpmt_fast.kernels`, triton.jit at import) do not import here, or None."""
     try:
-        import bpmt_fast.kernels  # noqa: F401
+        import bpmt_fast.kernels.specializations  # noqa: F401
     except Exception as error:  # noqa: BLE001 - reported
         return error_text(error)
     return None
@@ -280,7 +280,7 @@ def part_env(check: Check, deadline: float) -> Verdict:
     if check.on_gpu and not env["triton"]:
         problems.append("triton is not installed")
     if check.on_gpu and os.environ.get("TRITON_INTERPRET") == "1":
-        problems.append("TRITON_INTERPRET=1 is set (children run without it)")
+        summary += " (TRITON_INTERPRET=1 was set: the child processes run without it)"
     return Verdict("env", FAIL if problems else PASS, "; ".join(problems + [summary]))
 
 
@@ -400,8 +400,24 @@ def check_case(case, device: str) -> dict:
     return record
 
 
-def launch_worker(check: Check, indices: list[int], out: Path, deadline: float) -> None:
-    """Child process: check the cases `indices` one by one, one JSON line each, until the deadline."""
+CONTEXT_BROKEN_STATUS = 3  # a launch worker's exit status when a kernel fault poisoned its CUDA context
+
+
+def cuda_alive() -> bool:
+    """False once a kernel fault (e.g. an illegal address) has poisoned this process's CUDA context: from then
+    on every CUDA call fails, so later cases would only repeat the first case's error."""
+    try:
+        torch.ones(1, device="cuda").add_(1).cpu()
+        torch.cuda.synchronize()
+    except Exception:  # noqa: BLE001 - any failure means the context is gone
+        return False
+    return True
+
+
+def launch_worker(check: Check, indices: list[int], out: Path, deadline: float) -> int:
+    """Child process: check the cases `indices` one by one, one JSON line each, until the deadline. Returns the
+    exit status: 0, or CONTEXT_BROKEN_STATUS after a case that broke the CUDA context (its last log line says
+    which; the parent reports this worker's remaining cases as lost with it)."""
     from bpmt_fast.kernels.specializations import all_cases
 
     cases = all_cases()
@@ -414,6 +430,10 @@ def launch_worker(check: Check, indices: list[int], out: Path, deadline: float) 
             lines.write(json.dumps(record) + "\n")
             lines.flush()
             say(f"{record['case']}: {record['status']} {record['reason'][:200]}")
+            if check.on_gpu and record["status"] == "error" and not cuda_alive():
+                say(f"CUDA context broken after case {record['case']}: {record['reason'][:200]}")
+                return CONTEXT_BROKEN_STATUS
+    return 0
 
 
 def launch_summary(records: dict[int, dict], chosen: list[int], crashed: dict[int, str]) -> Verdict:
@@ -608,15 +628,16 @@ def sync_sites(step: Callable[[], object]) -> list[dict]:
     return [{"location": where, "count": n} for where, n in sites.items()]
 
 
-def sync_steps(backend: str, device: torch.device, folder: Path) -> dict:
-    """Finetune steps of BPMT with `backend`: warm-up steps, then steps under sync debugging (CUDA only)."""
+def sync_steps(backend: str, device: torch.device, folder: Path, run: dict = SYNC_RUN) -> dict:
+    """Finetune steps of BPMT with `backend`: warm-up steps, then steps under sync debugging (CUDA only). `run`:
+    training config overrides (data, model size)."""
     from bpmt_fast.train.config import load_config
     from bpmt_fast.train.data import identity_loader
     from bpmt_fast.train.pipeline import new_model, prepare_data
     from bpmt_fast.train.stages import FinetuneStage, MetricsLog, warmup_cosine
 
-    config = load_config(overrides={**SYNC_RUN, "model": {"attn_backend": backend, "dropout": 0.0},
-                                    "device": device.type, "run_dir": str(folder)})
+    model = {**run.get("model", {}), "attn_backend": backend, "dropout": 0.0}
+    config = load_config(overrides={**run, "model": model, "device": device.type, "run_dir": str(folder)})
     with open(folder / f"sync-{backend}-data.log", "w") as log, contextlib.redirect_stdout(log):
         data = prepare_data(config)
     torch.manual_seed(0)
@@ -893,8 +914,7 @@ def child_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check = Check.from_json(args.check.read_text())
     if args.command == "launch-worker":
-        launch_worker(check, [int(i) for i in args.cases.split(",") if i], args.out, args.deadline)
-        return 0
+        return launch_worker(check, [int(i) for i in args.cases.split(",") if i], args.out, args.deadline)
     try:
         verdict = PART_FUNCTIONS[args.name](check, args.deadline)
     except Exception as error:  # noqa: BLE001 - the parent reads the verdict

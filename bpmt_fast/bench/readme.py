@@ -59,12 +59,13 @@ def _cell(row: dict | None, key: str, best: float | None) -> str:
     return f"**{text}**" if best is not None and row[key] == best else text
 
 
-def _pivot(rows: list[dict], key_fields: tuple[str, ...], value: str) -> list[str]:
-    """Markdown table lines: one line per `key_fields` value, one column per backend, fastest bold."""
+def _pivot(rows: list[dict], key_fields: dict[str, str], value: str) -> list[str]:
+    """Markdown table lines: one line per value of the `key_fields` ({row field: column title}), one column per
+    backend, the fastest bold."""
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     keys = list(dict.fromkeys(tuple(r[f] for f in key_fields) for r in rows))
     by_key = {(tuple(r[f] for f in key_fields), r["backend"]): r for r in rows}
-    lines = [f"| {' | '.join(key_fields)} | {' | '.join(f'`{b}`' for b in backends)} |",
+    lines = [f"| {' | '.join(key_fields.values())} | {' | '.join(f'`{b}`' for b in backends)} |",
              "|" + "---|" * (len(key_fields) + len(backends))]
     for key in keys:
         measured = [by_key[(key, b)][value] for b in backends if (key, b) in by_key
@@ -112,7 +113,7 @@ def _attention(rows: list[dict]) -> list[str]:
     if not members:
         return []
     return ["#### Attention: median ms per call (fastest in bold)", "",
-            *_pivot(members, ("shape_set", "case", "direction"), "median_ms"), ""]
+            *_pivot(members, {"shape_set": "shape set", "case": "case", "direction": "pass"}, "median_ms"), ""]
 
 
 def _train_step(rows: list[dict]) -> list[str]:
@@ -120,7 +121,7 @@ def _train_step(rows: list[dict]) -> list[str]:
     if not members:
         return []
     return ["#### Training step: ms per optimizer step (fastest in bold; `attention removed` is the bound)", "",
-            *_pivot(members, ("case", "mode"), "median_ms"), ""]
+            *_pivot(members, {"case": "case", "mode": "mode"}, "median_ms"), ""]
 
 
 def _accuracy(rows: list[dict]) -> list[str]:
