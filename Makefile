@@ -44,4 +44,5 @@ compile-report: $(STAMP)
 # Options: make gpu-check GPU_CHECK_ARGS="--budget-s 450 --out DIR". Refused (exit status 2) without CUDA.
 .PHONY: gpu-check
 gpu-check:
+	@$(PYTHON) -c "import torch" 2>/dev/null || { echo "make gpu-check: error: $(PYTHON) cannot import torch; name a python that can: make gpu-check PYTHON=..." >&2; exit 2; }
 	@PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m bpmt_fast.cli gpu-check $(GPU_CHECK_ARGS)
