@@ -806,10 +806,11 @@ def part_budgets(total_s: float) -> dict[str, float]:
 
 def budget_for(name: str, order: list[str], budgets: dict[str, float], left: float) -> float:
     """Seconds part `name` may take now: its share (at least MIN_PART_S), capped by what is left; the elastic
-    part takes everything left except what the later parts need."""
+    part takes everything left except what the later parts need (and the time to kill it at its deadline)."""
     if name == ELASTIC_PART:
         later = order[order.index(name) + 1:]
-        return max(0.0, left - sum(max(budgets.get(p, 0.0), MIN_PART_S) for p in later))
+        reserved = sum(max(budgets.get(p, 0.0), MIN_PART_S) for p in later) + (KILL_GRACE_S if later else 0.0)
+        return max(0.0, left - reserved)
     return min(max(budgets.get(name, 0.0), MIN_PART_S), left)
 
 
