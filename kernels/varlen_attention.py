@@ -366,7 +366,8 @@ def _config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int,
 
     Gait sequences are short (30-500 frames): a whole key segment fits in one BLOCK_N when it can, and blocks
     shrink to the segment so short segments do not pay for masked lanes. fp16 / bf16 (tensor cores): up to 64-row
-    query tiles, 128-key forward tiles (32 above head dim 64), 8 warps above head dim 64. fp32 (FMA): 32 x 32
+    query tiles, 128-key forward tiles (64 at head dim 64, 32 above; 4 warps), 8 warps in the backward above head
+    dim 64. fp32 (FMA): 32 x 32
     tiles, 16-query tiles in dK/dV and in the forward above head dim 64, 8 warps; a few bytes of spill remain in
     some fp32 specializations (the report's fp32 allowance).
     fp16 / bf16 choices compile without spills for sm80 and sm90 (triton 3.9; the compile report checks it). Under the
@@ -380,8 +381,9 @@ def _config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int,
             return _Config(_fit(max_seqlen_q, 16), tile_k, 8, 2)
         return _Config(_fit(max_seqlen_q, FP32_TILE), tile_k, 8, 1 if kernel == "fwd" else 2)
     big = head_block > 64
-    if kernel == "fwd":  # q tile resident, loop over keys
-        return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, 32 if big else 128), 8 if big else 4, 2)
+    if kernel == "fwd":  # q tile resident, loop over keys (wider keys spill a few bytes on sm80, triton 3.6)
+        key_tile = 128 if head_block <= 32 else 64 if head_block <= 64 else 32
+        return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, key_tile), 4, 2)
     if kernel == "dkdv":  # k, v, dk, dv tiles resident, loop over queries
         return _Config(_fit(max_seqlen_q, 32), _fit(max_seqlen_k, 64), 8 if big else 4, 2)
     return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, 32 if big else 64), 8 if big else 4, 2)  # dq
@@ -393,7 +395,7 @@ def _packed_config(kernel: str, head_block: int, dtype: torch.dtype = torch.floa
     The packed row tile is BLOCK_M (queries) in "fwd" and "dq" and BLOCK_N (keys) in "dkdv"; the other side is
     the loop tile. fp16 / bf16: 64-row packed tiles in all three kernels; loop tiles and warps as `_config` at its
     caps (32-query loop tiles in dK/dV, 32-key loop tiles in dQ and the forward above head dim 64, 8 warps
-    there), except a 64-key loop tile in the forward up to head dim 64. fp32: `_config`'s 32 x 32 tiles (packed mode then takes segments <= 16).
+    in the backward there), except a 64-key loop tile in the forward up to head dim 64. fp32: `_config`'s 32 x 32 tiles (packed mode then takes segments <= 16).
     Most products of a packed tile are masked off (block-diagonal), which is cheap next to the memory latency of
     many tiny programs at gait lengths; untuned: to be measured on a GPU. Under the interpreter one fixed, large
     square tile: programs and loop trips are what cost time there, masked lanes are nearly free, so the tile is
@@ -405,7 +407,7 @@ def _packed_config(kernel: str, head_block: int, dtype: torch.dtype = torch.floa
         return _config(kernel, head_block, FP32_TILE, FP32_TILE, dtype)
     big = head_block > 64
     if kernel == "fwd":
-        return _Config(64, 32 if big else 64, 8 if big else 4, 2)
+        return _Config(64, 32 if big else 64, 4, 2)
     if kernel == "dkdv":  # 64 packed keys, 32-query loop tiles
         return _Config(32, 64, 8 if big else 4, 2)
     return _Config(64, 32 if big else 64, 8 if big else 4, 2)  # dq
