@@ -129,7 +129,7 @@ def _sum_parts_rows(ptr, row0, n_rows, stride_t, n_cols, BLOCK_N: tl.constexpr, 
     """Sum over the NDV per-Dv-block partials of a `(tokens, NDV, C)` float32 workspace view (ptr at the head),
     in block order (deterministic)."""
     acc = _load_rows(ptr, row0, n_rows, stride_t, n_cols, BLOCK_N, BLOCK_C)
-    for b in tl.static_range(1, NDV):
+    for b in range(1, NDV):  # a loop, not unrolled: one partial tile in flight at a time
         acc += _load_rows(ptr + b * n_cols, row0, n_rows, stride_t, n_cols, BLOCK_N, BLOCK_C)
     return acc
 
@@ -196,27 +196,48 @@ def _halves(a, b):
 
 
 @triton.jit
+def _mm2(a, b, acc, PRECISION: tl.constexpr):
+    a0, a1, b0, b1 = _halves(a, b)
+    acc = tl.dot(a0, b0, acc, input_precision=PRECISION)
+    return tl.dot(a1, b1, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _mm4(a, b, acc, PRECISION: tl.constexpr):
+    a0, a1, b0, b1 = _halves(a, b)
+    return _mm2(a1, b1, _mm2(a0, b0, acc, PRECISION), PRECISION)
+
+
+@triton.jit
+def _mm8(a, b, acc, PRECISION: tl.constexpr):
+    a0, a1, b0, b1 = _halves(a, b)
+    return _mm4(a1, b1, _mm4(a0, b0, acc, PRECISION), PRECISION)
+
+
+@triton.jit
+def _mm16(a, b, acc, PRECISION: tl.constexpr):
+    a0, a1, b0, b1 = _halves(a, b)
+    return _mm8(a1, b1, _mm8(a0, b0, acc, PRECISION), PRECISION)
+
+
+@triton.jit
 def _mm(a, b, acc, PRECISION: tl.constexpr, K_CHUNK: tl.constexpr):
-    """acc + a @ b (acc may be None), as tl.dot's over K chunks of at most K_CHUNK (K up to 4 K_CHUNK).
+    """acc + a @ b (acc may be None), as tl.dot's over K chunks of at most K_CHUNK (K up to 16 K_CHUNK), in order.
 
     Triton's FMA dot (IEEE fp32) holds every thread's whole rows of a and columns of b in registers; chunks of K
     bound that. Tensor-core dots take K_CHUNK >= K (one dot)."""
     K: tl.constexpr = a.shape[1]
-    tl.static_assert(K <= 4 * K_CHUNK)
+    tl.static_assert(K <= 16 * K_CHUNK)
     if K <= K_CHUNK:
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    elif K <= 2 * K_CHUNK:
+        acc = _mm2(a, b, acc, PRECISION)
+    elif K <= 4 * K_CHUNK:
+        acc = _mm4(a, b, acc, PRECISION)
+    elif K <= 8 * K_CHUNK:
+        acc = _mm8(a, b, acc, PRECISION)
     else:
-        a0, a1, b0, b1 = _halves(a, b)
-        if K // 2 <= K_CHUNK:
-            acc = tl.dot(a0, b0, acc, input_precision=PRECISION)
-            acc = tl.dot(a1, b1, acc, input_precision=PRECISION)
-        else:
-            a00, a01, b00, b01 = _halves(a0, b0)
-            acc = tl.dot(a00, b00, acc, input_precision=PRECISION)
-            acc = tl.dot(a01, b01, acc, input_precision=PRECISION)
-            a10, a11, b10, b11 = _halves(a1, b1)
-            acc = tl.dot(a10, b10, acc, input_precision=PRECISION)
-            acc = tl.dot(a11, b11, acc, input_precision=PRECISION)
+        acc = _mm16(a, b, acc, PRECISION)
     return acc
 
 
@@ -807,22 +828,32 @@ def flow_attention_causal_bwd_chain_kernel(
 # launchers
 # ---------------------------------------------------------------------------------------------------------------
 class _Config(NamedTuple):
-    block_n: int  # token block (non-causal) or chunk (causal; the same in every causal kernel of a call)
-    block_dv: int  # Dv columns per program of the kernels that hold a D x Dv state (a power of two)
-    num_warps: int  # kernels with a D x Dv state
-    chain_warps: int  # the backward's scalar-chain kernel (D-wide tiles only)
+    block_n: int  # token block (non-causal) or chunk (causal) of the kernels with a D x Dv state
+    block_dv: int  # Dv columns per program of those kernels (a power of two <= the padded Dv)
+    num_warps: int  # their warps
+    chain_n: int  # token block / chunk of the dot-free kernels (causal flows, the backward's chains)
+    chain_warps: int  # their warps
     dot_k: int  # dots over a longer K run as several over K chunks of this size (`_mm`)
     num_stages: int = 1  # the loops run once or a few times: software pipelining would only cost registers
 
 
 def _config(causal: bool, block_d: int, block_dv: int, dtype: torch.dtype) -> _Config:
-    """One fixed config per shape class (nothing autotuned: the causal chunk indexes the chunk-start sums).
-
-    The interpreter gets big blocks (fewer interpreted loop steps) and no Dv split. On GPU the tiles and warps
-    are those that compile without register spills (see the module docstring for the figures)."""
+    """One fixed config per shape class (nothing autotuned). The interpreter gets big blocks (fewer interpreted
+    loop steps), no Dv split and short dot chunks (so the tests run the chunked dots); on GPU see the module
+    docstring (Tiles)."""
     if INTERPRET:
-        return _Config(64 if causal else 128, block_dv, 4, 4, 32)
-    return _Config(16 if causal else 32, min(block_dv, 64), 8, 4, 32 if dtype == torch.float32 else 128)
+        return _Config(64 if causal else 128, block_dv, 4, 64 if causal else 128, 4, 8)
+    wide = max(block_d, block_dv) > 64  # D or Dv 128
+    chain_n = 8 if block_d >= 64 else 16  # chain tiles of 4 (causal) / 8 elements per thread
+    return _Config(block_n=16 if causal or wide else 32, block_dv=min(block_dv, 32), num_warps=8,
+                   chain_n=chain_n if causal else 2 * chain_n, chain_warps=8 if block_d > 64 else 4,
+                   dot_k=(8 if wide else 16) if dtype == torch.float32 else 128)
+
+
+def _options(num_warps: int, num_stages: int) -> dict:
+    """Launch options. maxnreg: the most registers per thread the block can have; without it ptxas capped some
+    kernels at 128 registers and spilled."""
+    return dict(num_warps=num_warps, num_stages=num_stages, maxnreg=min(255, 65536 // (32 * num_warps)))
 
 
 class FlowState(NamedTuple):
@@ -830,6 +861,24 @@ class FlowState(NamedTuple):
     vecs: torch.Tensor  # (S, H, 4, D): sum phi(q), sum phi(k), w_q, w_k
     kv: torch.Tensor  # (S, H, D, Dv): sum_j phi(k_j)^T v_j competition_j
     z: torch.Tensor  # (S, H): sum_j exp(source_j)
+
+
+def _causal_flows_launch(q, k, cu_seqlens_q, eps, cfg: _Config, write_carry: bool):
+    """Causal steps 1-3: per-token (gate, competition) `(total, H, 2)` float32 and, with write_carry, the running
+    sums at every chain chunk's start (the chain kernel's restart points), else None, None."""
+    total, heads, d = q.shape
+    segments = cu_seqlens_q.numel() - 1
+    gc = _alloc((total, heads, 2), torch.float32, q.device)
+    carry = e_carry = gc  # unused without write_carry
+    if write_carry:
+        chunk_rows = total // cfg.chain_n + segments + 1  # bound on the chunk-row index, see the flows kernel
+        carry = _alloc((chunk_rows, heads, 4, d), torch.float32, q.device)
+        e_carry = _alloc((chunk_rows, heads), torch.float32, q.device)
+    flow_attention_causal_flows_kernel[(segments, heads)](
+        q, k, gc, carry, e_carry, cu_seqlens_q, q.stride(0), q.stride(1), k.stride(0), k.stride(1), heads, eps,
+        D=d, CHUNK=cfg.chain_n, BLOCK_D=_head_block(d), WRITE_CARRY=write_carry,
+        **_options(cfg.chain_warps, cfg.num_stages))
+    return (gc, carry, e_carry) if write_carry else (gc, None, None)
 
 
 def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: float):
@@ -844,12 +893,9 @@ def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: f
     grid = (segments, heads, triton.cdiv(dv, cfg.block_dv))
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     meta = dict(D=d, DV=dv, BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, DOT_PRECISION=_dot_precision(q.dtype),
-                DOT_K=cfg.dot_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                DOT_K=cfg.dot_k, **_options(cfg.num_warps, cfg.num_stages))
     if causal:
-        gc = _alloc((total_q, heads, 2), torch.float32, q.device)  # per token: gate_i, competition_i
-        flow_attention_causal_flows_kernel[(segments, heads)](
-            q, k, gc, gc, gc, cu_seqlens_q, *strides[:4], heads, eps, D=d, CHUNK=cfg.block_n, BLOCK_D=block_d,
-            WRITE_CARRY=False, num_warps=cfg.chain_warps, num_stages=cfg.num_stages)
+        gc, _, _ = _causal_flows_launch(q, k, cu_seqlens_q, eps, cfg, write_carry=False)
         flow_attention_causal_fwd_kernel[grid](q, k, v, out, gc, cu_seqlens_q, *strides, heads, CHUNK=cfg.block_n,
                                                **meta)
         return out, None
@@ -885,9 +931,8 @@ def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState
                do.stride(0), do.stride(1))
     qk_strides = strides[:4]
     meta = dict(D=d, DV=dv_dim, BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, NDV=n_dv,
-                DOT_PRECISION=_dot_precision(q.dtype), DOT_K=cfg.dot_k, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages)
-    chain_meta = dict(D=d, BLOCK_D=block_d, NDV=n_dv, num_warps=cfg.chain_warps, num_stages=cfg.num_stages)
+                DOT_PRECISION=_dot_precision(q.dtype), DOT_K=cfg.dot_k, **_options(cfg.num_warps, cfg.num_stages))
+    chain_meta = dict(D=d, BLOCK_D=block_d, NDV=n_dv, **_options(cfg.chain_warps, cfg.num_stages))
     if not causal:
         s_dot = _alloc((segments, heads, n_dv), torch.float32, q.device)
         flow_attention_bwd_state_kernel[grid](
@@ -895,23 +940,16 @@ def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState
             d_phi_k, s_dot, *strides, heads, eps, BLOCK_N=cfg.block_n, **meta)
         flow_attention_bwd_chain_kernel[chain_grid](
             q, k, dq, dk, state.vecs, state.z, cu_seqlens_q, cu_seqlens_k, d_gate, d_phi_q, d_comp, d_phi_k, s_dot,
-            *qk_strides, heads, eps, BLOCK_N=cfg.block_n, **chain_meta)
+            *qk_strides, heads, eps, BLOCK_N=cfg.chain_n, **chain_meta)
         return dq, dk, dv
-    chunk = cfg.block_n
-    chunk_rows = total_q // chunk + segments + 1  # bound on the chunk-row index, see the scan kernel
-    carry = _alloc((chunk_rows, heads, 4, d), torch.float32, q.device)
-    e_carry = _alloc((chunk_rows, heads), torch.float32, q.device)
-    gc = _alloc((total_q, heads, 2), torch.float32, q.device)
-    flow_attention_causal_flows_kernel[chain_grid](
-        q, k, gc, carry, e_carry, cu_seqlens_q, *qk_strides, heads, eps, D=d, CHUNK=chunk, BLOCK_D=block_d,
-        WRITE_CARRY=True, num_warps=cfg.chain_warps, num_stages=cfg.num_stages)
+    gc, carry, e_carry = _causal_flows_launch(q, k, cu_seqlens_q, eps, cfg, write_carry=True)
     flow_attention_causal_bwd_scan_kernel[grid](
-        q, k, v, do, gc, d_gate, d_phi_q, cu_seqlens_q, *strides, heads, CHUNK=chunk, **meta)
+        q, k, v, do, gc, d_gate, d_phi_q, cu_seqlens_q, *strides, heads, CHUNK=cfg.block_n, **meta)
     flow_attention_causal_bwd_state_kernel[grid](
-        q, k, v, do, gc, dv, d_comp, d_phi_k, cu_seqlens_q, *strides, heads, CHUNK=chunk, **meta)
+        q, k, v, do, gc, dv, d_comp, d_phi_k, cu_seqlens_q, *strides, heads, CHUNK=cfg.block_n, **meta)
     flow_attention_causal_bwd_chain_kernel[chain_grid](
         q, k, d_gate, d_phi_q, d_comp, d_phi_k, carry, e_carry, dq, dk, cu_seqlens_q, *qk_strides, heads, eps,
-        CHUNK=chunk, **chain_meta)
+        CHUNK=cfg.chain_n, **chain_meta)
     return dq, dk, dv
 
 
