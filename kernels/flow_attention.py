@@ -76,11 +76,12 @@ def _alloc(shape, dtype, device) -> torch.Tensor:
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    """`tl.dot` input precision per input dtype (all dot operands are fp32 values, accumulation is fp32):
-    fp32 inputs keep IEEE products ("ieee": FMA, no tensor cores) so fp32 results match an fp32 reference;
-    fp16 / bf16 inputs take TF32 tensor cores ("tf32": operands carry 10 mantissa bits, as many as fp16 and more
-    than bf16; fp32 range, so no scaling of the unbounded states / gradients is needed). The interpreter ignores
-    the precision (it computes IEEE products)."""
+    """`tl.dot` input precision per input dtype (every dot multiplies fp32 values into an fp32 accumulator):
+    fp32 inputs keep IEEE products ("ieee": FMA, no tensor cores), so fp32 results match an fp32 reference;
+    fp16 / bf16 inputs take TF32 tensor cores ("tf32": `_mm` rounds the operands to nearest TF32, 10 mantissa
+    bits as in fp16 and more than bf16's 7, with fp32's range, so the unbounded states and gradients need no
+    scaling). The interpreter ignores "tf32" but multiplies the same rounded operands, so the CPU tests see TF32's
+    operand rounding."""
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
@@ -221,11 +222,8 @@ def _mm16(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _mm(a, b, acc, PRECISION: tl.constexpr, K_CHUNK: tl.constexpr):
-    """acc + a @ b (acc may be None), as tl.dot's over K chunks of at most K_CHUNK (K up to 16 K_CHUNK), in order.
-
-    Triton's FMA dot (IEEE fp32) holds every thread's whole rows of a and columns of b in registers; chunks of K
-    bound that. Tensor-core dots take K_CHUNK >= K (one dot)."""
+def _mm_chunks(a, b, acc, PRECISION: tl.constexpr, K_CHUNK: tl.constexpr):
+    """acc + a @ b (acc may be None) as tl.dot's over K chunks of at most K_CHUNK (K up to 16 K_CHUNK), in order."""
     K: tl.constexpr = a.shape[1]
     tl.static_assert(K <= 16 * K_CHUNK)
     if K <= K_CHUNK:
@@ -238,6 +236,30 @@ def _mm(a, b, acc, PRECISION: tl.constexpr, K_CHUNK: tl.constexpr):
         acc = _mm8(a, b, acc, PRECISION)
     else:
         acc = _mm16(a, b, acc, PRECISION)
+    return acc
+
+
+@triton.jit
+def _tf32(x):
+    """x rounded to the nearest TF32 value (10 mantissa bits; ties away from zero), still an fp32 tensor.
+
+    Triton hands fp32 registers to mma / wgmma .tf32 without a cvt.rna, and the tensor cores ignore the 13 low
+    mantissa bits: truncation, a bias that doubled the fp16 errors (see the module docstring). Rounded first,
+    the operands are exact TF32 values. Two integer ops per element."""
+    return ((x.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _mm(a, b, acc, PRECISION: tl.constexpr, K_CHUNK: tl.constexpr):
+    """acc + a @ b (acc may be None; fp32 operands and accumulator) at `_dot_precision`, in K chunks of K_CHUNK.
+
+    Triton's FMA dot (IEEE fp32) holds every thread's whole rows of a and columns of b in registers: chunks of K
+    bound that. Tensor-core dots take K_CHUNK >= K (one dot). "tf32" rounds the operands first (`_tf32`); the
+    interpreter ignores "tf32" and multiplies those rounded operands exactly, as the tensor cores do."""
+    if PRECISION == "tf32":
+        acc = _mm_chunks(_tf32(a), _tf32(b), acc, PRECISION, K_CHUNK)
+    else:
+        acc = _mm_chunks(a, b, acc, PRECISION, K_CHUNK)
     return acc
 
 
