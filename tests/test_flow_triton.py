@@ -128,6 +128,31 @@ class _GridSpy:
         return self.kernel[grid]
 
 
+def test_dot_precision_and_tf32_rounding():
+    """fp32 keeps IEEE dots; fp16 / bf16 take TF32 dots whose operands `_tf32` rounds to nearest (ties away from
+    zero) on 10 mantissa bits, the same in the interpreter as on GPU (so the fp16 tests above see TF32 operands)."""
+    import triton
+    import triton.language as tl
+
+    assert fa._dot_precision(torch.float32) == "ieee"
+    assert fa._dot_precision(torch.float16) == fa._dot_precision(torch.bfloat16) == "tf32"
+
+    @triton.jit
+    def round_kernel(X, Y, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(Y + offs, fa._tf32(tl.load(X + offs)))
+
+    ulp = 2.0 ** -10  # TF32's spacing in [1, 2)
+    x = torch.tensor([1 + ulp / 2, 1 + ulp / 4, -(1 + 3 * ulp / 4), 1 + ulp, 0.1, -3e-5, 0.0, 6e4] + [1.0] * 8,
+                     device=DEVICE)
+    y = torch.full_like(x, float("nan"))
+    round_kernel[(1,)](x, y, N=16)
+    expected = ((x.view(torch.int32) + 4096) & -8192).view(torch.float32)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    assert y[:4].tolist() == [1 + ulp, 1.0, -(1 + ulp), 1 + ulp]
+    assert ((y - x).abs() <= x.abs() * 2.0 ** -11).all()
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
 def test_packed_call_equals_one_call_per_segment(causal):
     """Segments do not interact: one packed call gives exactly the per-segment results, gradients too."""
