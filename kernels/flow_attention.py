@@ -7,54 +7,98 @@ r = Nq / Nk (steps numbered as in the paper; the definition is `bpmt_fast.refere
     2. conservation: sink_i   = (phi(q_i)+eps) · (w_k + eps),   w_k = sum_j phi(k_j) outgoing_j
                      source_j = (phi(k_j)+eps) · (w_q + eps),   w_q = sum_i phi(q_i) incoming_i, clamped to [-1, 1]
     3. competition and allocation: allocation_i = sigmoid(sink_i * r), competition_j = softmax_j(source_j) * Nk
-    4. out_i = allocation_i incoming_i phi(q_i) S,   S = sum_j phi(k_j)^T (v_j competition_j)   (D x Dv)
+    4. out_i = gate_i phi(q_i) S,   gate_i = allocation_i incoming_i,   S = sum_j phi(k_j)^T (v_j competition_j)
+Steps 1-3 are per-token scalars from D-vectors; only step 4 has a D x Dv state. Every kernel that holds (a part
+of) a D x Dv state runs one program per (segment, head, Dv block): its columns dv0 .. dv0 + BLOCK_DV of S (and
+of dS or R), BLOCK_DV <= 32, so no program holds a 128 x 128 fp32 state. Quantities that sum over Dv are written
+per block into float32 workspaces and summed, in block order (deterministic, no atomics), by a dot-free "chain"
+kernel per (segment, head) that runs the scalar chain of the backward.
 
-Non-causal forward, one program per (segment, head), looping over token blocks of BLOCK_N:
+Non-causal forward (`flow_attention_fwd_kernel`, grid (S, H, Dv blocks)), looping over token blocks of BLOCK_N:
     pass 1 sums phi over queries and keys; pass 2 (queries) gives incoming_i and w_q; pass 3 (keys) gives
-    outgoing_j, w_k, source_j and, in the same loop, e_j = exp(source_j), Z = sum_j e_j and sum_j phi(k_j)^T v_j e_j
-    (the clamp bounds source_j, so the softmax needs no running max); pass 4 (queries) writes the output.
+    outgoing_j, w_k, source_j and, in the same loop, e_j = exp(source_j), Z = sum_j e_j and this block's columns
+    of sum_j phi(k_j)^T v_j e_j (the clamp bounds source_j, so the softmax needs no running max); pass 4 (queries)
+    writes this block's output columns. Every block recomputes the cheap passes 1-3 (D-vectors and scalars).
     Saved for the backward: the four D-vectors (sum phi(q), sum phi(k), w_q, w_k), S and Z per (segment, head).
-Non-causal backward, same programs, two passes over each side; it recomputes the per-token scalars (each is one
-    D-dot from the saved vectors) instead of storing them. Reverse order of the steps:
-    4. dS = sum_i (g_i phi(q_i))^T dO_i with g_i = allocation_i incoming_i; dg_i = dO_i · (phi(q_i) S)
+Non-causal backward, reverse order of the steps (per-token scalars recomputed, each one D-dot from the saved
+    vectors, never stored):
+    4. dS = sum_i (gate_i phi(q_i))^T dO_i; dg_i = dO_i · (phi(q_i) S)
     3. d sink_i = dg_i incoming_i a_i (1 - a_i) r with a_i = allocation_i; d comp_j = v_j · (phi(k_j) dS) and,
        as sum_j comp_j d comp_j = <dS, S>, d source_j = comp_j (d comp_j - <dS, S> / Nk), zero where clamped
     2. d w_k = sum_i d sink_i (phi(q_i)+eps), d w_q = sum_j d source_j (phi(k_j)+eps)
     1. d incoming_i = dg_i a_i + d w_q · phi(q_i), d den_i = -d incoming_i incoming_i^2, and likewise for keys;
        the sums of phi get d sum phi(k) = sum_i d den_i (phi(q_i)+eps) (and the key-side mirror)
-    Passes: queries (dS, d w_k), keys (d w_q, d sum phi(q)), queries (dq, d sum phi(k)), keys (dk, dv).
-    dq = d phi(q) phi(q) (1 - phi(q)), the same for k.
+    dq = d phi(q) phi(q) (1 - phi(q)), the same for k. Two kernels:
+      a. `flow_attention_bwd_state_kernel`, grid (S, H, Dv blocks): queries (this block's dS; partials of dg_i
+         and of d phi(q_i)'s S-part gate_i dO_i S^T), then keys (dv, final; partials of d comp_j and of
+         d phi(k_j)'s dS-part (v_j comp_j) dS^T), and the block's part of <dS, S>;
+      b. `flow_attention_bwd_chain_kernel`, grid (S, H): the four passes of steps 3-1 over the summed partials
+         (queries: d w_k; keys: d w_q, d sum phi(q); queries: dq, d sum phi(k); keys: dk).
 
 Causal (self-attention, equal q/kv segments): every sum runs over j <= i and n_i = i + 1 rescales the flows
     (incoming and outgoing times n_i, conservation divided by n_i, no r, competition e_i / sum_{j<=i} e_j * n_i,
-    step 4 divided by n_i). Forward: one program per (segment, head) scans chunks of CHUNK tokens; a chunk turns
-    the running D-vectors (sum phi(q), sum phi(k), w_q, w_k) and the running exp-sum into per-token prefixes with
-    tl.cumsum, and step 4 is a masked (CHUNK x CHUNK) product inside the chunk plus one running D x Dv state.
-    Backward, two kernels per (segment, head):
-      a. a forward scan recomputes the chunks and writes what needs the running D x Dv state S: dg_i and the
-         S-part of d phi(q_i) (float32 workspaces `(total, H)`, `(total, H, D)`), plus the running D-vectors at
-         every chunk start (`(chunks, H, 4, D)`, `(chunks, H)`);
-      b. a reverse scan rebuilds each chunk's prefixes from those chunk-start values and carries suffix sums
-         instead: R = sum_{i later} g_i phi(q_i)^T dO_i (D x Dv), the suffixes of d w_q, d w_k, d sum phi(q),
-         d sum phi(k) (D-vectors) and of d(prefix exp-sum) (a scalar). Within a chunk the suffixes come from
-         tl.cumsum(reverse=True) and the step-4 gradients from masked (CHUNK x CHUNK) products.
+    gate divided by n_i). Scans over chunks of CHUNK tokens turn running D-vectors (sum phi(q), sum phi(k), w_q,
+    w_k) and the running exp-sum into per-token prefixes with tl.cumsum.
+    Forward, two kernels: `flow_attention_causal_flows_kernel` (grid (S, H)) scans steps 1-3 and writes every
+    token's gate_i and competition_i (float32 `(total, H, 2)`); `flow_attention_causal_fwd_kernel` (grid (S, H,
+    Dv blocks)) does step 4: a masked (CHUNK x CHUNK) product inside the chunk plus this block's columns of the
+    running state.
+    Backward, four kernels:
+      0. the flows kernel again, also writing the running sums at every chain chunk's start (`(chunk rows, H,
+         4, D)`, `(chunk rows, H)`);
+      a. `flow_attention_causal_bwd_scan_kernel` (S, H, Dv blocks): the step-4 scan again; partials of dg_i and
+         of d phi(q_i)'s S-part gate_i dO_i S_i^T;
+      b. `flow_attention_causal_bwd_state_kernel` (S, H, Dv blocks): chunks last to first carrying this block's
+         columns of R = sum_{i later} gate_i phi(q_i)^T dO_i; dv (final) and partials of d comp_j = v_j · d x_j
+         and of d phi(k_j)'s step-4 part (masked (CHUNK x CHUNK) products inside the chunk);
+      c. `flow_attention_causal_bwd_chain_kernel` (S, H): chunks last to first, rebuilding each chunk's prefixes
+         from the chunk-start sums and carrying suffix sums instead (d w_q, d w_k, d sum phi(q), d sum phi(k):
+         D-vectors; d(prefix exp-sum): a scalar; tl.cumsum(reverse=True) inside the chunk); dq, dk.
 
 Layouts
     q `(total_q, H, D)`, k `(total_k, H, D)`, v `(total_k, H, Dv)` -> out `(total_q, H, Dv)` in q's dtype: segments
     back to back, last dim contiguous (token and head strides are free). `cu_seqlens_q` / `cu_seqlens_k`: int32
-    `(S + 1,)` offsets; query segment i pairs with key/value segment i. Grid `(S, H)`.
+    `(S + 1,)` offsets; query segment i pairs with key/value segment i. Backward workspaces (float32), with NDV =
+    ceil(Dv / BLOCK_DV) Dv blocks: dg and d comp partials `(total, H, NDV)`, d phi(q) and d phi(k) partials
+    `(total, H, NDV, D)`; non-causal <dS, S> partials `(S, H, NDV)`; causal gate/competition `(total, H, 2)`.
+
+Tiles (`_config`; one fixed config per head-dim class, nothing autotuned; D is the padded head dim)
+    kernels with a D x Dv state: num_warps 8; BLOCK_DV = min(Dv, 32) (D64: 2 blocks, D128: 4); non-causal
+      BLOCK_N 32 (16 at D or Dv 128); causal CHUNK 16;
+    dot-free kernels (causal flows, chains): non-causal BLOCK_N 32 (D <= 32) / 16, causal CHUNK 16 (D <= 32) /
+      8; 4 warps (8 at D128);
+    launch option maxnreg = the most registers per thread the block allows (255 up to 8 warps): without it ptxas
+      capped some kernels at 128 registers and spilled; num_stages 1 (the loops run once or a few times).
+Precision (`_dot_precision`): every dot multiplies fp32 values into an fp32 accumulator; all other arithmetic is
+    fp32. fp32 inputs: IEEE dots (FMA, no tensor cores), so fp32 results match an fp32 reference; Triton's FMA
+    dot holds each thread's whole K extent of both operands in registers, so `_mm` runs dots over K as chunks of
+    16 (8 at D or Dv 128). fp16 / bf16 inputs: TF32 tensor cores (mma on sm80, wgmma or mma on sm90); `_tf32`
+    rounds the operands to nearest first (the hardware truncates the fp32 bits Triton hands it, which doubled
+    the fp16 error). TF32 keeps 10 mantissa bits (fp16's count, more than bf16's 7) and fp32's range (S, R and
+    the gradients are unbounded sums: fp16 operands could overflow or go subnormal). The interpreter ignores
+    "tf32" but multiplies the same rounded operands, so the CPU fp16 tests see TF32's operand rounding. Measured
+    under the interpreter (float64 reference, inputs as `specializations.case_inputs`, segments up to 60 and 400
+    tokens, D 16-128): max error / allowed (bpmt_fast.testing) <= 0.25 for fp16 and <= 0.28 for bf16 (the bf16
+    figure is the output's own rounding: IEEE dots give the same); truncated operands reached 0.55 in fp16.
+Resources, compiled for sm80 and sm90 with triton 3.9 (`python -m bpmt_fast.bench.compile_report --kernels
+    flow`), every flow kernel at D 16/32/64/128 in fp16, bf16 and fp32: 0 bytes of spill; at most (registers per
+    thread / shared memory per block, over head dims, dtypes and both archs): fwd 158 / 24,576 B, bwd_state 238 /
+    43,008 B, bwd_chain 156 / 4,096 B, causal_flows 116 / 4,096 B, causal_fwd 206 / 26,624 B, causal_bwd_scan
+    240 / 26,624 B, causal_bwd_state 246 / 26,624 B, causal_bwd_chain 187 / 4,096 B.
+    No GPU timings here: tile and warp choices were made for spill-free compiles, not measured speed.
 
 Limits
-    fp32 / fp16 / bf16 inputs, all arithmetic in fp32 (fp32 `tl.dot` with IEEE precision); D, Dv in 1..128 (tiles
-    padded to a power of two >= 16 and masked); segments of length >= 1; causal needs equal q/kv segments. Memory
-    per (segment, head): O(D x Dv) state, plus O(N x D) float32 workspace in the causal backward; no per-token
-    D x D (or D x Dv) state. One program per (segment, head) suits many short segments (parts x batch x heads);
-    a few very long segments leave most of the GPU idle. CPU only under the Triton interpreter, not in bf16.
+    fp32 / fp16 / bf16 inputs; D, Dv in 1..128 (tiles padded to a power of two >= 16 and masked); segments of
+    length >= 1; causal needs equal q/kv segments. Memory per (segment, head): O(D x Dv) state plus float32
+    workspaces O(N (NDV D + NDV + 2)) in the backward (NDV <= 4); no per-token D x D (or D x Dv) state. One
+    program per (segment, head, Dv block) suits many short segments (parts x batch x heads); a few very long
+    segments leave most of the GPU idle. CPU only under the Triton interpreter.
 
 Differences from the reference (`bpmt_fast.reference.flow`)
-    Blocked summation order (rounding only); the non-causal softmax uses exp(source_j) without max-subtraction,
-    exact here because the clamp keeps source_j in [-1, 1]; the backward is hand-derived (above), not autograd,
-    and recomputes per-token scalars instead of saving them. Inputs must be packed (no padding to ignore).
+    Blocked summation order (rounding only), TF32 dot operands in fp16 / bf16 (above); the non-causal softmax uses
+    exp(source_j) without max-subtraction, exact here because the clamp keeps source_j in [-1, 1]; the backward
+    is hand-derived (above), not autograd, and recomputes per-token scalars instead of saving them. Inputs must
+    be packed (no padding to ignore).
 """
 from __future__ import annotations
 
@@ -125,13 +169,13 @@ def _store_tok(ptr, row0, n_rows, stride_t, x, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _sum_parts_rows(ptr, row0, n_rows, stride_t, n_cols, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+def _sum_parts_rows(ptr, row0, n_rows, stride_t, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                     NDV: tl.constexpr):
     """Sum over the NDV per-Dv-block partials of a `(tokens, NDV, C)` float32 workspace view (ptr at the head),
     in block order (deterministic)."""
-    acc = _load_rows(ptr, row0, n_rows, stride_t, n_cols, BLOCK_N, BLOCK_C)
-    for b in range(1, NDV):  # a loop, not unrolled: one partial tile in flight at a time
-        acc += _load_rows(ptr + b * n_cols, row0, n_rows, stride_t, n_cols, BLOCK_N, BLOCK_C)
+    acc = _load_rows(ptr, row0, n_rows, stride_t, C, BLOCK_N, BLOCK_C)
+    for b in tl.static_range(1, NDV):
+        acc += _load_rows(ptr + b * C, row0, n_rows, stride_t, C, BLOCK_N, BLOCK_C)
     return acc
 
 
@@ -730,7 +774,9 @@ def flow_attention_causal_bwd_state_kernel(
     offs_c = tl.arange(0, CHUNK)
     later = offs_c[:, None] <= offs_c[None, :]  # (CHUNK, CHUNK), rows j, columns i: i >= j
 
-    r_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum over later chunks of gate_i phi(q_i)^T dO_i
+    # R^T for this block's columns: sum over later chunks of dO_i^T gate_i phi(q_i), kept transposed (the fp32
+    # FMA dots of its update then need fewer registers: 0 instead of 4 B of spill at D128 on sm90)
+    r_t = tl.zeros([BLOCK_DV, BLOCK_D], tl.float32)
     n_chunks = (n_tok + CHUNK - 1) // CHUNK
     for rev in range(0, n_chunks):
         start = (n_chunks - 1 - rev) * CHUNK
@@ -746,15 +792,15 @@ def flow_attention_causal_bwd_state_kernel(
         # 4. key side of the causal product: d x_j = phi(k_j) R_j, d phi(k_j) = R_j x_j^T, R_j = sum_{i>=j} gq_i^T dO_i
         kq = tl.where(later, _mm(phi_k, tl.trans(gq), None, DOT_PRECISION, DOT_K), 0.0)  # (CHUNK_j, CHUNK_i)
         d_x = _mm(kq, do, None, DOT_PRECISION, DOT_K)
-        d_x = _mm(phi_k, r_kv, d_x, DOT_PRECISION, DOT_K)  # (CHUNK, BLOCK_DV)
+        d_x = _mm(phi_k, tl.trans(r_t), d_x, DOT_PRECISION, DOT_K)  # (CHUNK, BLOCK_DV)
         _store_tok(D_COMP, start_tok + start, n_tok - start, num_heads * NDV, tl.sum(d_x * v, 1), CHUNK)
         _store_rows(DV_OUT, start_tok + start, n_tok - start, num_heads * DV, n_dv, d_x * competition[:, None],
                     CHUNK, BLOCK_DV)
         xdo = tl.where(later, _mm(x, tl.trans(do), None, DOT_PRECISION, DOT_K), 0.0)  # (CHUNK_j, CHUNK_i)
         d_phi_k = _mm(xdo, gq, None, DOT_PRECISION, DOT_K)
-        d_phi_k = _mm(x, tl.trans(r_kv), d_phi_k, DOT_PRECISION, DOT_K)  # (CHUNK, BLOCK_D)
+        d_phi_k = _mm(x, r_t, d_phi_k, DOT_PRECISION, DOT_K)  # (CHUNK, BLOCK_D)
         _store_rows(D_PHI_K, start_tok + start, n_tok - start, num_heads * NDV * D, D, d_phi_k, CHUNK, BLOCK_D)
-        r_kv = _mm(tl.trans(gq), do, r_kv, DOT_PRECISION, DOT_K)
+        r_t = _mm(tl.trans(do), gq, r_t, DOT_PRECISION, DOT_K)
 
 
 @triton.jit
@@ -869,7 +915,7 @@ def _config(causal: bool, block_d: int, block_dv: int, dtype: torch.dtype) -> _C
     chain_n = 8 if block_d >= 64 else 16  # chain tiles of 4 (causal) / 8 elements per thread
     return _Config(block_n=16 if causal or wide else 32, block_dv=min(block_dv, 32), num_warps=8,
                    chain_n=chain_n if causal else 2 * chain_n, chain_warps=8 if block_d > 64 else 4,
-                   dot_k=(8 if wide else 16) if dtype == torch.float32 else 128)
+                   dot_k=16 if dtype == torch.float32 else 128)
 
 
 def _options(num_warps: int, num_stages: int) -> dict:
