@@ -72,19 +72,21 @@ Tiles (`_config`; one fixed config per head-dim class, nothing autotuned; D is t
 Precision (`_dot_precision`): every dot multiplies fp32 values into an fp32 accumulator; all other arithmetic is
     fp32. fp32 inputs: IEEE dots (FMA, no tensor cores), so fp32 results match an fp32 reference; Triton's FMA
     dot holds each thread's whole K extent of both operands in registers, so `_mm` runs dots over K as chunks of
-    16 (8 at D or Dv 128). fp16 / bf16 inputs: TF32 tensor cores (mma on sm80, wgmma or mma on sm90); `_tf32`
-    rounds the operands to nearest first (the hardware truncates the fp32 bits Triton hands it, which doubled
-    the fp16 error). TF32 keeps 10 mantissa bits (fp16's count, more than bf16's 7) and fp32's range (S, R and
-    the gradients are unbounded sums: fp16 operands could overflow or go subnormal). The interpreter ignores
-    "tf32" but multiplies the same rounded operands, so the CPU fp16 tests see TF32's operand rounding. Measured
-    under the interpreter (float64 reference, inputs as `specializations.case_inputs`, segments up to 60 and 400
-    tokens, D 16-128): max error / allowed (bpmt_fast.testing) <= 0.25 for fp16 and <= 0.28 for bf16 (the bf16
-    figure is the output's own rounding: IEEE dots give the same); truncated operands reached 0.55 in fp16.
-Resources, compiled for sm80 and sm90 with triton 3.9 (`python -m bpmt_fast.bench.compile_report --kernels
-    flow`), every flow kernel at D 16/32/64/128 in fp16, bf16 and fp32: 0 bytes of spill; at most (registers per
-    thread / shared memory per block, over head dims, dtypes and both archs): fwd 158 / 24,576 B, bwd_state 238 /
-    43,008 B, bwd_chain 156 / 4,096 B, causal_flows 116 / 4,096 B, causal_fwd 206 / 26,624 B, causal_bwd_scan
-    240 / 26,624 B, causal_bwd_state 246 / 26,624 B, causal_bwd_chain 187 / 4,096 B.
+    16 (triton 3.6's smallest fp32 K; triton 3.9 allows 8). fp16 / bf16 inputs: TF32 tensor cores (mma on sm80,
+    wgmma or mma on sm90); `_tf32` rounds the operands to nearest first (the hardware truncates the fp32 bits
+    Triton hands it, which doubled the fp16 error). TF32 keeps 10 mantissa bits (fp16's count, more than bf16's
+    7) and fp32's range (S, R and the gradients are unbounded sums: fp16 operands could overflow or go
+    subnormal). The interpreter ignores "tf32" but multiplies the same rounded operands, so the CPU fp16 tests
+    see TF32's operand rounding. Measured under the interpreter (float64 reference, inputs as
+    `specializations.case_inputs`, segments up to 60 and 400 tokens, D 16-128): max error / allowed
+    (bpmt_fast.testing) <= 0.25 for fp16 and <= 0.28 for bf16 (the bf16 figure is the output's own rounding: IEEE
+    dots give the same); truncated operands reached 0.55 in fp16. Not yet measured on a GPU.
+Resources, compiled for sm80 and sm90 with triton 3.9 and 3.6 (`python -m bpmt_fast.bench.compile_report
+    --kernels flow`), every flow kernel at D 16/32/64/128 in fp16, bf16 and fp32: 0 bytes of spill; at most
+    (registers per thread / shared memory per block, over head dims, dtypes, archs and both tritons): fwd 174 /
+    24,576 B, bwd_state 238 / 43,008 B, bwd_chain 165 / 4,096 B, causal_flows 119 / 4,096 B, causal_fwd 226 /
+    26,624 B, causal_bwd_scan 251 / 34,816 B, causal_bwd_state 248 / 34,816 B, causal_bwd_chain 192 / 4,096 B
+    (the fp32 D128 scan and state kernels are the closest to the 255-register limit).
     No GPU timings here: tile and warp choices were made for spill-free compiles, not measured speed.
 
 Limits
