@@ -262,26 +262,18 @@ def _mm8(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _mm16(a, b, acc, PRECISION: tl.constexpr):
-    a0, a1, b0, b1 = _halves(a, b)
-    return _mm8(a1, b1, _mm8(a0, b0, acc, PRECISION), PRECISION)
-
-
-@triton.jit
 def _mm_chunks(a, b, acc, PRECISION: tl.constexpr, K_CHUNK: tl.constexpr):
-    """acc + a @ b (acc may be None) as tl.dot's over K chunks of at most K_CHUNK (K up to 16 K_CHUNK), in order."""
+    """acc + a @ b (acc may be None) as tl.dot's over K chunks of at most K_CHUNK (K up to 8 K_CHUNK), in order."""
     K: tl.constexpr = a.shape[1]
-    tl.static_assert(K <= 16 * K_CHUNK)
+    tl.static_assert(K <= 8 * K_CHUNK)
     if K <= K_CHUNK:
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     elif K <= 2 * K_CHUNK:
         acc = _mm2(a, b, acc, PRECISION)
     elif K <= 4 * K_CHUNK:
         acc = _mm4(a, b, acc, PRECISION)
-    elif K <= 8 * K_CHUNK:
-        acc = _mm8(a, b, acc, PRECISION)
     else:
-        acc = _mm16(a, b, acc, PRECISION)
+        acc = _mm8(a, b, acc, PRECISION)
     return acc
 
 
@@ -909,10 +901,10 @@ class _Config(NamedTuple):
 
 def _config(causal: bool, block_d: int, block_dv: int, dtype: torch.dtype) -> _Config:
     """One fixed config per shape class (nothing autotuned). The interpreter gets big blocks (fewer interpreted
-    loop steps), no Dv split and short dot chunks (so the tests run the chunked dots); on GPU see the module
-    docstring (Tiles)."""
+    loop steps), no Dv split and the GPU's fp32 dot chunks in every dtype (so the tests run the chunked dots from
+    D32 up); on GPU see the module docstring (Tiles)."""
     if INTERPRET:
-        return _Config(64 if causal else 128, block_dv, 4, 64 if causal else 128, 4, 8)
+        return _Config(64 if causal else 128, block_dv, 4, 64 if causal else 128, 4, 16)
     wide = max(block_d, block_dv) > 64  # D or Dv 128
     chain_n = 8 if block_d >= 64 else 16  # chain tiles of 4 (causal) / 8 elements per thread
     return _Config(block_n=16 if causal or wide else 32, block_dv=min(block_dv, 32), num_warps=8,
