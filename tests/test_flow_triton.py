@@ -3,7 +3,9 @@
 Outputs and dq/dk/dv are compared with torch.autograd through the naive reference (bpmt_fast.reference.flow) run
 in float64 on the same (already rounded) inputs, on packed segments of odd, unequal lengths. Every buffer the
 launchers allocate is NaN-filled first, so an element a kernel forgets to write fails the test. On CPU this runs
-under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1): shapes stay small.
+under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1): shapes stay small. fp16 runs see the
+TF32 rounding of the dot operands there too (the kernels round the operands themselves), and a forced small Dv
+block runs the Dv split that D = 128 uses on GPU.
 """
 import math
 
