@@ -1063,8 +1063,9 @@ def flow_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
 
     q `(total_q, H, D)`, k `(total_k, H, D)`, v `(total_k, H, Dv)`, int32 `cu_seqlens_q` / `cu_seqlens_k`
     `(S + 1,)`: query segment i with key/value segment i. causal=True needs equal q/kv segments. Returns
-    `(total_q, H, Dv)` in q's dtype, computed in float32. `check_values=False` skips the checks that read the
-    offsets back to the host (a sync): for callers whose offsets are already validated.
+    `(total_q, H, Dv)` in q's dtype, computed in float32 (TF32 dot operands for fp16 / bf16 inputs, see the module
+    docstring). `check_values=False` skips the checks that read the offsets back to the host (a sync): for
+    callers whose offsets are already validated.
     """
     check_packed_qkv(q, k, v)
     if q.shape[0] < 1 or k.shape[0] < 1 or q.shape[1] < 1:
