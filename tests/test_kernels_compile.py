@@ -141,12 +141,14 @@ def test_mma_kind():
 
 def row(**changes):
     base = {"arch": 90, "kernel": "k", "case_name": "c", "meta": {}, "dtype": "bfloat16", "registers": 128,
+            "num_warps": 4,
             "spill_stores": 0, "spill_loads": 0, "stack": 0, "shared": 1000, "mma": "wgmma", "triton": "3.9.0"}
     return {**base, **changes}
 
 
 def test_violations_name_each_broken_budget():
     assert cr.violations([row()]) == []
+    assert "cannot launch" in cr.violations([row(registers=221, num_warps=16)])[0]  # 221 x 512 > 65,536
     assert "does not compile" in cr.violations([{**row(), "error": "PTXASError: x"}])[0]
     assert "shared memory" in cr.violations([row(arch=80, shared=cr.SHARED_LIMITS[80] + 1)])[0]
     assert cr.violations([row(arch=90, shared=cr.SHARED_LIMITS[80] + 1)]) == []  # fits sm90's larger limit

@@ -10,7 +10,9 @@ Checks (`violations`), per specialization and architecture:
 - it compiles;
 - shared memory within the architecture's per-block limit (`SHARED_LIMITS`; sm86/sm89's smaller limit is
   reported, not enforced: those GPUs are not targets);
-- no register spill in fp16 / bf16; fp32 within `FP32_SPILL_ALLOWANCE` bytes of spill stores.
+- registers x threads within an SM's register file (a large `maxnreg` can compile a block that never launches);
+- no register spill in fp16 / bf16; fp32 within `FP32_SPILL_ALLOWANCE` bytes of spill stores (ptxas keeps up to
+  16 B in a few softmax FMA specializations, whatever the tile).
 
 `python -m bpmt_fast.bench.compile_report` (what `make compile-report` runs) compiles the full sweep for sm80 and
 sm90 and writes `benchmarks/results/compile-report.json` + `.md`, stamped with `kernel_source_hash()`; a test
@@ -37,8 +39,9 @@ from typing import NamedTuple
 ARCHS = (80, 90)
 # Shared memory per block (opt-in maximum), bytes.
 SHARED_LIMITS = {80: 166_912, 90: 232_448}
+REGISTER_FILE = 65_536  # 32-bit registers per SM (and per block) on sm80 / sm90
 SM86_SHARED_LIMIT = 101_376  # sm86 / sm89 (consumer Ampere / Ada): reported only
-FP32_SPILL_ALLOWANCE = 64  # bytes/thread of spill stores tolerated in fp32 (see the module docstring)
+FP32_SPILL_ALLOWANCE = 32  # bytes/thread of spill stores tolerated in fp32 (see the module docstring)
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "compile-report"
 SUBSET_HEAD_DIMS = (32, 128)
@@ -255,6 +258,10 @@ def violations(rows: list[dict]) -> list[str]:
         if "error" in row:
             problems.append(f"{where}: does not compile: {row['error']}")
             continue
+        threads = 32 * row["num_warps"]
+        if row["registers"] * threads > REGISTER_FILE:  # ptxas honours a large maxnreg even when no block fits
+            problems.append(f"{where}: {row['registers']} registers x {threads} threads > the {REGISTER_FILE} "
+                            f"registers of an SM: cannot launch")
         limit = SHARED_LIMITS[row["arch"]]
         if row["shared"] > limit:
             problems.append(f"{where}: {row['shared']} B of shared memory > sm{row['arch']} limit {limit} B")
@@ -301,7 +308,7 @@ def render_markdown(report: dict) -> str:
              f"{', '.join(report['triton_versions'])}, targets {', '.join(f'sm{a}' for a in report['archs'])}; "
              f"{len(rows)} compiles of {report['specializations']} specializations. Produced by "
              f"`make compile-report` on a CPU (no GPU: resources from ptxas, not measurements).", "",
-             f"Budgets: no compile error; shared memory <= sm80 {SHARED_LIMITS[80]:,} B / sm90 "
+             f"Budgets: no compile error; registers x threads <= {REGISTER_FILE:,}; shared memory <= sm80 {SHARED_LIMITS[80]:,} B / sm90 "
              f"{SHARED_LIMITS[90]:,} B per block; no spill in fp16 / bf16; fp32 spill stores <= "
              f"{FP32_SPILL_ALLOWANCE} B per thread.", "",
              "| triton | arch | kernel | dtype | specs | max regs | max spill B | max smem B | MMA | > sm86 smem | errors |",
