@@ -89,8 +89,8 @@ class Selection(NamedTuple):
                 and (kernel_name is None or self.kernels is None or any(k in kernel_name for k in self.kernels)))
 
 
-# make test: every kernel and mode at D32 and D128 in bf16 and fp32, softmax per segment at the longest
-# length class (its tiles are the largest) (sm90), plus the largest tiles per kernel and dtype for sm80 (`compile_all(largest_only_archs=)`).
+# make test: every kernel and mode at D32 and D128 in bf16 and fp32 for sm90, softmax per segment at the longest
+# length class (the largest tiles); for sm80 the largest tiles per kernel and dtype (`largest_only_archs`).
 SUBSET = Selection(head_dims=SUBSET_HEAD_DIMS, dtypes=SUBSET_DTYPES, softmax_lengths=(120,))
 
 
