@@ -21,7 +21,8 @@ Two ways to give rows to programs (one set of kernels; the constexpr `PACK_ROWS`
     Automatic choice (`pack_rows=None`): packed rows iff kv_index is the identity and every packed row tile holds
     at least two segments of the longest length: max_seqlen_q <= BLOCK_M / 2 (query tile of the forward / dQ) and
     max_seqlen_k <= BLOCK_N / 2 (key tile of dK/dV) of `_packed_config`, i.e. both <= 128 under the interpreter
-    (256-row tiles), both <= 32 on a GPU (64-row tiles; fp32: <= 16, 32-row tiles). Long segments and any other kv_index: per segment.
+    (256-row tiles), both <= 32 on a GPU (64-row tiles; fp32: <= 16 with 32-row tiles, <= 8 at head dim 128).
+    Long segments and any other kv_index: per segment.
     `pack_rows=True` / `False` forces a mode (True still needs the identity).
 
 Forward, one program per (query block, head) of its mode:
@@ -395,7 +396,8 @@ def _packed_config(kernel: str, head_block: int, dtype: torch.dtype = torch.floa
     The packed row tile is BLOCK_M (queries) in "fwd" and "dq" and BLOCK_N (keys) in "dkdv"; the other side is
     the loop tile. fp16 / bf16: 64-row packed tiles in all three kernels; loop tiles and warps as `_config` at its
     caps (32-query loop tiles in dK/dV, 32-key loop tiles in dQ and the forward above head dim 64, 8 warps
-    in the backward there), except a 64-key loop tile in the forward up to head dim 64. fp32: `_config`'s 32 x 32 tiles (packed mode then takes segments <= 16).
+    in the backward there), except a 64-key loop tile in the forward up to head dim 64. fp32: `_config`'s tiles
+    (32 x 32, 16-row forward tiles at head dim 128: packed mode then takes segments <= 16, <= 8 at head dim 128).
     Most products of a packed tile are masked off (block-diagonal), which is cheap next to the memory latency of
     many tiny programs at gait lengths; untuned: to be measured on a GPU. Under the interpreter one fixed, large
     square tile: programs and loop trips are what cost time there, masked lanes are nearly free, so the tile is

@@ -308,10 +308,12 @@ def render_markdown(report: dict) -> str:
              f"{', '.join(report['triton_versions'])}, targets {', '.join(f'sm{a}' for a in report['archs'])}; "
              f"{len(rows)} compiles of {report['specializations']} specializations. Produced by "
              f"`make compile-report` on a CPU (no GPU: resources from ptxas, not measurements).", "",
-             f"Budgets: no compile error; registers x threads <= {REGISTER_FILE:,}; shared memory <= sm80 {SHARED_LIMITS[80]:,} B / sm90 "
-             f"{SHARED_LIMITS[90]:,} B per block; no spill in fp16 / bf16; fp32 spill stores <= "
+             f"Budgets: no compile error; registers x threads <= {REGISTER_FILE:,}; shared memory <= sm80 "
+             f"{SHARED_LIMITS[80]:,} B / sm90 {SHARED_LIMITS[90]:,} B per block; no spill in fp16 / bf16; "
+             f"fp32 spill stores <= "
              f"{FP32_SPILL_ALLOWANCE} B per thread.", "",
-             "| triton | arch | kernel | dtype | specs | max regs | max spill B | max smem B | MMA | > sm86 smem | errors |",
+             "| triton | arch | kernel | dtype | specs | max regs | max spill B | max smem B | MMA | > sm86 smem "
+             "| errors |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary_rows(rows):
         lines.append(f"| {s['triton']} | sm{s['arch']} | `{s['kernel']}` | {s['dtype']} | {s['count']} | "

@@ -129,7 +129,8 @@ def _accuracy(rows: list[dict]) -> list[str]:
     if not members:
         return []
     lines = ["#### Accuracy: the same short training run per backend", "",
-             "| backend | model | status | finetune loss | rank-1 | mAP | Δ loss vs math |", "|---|---|---|---|---|---|---|"]
+             "| backend | model | status | finetune loss | rank-1 | mAP | Δ loss vs math |",
+             "|---|---|---|---|---|---|---|"]
     for r in members:
         numbers = [f"{r[k]:.4g}" if r["status"] in (OK, "differs") and math.isfinite(r[k]) else "-"
                    for k in ("loss_finetune", "rank1", "mAP", "max_loss_diff_vs_math")]
