@@ -127,16 +127,6 @@ class _Recorder:
 KERNEL_MODULES = (softmax, flow)
 
 
-def kernels() -> dict[str, object]:
-    """Every Triton kernel of the library by name (the `*_kernel` JIT functions of the kernel modules)."""
-    found = {}
-    for module in KERNEL_MODULES:
-        for name, value in vars(module).items():
-            if name.endswith("_kernel") and hasattr(value, "arg_names"):
-                found[name] = value
-    return found
-
-
 @contextlib.contextmanager
 def recording_launches() -> Iterator[list[Launch]]:
     """Inside, kernel launches of the kernel modules are recorded, not run (use with "meta" tensors)."""
@@ -154,11 +144,8 @@ def recording_launches() -> Iterator[list[Launch]]:
             setattr(module, name, value)
 
 
-def recorded_launches(cases: list[KernelCase] | None = None) -> list[tuple[KernelCase, Launch]]:
-    """Every kernel launch of every case, recorded on meta tensors (nothing runs)."""
-    found = []
-    for case in all_cases() if cases is None else cases:
-        with recording_launches() as launches:
-            launch_case(case, "meta")
-        found += [(case, launch) for launch in launches]
-    return found
+def case_launches(case: KernelCase) -> list[Launch]:
+    """The kernel launches of one case, recorded on meta tensors (nothing runs)."""
+    with recording_launches() as launches:
+        launch_case(case, "meta")
+    return launches

@@ -1,6 +1,7 @@
 """What every suite shares: the run's settings, which backends run, and how a result row looks."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -80,6 +81,15 @@ def skip_reason(name: str, device: torch.device, interpreted: str = INTERPRETED_
     if runs_interpreted(BACKENDS[name], device.type):
         return SKIPPED, interpreted
     return None
+
+
+def write_json_atomic(path: Path, value) -> Path:
+    """JSON written to a temporary file, then moved over `path`: a run killed mid-write keeps the previous file.
+    NaN stays NaN (Python's json reads and writes it); anything else unknown is written as its str()."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    tmp.replace(path)
+    return path
 
 
 def error_text(error: BaseException, limit: int = 300) -> str:

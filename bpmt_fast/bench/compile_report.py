@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from .common import write_json_atomic
+
 ARCHS = (80, 90)
 # Shared memory per block (opt-in maximum), bytes.
 SHARED_LIMITS = {80: 166_912, 90: 232_448}
@@ -96,16 +98,14 @@ SUBSET = Selection(head_dims=SUBSET_HEAD_DIMS, dtypes=SUBSET_DTYPES, softmax_len
 
 def unique_specializations(selection: Selection = Selection()) -> list[dict]:
     """One entry per distinct (kernel, dtype, constexprs, options): the case and the launch's index in it."""
-    from bpmt_fast.kernels.specializations import all_cases, launch_case, recording_launches
+    from bpmt_fast.kernels.specializations import all_cases, case_launches
 
     seen, found = set(), []
     cases = all_cases()
     for index, case in enumerate(cases):
         if not selection.takes(case):
             continue
-        with recording_launches() as launches:
-            launch_case(case, "meta")
-        for position, launch in enumerate(launches):
+        for position, launch in enumerate(case_launches(case)):
             key = specialization_key(case, launch)
             if key not in seen and selection.takes(case, launch.kernel_name):
                 seen.add(key)
@@ -186,16 +186,18 @@ def _compile_jobs(jobs: list[tuple[int, int, int]], cache: dict | None = None) -
     """Worker: compile (case index, launch index, arch) jobs in a fresh triton cache (so ptxas always runs)."""
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="bpmt-compile-")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    from bpmt_fast.kernels.specializations import all_cases, launch_case, recording_launches
+    from bpmt_fast.kernels.specializations import all_cases, case_launches
 
     cases = all_cases()
+    recorded: dict[int, list] = {}  # a case's launches are recorded once per worker, not once per job
     rows = []
     for case_index, launch_index, arch in jobs:
-        with recording_launches() as launches:
-            launch_case(cases[case_index], "meta")
+        if case_index not in recorded:
+            recorded[case_index] = case_launches(cases[case_index])
+        launch = recorded[case_index][launch_index]
         started = time.perf_counter()
         try:
-            row = compile_launch(launches[launch_index], arch, cache)
+            row = compile_launch(launch, arch, cache)
         except Exception as error:  # noqa: BLE001  (a compile failure is a result to report)
             row = {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error) else ''}"}
         seconds = round(time.perf_counter() - started, 2)
@@ -377,7 +379,7 @@ def build_report(rows: list[dict], specializations: int) -> dict:
 def write_report(report: dict, out: Path) -> tuple[Path, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
-    json_path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    write_json_atomic(json_path, report)
     md_path.write_text(render_markdown(report))
     return json_path, md_path
 

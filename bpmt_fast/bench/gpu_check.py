@@ -50,6 +50,9 @@ from typing import Callable
 
 import torch
 
+from .common import error_text, say
+from .common import write_json_atomic as write_json
+
 PASS, FAIL, SKIPPED, TIMEOUT = "PASS", "FAIL", "SKIPPED", "TIMEOUT"
 PARTS = ("env", "launches", "tests", "sync", "bench", "readme")
 DEFAULT_TOTAL_S = 450.0
@@ -142,23 +145,6 @@ def default_bench_out(device: str) -> Path:
     root = SOURCE_ROOT if (SOURCE_ROOT / "setup.py").is_file() else Path.cwd()
     folder = f"{datetime.date.today().isoformat()}-{device_slug(device)}"
     return root / "benchmarks" / "results" / folder if device == "cuda" else root / "bench-results" / folder
-
-
-def write_json(path: Path, value) -> Path:
-    """Atomic: a run killed mid-write keeps the previous file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    tmp.replace(path)
-    return path
-
-
-def error_text(error: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:limit]}" + ("..." if len(text) > limit else "")
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 # ---- child processes with a hard deadline ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from bpmt_fast.attention import BACKENDS  # noqa: E402
 from bpmt_fast.env import environment_info  # noqa: E402
 
-from .common import ATTENTION_REMOVED, OK  # noqa: E402
+from .common import ATTENTION_REMOVED, OK, write_json_atomic  # noqa: E402
 from .shapes import SHAPE_SETS  # noqa: E402
 
 RESULTS_NAME, REPORT_NAME, PLOTS_DIR = "results.json", "report.md", "plots"
@@ -60,12 +60,8 @@ def new_results(settings: dict, device: torch.device, hardware: dict) -> dict:
 
 
 def write_json(results: dict, out: Path) -> Path:
-    """NaN stays NaN (Python's json reads and writes it): a failed measurement is NaN, not a missing key."""
-    path = out / RESULTS_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    tmp.replace(path)  # atomic: a run killed mid-write leaves the previous suite's results
-    return path
+    """Atomic, so a run killed mid-write leaves the previous suite's results; a failed measurement is NaN."""
+    return write_json_atomic(out / RESULTS_NAME, results)
 
 
 def load_results(path: str | Path) -> tuple[dict, Path]:
