@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from bpmt_fast.attention import BACKENDS, AttentionInputs
 from bpmt_fast.model import BPMT, Baseline, ModelConfig
+from bpmt_fast.train.distributed import resolve_device
 from bpmt_fast.train.losses import masked_reconstruction_loss
 
 CONFIG = ModelConfig(dim=64, heads=4, part_layers=2, pair_layers=1, embedding_dim=64, num_classes=6)
@@ -51,13 +52,9 @@ def train_steps(model_cls, backend: str, stage: str, steps: int, batch, config: 
     return loss.item(), (time.perf_counter() - start) * 1000 / steps
 
 
-def demo_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def trainable_here(name: str) -> str | None:
-    """None if the backend can train on this machine's device (`demo_device`), else why not."""
-    device = demo_device()
+    """None if the backend can train on this machine's device (`resolve_device("auto")`), else why not."""
+    device = resolve_device("auto")
     probe = torch.zeros(1, 1, 1, 16, device=device, requires_grad=True)
     reasons = BACKENDS[name].not_supported_reasons(AttentionInputs.describe(probe, probe, probe, masked=True))
     return "; ".join(reasons) or None
@@ -80,7 +77,7 @@ def run_demo(backend: str | None, steps: int = 3) -> int:
             stages = ("part", "pair", "finetune") if model_cls is BPMT else ("part", "finetune")
             for stage in stages:
                 # The device the backend was probed on (before, a CUDA machine probed CUDA but trained on CPU).
-                loss, ms = train_steps(model_cls, name, stage, steps, batch, device=demo_device())
+                loss, ms = train_steps(model_cls, name, stage, steps, batch, device=resolve_device("auto"))
                 key = (model_cls.__name__, stage)
                 reference.setdefault(key, loss) if name == "math" else None
                 diff = abs(loss - reference[key])
