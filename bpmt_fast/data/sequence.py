@@ -21,6 +21,7 @@ class PoseSequence:
     sequence_id: str = ""  # unique within a dataset, e.g. "0000/camid0_videoid2/seq0"
     source: str = ""  # file or folder it came from
     meta: dict = field(default_factory=dict)
+    recording: str = ""  # the continuous video this clip was cut from ("" = the clip is its own recording)
 
     def __post_init__(self):
         self.poses = np.asarray(self.poses, dtype=np.float32)
@@ -37,20 +38,38 @@ class PoseSequence:
     def num_frames(self) -> int:
         return self.poses.shape[0]
 
+    @property
+    def recording_id(self) -> str:
+        """Clips of one recording share it (Gait3D: ``<subject>/camid<C>_videoid<V>``); splits keep them together."""
+        return self.recording or self.sequence_id
+
 
 @dataclass
 class LoadReport:
-    """What lenient loading skipped, and why (strict loading raises DataError instead)."""
+    """What a load left out, and why.
+
+    ``skipped``: bad data (a corrupt file, line or frame) that lenient loading dropped; strict loading raises
+    DataError instead, so in strict mode it stays empty. ``ignored``: files and folders that are not part of the
+    format's layout (a README, a stray file, a folder at the wrong depth or with a name the layout does not
+    allow); they are recorded in both modes and never raise. Both are lists of ``(path, reason)``.
+    """
 
     loaded: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): bad data
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (file or folder, reason): outside the layout
+
+    SHOWN = 20  # entries listed per kind in __str__; the rest are counted
 
     def skip(self, source: str, reason: str) -> None:
         self.skipped.append((source, reason))
 
+    def ignore(self, path: str, reason: str) -> None:
+        self.ignored.append((path, reason))
+
     def __str__(self) -> str:
-        lines = [f"loaded {self.loaded} sequences, skipped {len(self.skipped)}"]
-        lines += [f"  skipped {source}: {reason}" for source, reason in self.skipped[:20]]
-        if len(self.skipped) > 20:
-            lines.append(f"  ... and {len(self.skipped) - 20} more")
+        lines = [f"loaded {self.loaded} sequences, skipped {len(self.skipped)}, ignored {len(self.ignored)}"]
+        for kind, entries in (("skipped", self.skipped), ("ignored", self.ignored)):
+            lines += [f"  {kind} {path}: {reason}" for path, reason in entries[:self.SHOWN]]
+            if len(entries) > self.SHOWN:
+                lines.append(f"  ... and {len(entries) - self.SHOWN} more {kind}")
         return "\n".join(lines)
