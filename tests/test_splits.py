@@ -1,5 +1,8 @@
-"""Dataset splits: partitions, subject disjointness, determinism, camera and condition rules, errors."""
+"""Dataset splits: partitions, subject disjointness, recordings, determinism, camera and condition rules, split
+records, errors."""
 import itertools
+import json
+import random
 from collections import Counter
 
 import numpy as np
@@ -14,16 +17,20 @@ from bpmt_fast.data.splits import (
     camera_split,
     closed_set_split,
     cross_condition_split,
+    RECORD_LISTS,
+    compare_split_records,
     gallery_probe,
+    split_from_record,
+    split_record,
     subject_disjoint_split,
 )
 
 POSES = np.zeros((2, 17, 3), dtype=np.float32)
 
 
-def seq(subject, view="", condition="", sequence_id=""):
+def seq(subject, view="", condition="", sequence_id="", recording=""):
     return PoseSequence(POSES, subject=subject, view=view, condition=condition,
-                        sequence_id=sequence_id or f"{subject}/{condition}/{view}")
+                        sequence_id=sequence_id or f"{subject}/{condition}/{view}", recording=recording)
 
 
 def grid(subjects, views, conditions, repeats=1):
@@ -89,8 +96,86 @@ def test_closed_set_errors():
         closed_set_split(CASIA, 0.5, 0.5, seed=0)
     with pytest.raises(ValueError, match="no sequences"):
         closed_set_split([], 0.1, 0.2, seed=0)
-    with pytest.raises(ValueError, match="enough sequences"):
+    with pytest.raises(ValueError, match="enough recordings .*it takes 3"):
         closed_set_split([seq("a"), seq("b")], 0.1, 0.2, seed=0)
+
+
+def places(split: Split, sequences) -> dict[tuple[str, str], set[str]]:
+    """(subject, recording_id) -> the distinct places of its clips, a place being the lists holding a clip."""
+    out = {}
+    for i, sequence in enumerate(sequences):
+        place = "+".join(name for name in RECORD_LISTS if i in getattr(split, name))
+        out.setdefault((sequence.subject, sequence.recording_id), set()).add(place)
+    return out
+
+
+def expected_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """The docstring's rule written out: (test, val) recordings of a subject with n recordings."""
+    num_test, num_val = int(n * test_fraction + 0.5 + 1e-9), int(n * val_fraction + 0.5 + 1e-9)
+    while num_test + num_val > n - 1:
+        if num_val:
+            num_val -= 1
+        else:
+            num_test -= 1
+    return num_test, num_val
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.one_of(st.none(), st.integers(0, 5))), min_size=1, max_size=50),
+       st.sampled_from([(0.1, 0.2), (0.2, 0.3), (0.0, 0.5), (0.3, 0.3)]), st.integers(0, 2**31))
+def test_closed_set_never_splits_a_recording(clips, fractions, seed):
+    # Each clip: (subject, video number or None = a clip without a recording, i.e. its own).
+    sequences = [seq(f"s{s}", sequence_id=f"clip{k}", recording="" if r is None else f"s{s}/video{r}")
+                 for k, (s, r) in enumerate(clips)]
+    val_fraction, test_fraction = fractions
+    recordings = Counter(subject for subject, _ in places(Split("none"), sequences))
+    expected = {subject: expected_counts(n, val_fraction, test_fraction) for subject, n in recordings.items()}
+    if not any(num_test for num_test, _ in expected.values()):
+        with pytest.raises(ValueError, match="enough recordings"):
+            closed_set_split(sequences, val_fraction, test_fraction, seed=seed)
+        return
+    split = closed_set_split(sequences, val_fraction, test_fraction, seed=seed)
+    assert_partition(split, sequences)
+    assert all(len(where) == 1 for where in places(split, sequences).values())
+    for subject, (num_test, num_val) in expected.items():
+        mine = lambda ix: len({sequences[i].recording_id for i in ix if sequences[i].subject == subject})  # noqa: E731
+        assert (mine(split.test), mine(split.val), mine(split.train)) == \
+            (num_test, num_val, recordings[subject] - num_test - num_val)
+
+
+def test_closed_set_divides_recordings_not_clips():
+    # Subject 0001: 10 videos of 3 clips -> 2 test, 1 val, 7 train videos. Subject 0002: one video of 5 clips.
+    sequences = [seq("0001", "camid0", "", f"0001/camid0_videoid{v}/seq{c}", f"0001/camid0_videoid{v}")
+                 for v in range(10) for c in range(3)]
+    sequences += [seq("0002", "camid0", "", f"0002/camid0_videoid0/seq{c}", "0002/camid0_videoid0") for c in range(5)]
+    split = closed_set_split(sequences, 0.1, 0.2, seed=0)
+    assert_partition(split, sequences)
+    assert (len(split.test), len(split.val), len(split.train)) == (6, 3, 21 + 5)
+    assert subjects_of(split.test + split.val, sequences) == {"0001"}
+    assert "35 sequences in 11 recordings" in split.describe()
+    assert "1 subjects have too few recordings" in split.describe()
+
+
+def test_closed_set_without_recordings_splits_by_clip():
+    # No recording and not even a sequence_id: each clip is its own recording, the rule applies to clips as before.
+    sequences = grid(4, ["a", "b"], ["nm"], repeats=5)
+    for sequence in sequences:
+        sequence.sequence_id = ""
+    split = closed_set_split(sequences, val_fraction=0.1, test_fraction=0.2, seed=3)
+    assert_partition(split, sequences)
+    for subject in range(4):
+        mine = lambda ix: sum(sequences[i].subject == f"{subject:03d}" for i in ix)  # noqa: E731
+        assert (mine(split.train), mine(split.val), mine(split.test)) == (7, 1, 2)
+    assert split.notes == []
+
+
+def test_closed_set_does_not_depend_on_input_order():
+    sequences = gait3d_like()
+    shuffled = random.Random(0).sample(sequences, len(sequences))
+    by_id = lambda split, seqs: {name: sorted(seqs[i].sequence_id for i in ix)  # noqa: E731
+                                 for name, ix in split.parts().items()}
+    assert by_id(closed_set_split(sequences, 0.2, 0.3, seed=1), sequences) == \
+        by_id(closed_set_split(shuffled, 0.2, 0.3, seed=1), shuffled)
 
 
 # ------------------------------------------------------------------------------------------ subject-disjoint
@@ -137,6 +222,16 @@ def test_subject_disjoint_rules_and_determinism():
     assert {CASIA[i].condition for i in custom.gallery} == {"cl"}
 
 
+def test_subject_disjoint_gallery_and_probe_may_share_a_recording():
+    # Documented behaviour: the gallery rule works per clip (as Gait3D's official protocol does), so a test
+    # subject's gallery clip and its sibling clips (probes) share a recording; train and test never do.
+    sequences = gait3d_like()
+    split = subject_disjoint_split(sequences, test_subjects=3, seed=0, gallery_rule="one_per_view")
+    where = places(split, sequences)
+    assert {"gallery", "probe"} in where.values()
+    assert all(len(parts) == 1 for (subject, _), parts in where.items() if "train" in parts)
+
+
 def test_subject_disjoint_errors():
     with pytest.raises(ValueError, match="test_subjects=11 but there are 10"):
         subject_disjoint_split(CASIA, test_subjects=11)
@@ -158,9 +253,10 @@ def test_subject_disjoint_errors():
 
 
 def gait3d_like():
-    """Subjects 0-5 seen by 4 cameras, 6-7 by 3, 8-9 by 2 (dropped at min_cameras=3); 2 sequences each."""
+    """Subjects 0-5 seen by 4 cameras, 6-7 by 3, 8-9 by 2 (dropped at min_cameras=3); per camera one recording
+    (video) of 2 clips."""
     cams = {s: 4 if s < 6 else 3 if s < 8 else 2 for s in range(10)}
-    return [seq(f"{s:04d}", f"camid{c}", "", f"{s:04d}/camid{c}_videoid2/seq{r}")
+    return [seq(f"{s:04d}", f"camid{c}", "", f"{s:04d}/camid{c}_videoid2/seq{r}", f"{s:04d}/camid{c}_videoid2")
             for s in range(10) for c in range(cams[s]) for r in range(2)]
 
 
@@ -193,6 +289,14 @@ def test_camera_split_open_set_gallery_and_probe_cameras():
         probe_cams = {sequences[i].view for i in split.probe if sequences[i].subject == subject}
         assert len(probe_cams) == 2 and gallery_cams and not gallery_cams & probe_cams
     assert camera_split(sequences, test_subjects=3, seed=4) == camera_split(sequences, test_subjects=3, seed=4)
+
+
+def test_camera_split_keeps_each_recording_on_one_side():
+    sequences = gait3d_like()  # one recording (video) of 2 clips per subject and camera
+    for seed in range(4):
+        for kwargs in ({}, {"val_cameras": 1}, {"test_subjects": 3, "val_subjects": 2, "probe_cameras": 2}):
+            split = camera_split(sequences, min_cameras=3, seed=seed, **kwargs)
+            assert all(len(parts) == 1 for parts in places(split, sequences).values()), (seed, kwargs)
 
 
 def test_camera_split_errors():
@@ -258,7 +362,7 @@ def test_random_datasets_are_partitioned(labels, seed):
         assert_partition(split, sequences)
         assert subjects_of(split.train, sequences) == set(f"s{s}" for s in per_subject)
     else:
-        with pytest.raises(ValueError, match="enough sequences"):
+        with pytest.raises(ValueError, match="enough recordings"):
             closed_set_split(sequences, 0.2, 0.3, seed=seed)
     if len(per_subject) >= 2:
         split = subject_disjoint_split(sequences, test_subjects=1, seed=seed)
@@ -283,3 +387,106 @@ def test_config_subject_counts_and_fractions():
     assert len(count.subjects["gallery"]) == 5 and len(fraction.subjects["gallery"]) == 3
     with pytest.raises(ValueError, match="whole number"):
         make_split(PSYMO, DataConfig(protocol="cross-condition", test_subjects=2.5))
+
+
+# --------------------------------------------------------------------------------------------- split records
+
+
+def one_split_per_protocol() -> dict[str, tuple[list, Split]]:
+    """name -> (sequences, a split of them), covering every protocol and mode."""
+    gait3d, psymo = gait3d_like(), PSYMO + [seq("000", "0", "odd")]
+    return {
+        "closed_set": (gait3d, closed_set_split(gait3d, 0.2, 0.3, seed=1)),
+        "subject_disjoint": (CASIA, subject_disjoint_split(CASIA, test_subjects=3, val_subjects=2, seed=1)),
+        "subject_disjoint_callable": (CASIA, subject_disjoint_split(
+            CASIA, 2, seed=0, gallery_rule=lambda seqs: [s.condition == "cl" for s in seqs])),
+        "camera_closed": (gait3d, camera_split(gait3d, val_cameras=1, seed=2)),
+        "camera_open": (gait3d, camera_split(gait3d, test_subjects=3, val_subjects=1, seed=2)),
+        "cross_condition": (psymo, cross_condition_split(psymo, val_subjects=2, seed=3)),
+    }
+
+
+@pytest.mark.parametrize("name", list(one_split_per_protocol()))
+def test_split_record_round_trip(name):
+    sequences, split = one_split_per_protocol()[name]
+    record = json.loads(json.dumps(split_record(split, sequences)))  # as saved and read back
+    rebuilt = split_from_record(record, sequences)
+    for part in RECORD_LISTS:
+        assert getattr(rebuilt, part) == getattr(split, part), part
+    assert rebuilt.probe_by_condition == split.probe_by_condition
+    assert (rebuilt.protocol, rebuilt.subjects, rebuilt.notes) == (split.protocol, split.subjects, split.notes)
+    assert compare_split_records(record, split_record(rebuilt, sequences)) == []
+    shuffled = random.Random(0).sample(sequences, len(sequences))  # another loader order: same ids in every list
+    assert split_record(split_from_record(record, shuffled), shuffled)["lists"] == record["lists"]
+
+
+def test_split_record_names_sequences_and_subjects():
+    split = subject_disjoint_split(CASIA, test_subjects=2, val_subjects=1, seed=0)
+    record = split_record(split, CASIA)
+    assert (record["version"], record["protocol"], record["params"]["seed"]) == (1, "subject_disjoint", 0)
+    assert record["num_sequences"] == 180 and record["sequences"] == sorted(s.sequence_id for s in CASIA)
+    assert record["lists"]["val_probe"] == sorted(CASIA[i].sequence_id for i in split.val_probe)
+    assert record["subjects"]["gallery"] == split.subjects["gallery"] and record["subjects"]["test"] == []
+    cross = split_record(cross_condition_split(PSYMO, seed=0), PSYMO)
+    assert json.loads(json.dumps(cross))["params"]["gallery_conditions"] == ["nm"]  # tuples saved as lists
+    assert cross["probe_by_condition"]["bg"] == sorted(PSYMO[i].sequence_id for i in
+                                                       cross_condition_split(PSYMO, seed=0).probe_by_condition["bg"])
+
+
+def test_compare_names_an_added_subject_and_resuming_leaves_it_out():
+    saved = split_record(subject_disjoint_split(CASIA, 3, seed=0), CASIA)
+    grown = CASIA + grid(11, ["000"], ["nm", "bg"])[-2:]  # subject 010 arrives with two sequences
+    lines = compare_split_records(saved, split_record(subject_disjoint_split(grown, 3, seed=0), grown))
+    assert "2 sequences in the data are not in the saved split: 010/bg-0/000, 010/nm-0/000 " \
+           "(added files or a new subject folder?)" in lines
+    assert "1 subject in the data is not in the saved split: 010" in lines
+    resumed = split_from_record(saved, grown)  # the saved split, exactly; the newcomers are left out
+    assert resumed.dropped == [180, 181]
+    assert {**split_record(resumed, grown)["lists"], "dropped": []} == saved["lists"]
+    assert "2 sequences not in the saved split left out: 010/bg-0/000, 010/nm-0/000" in resumed.describe()
+
+
+def test_compare_and_resume_name_a_removed_file():
+    sequences = gait3d_like()
+    saved = split_record(camera_split(sequences, seed=0), sequences)
+    fewer = sequences[1:]
+    lines = compare_split_records(saved, split_record(camera_split(fewer, seed=0), fewer))
+    assert "1 sequence of the saved split is missing from the data: 0000/camid0_videoid2/seq0 " \
+           "(files removed or renamed?)" in lines
+    with pytest.raises(ValueError, match="1 sequence of the saved split missing from the data: 0000/camid0_vid"):
+        split_from_record(saved, fewer)
+
+
+def test_compare_reports_seed_protocol_and_moves():
+    saved = split_record(subject_disjoint_split(CASIA, 3, seed=0), CASIA)
+    assert compare_split_records(saved, json.loads(json.dumps(saved))) == []
+    lines = compare_split_records(saved, split_record(subject_disjoint_split(CASIA, 3, seed=1), CASIA))
+    assert lines[0] == "params changed: seed 0 -> 1"
+    moves = [line for line in lines if line.startswith("subject ")]
+    assert moves and all(line.endswith(("from train to gallery+probe", "from gallery+probe to train"))
+                         for line in moves)
+    assert "sequences changed lists: " in lines[-1] and lines[-1].endswith("more")
+    other = compare_split_records(saved, split_record(closed_set_split(CASIA, seed=0), CASIA))
+    assert other[0] == "protocol changed: subject_disjoint -> closed_set"
+    assert "params changed: test_subjects 3 -> (absent)" in other
+    assert "params changed: val_fraction (absent) -> 0.1" in other
+    assert sum(line.startswith("subject ") for line in other) == 5  # all 10 subjects moved: 5 named, then a count
+    assert "... and 5 more subjects moved" in other
+
+
+def test_split_records_need_unique_ids_and_a_matching_list():
+    twins = [seq("a", sequence_id="x"), seq("a", sequence_id="x"), seq("b", sequence_id="y"),
+             seq("b", sequence_id="y"), seq("c", sequence_id="z")]
+    everything = Split("manual", train=list(range(5)))
+    with pytest.raises(ValueError, match="2 sequence ids used more than once: x, y"):
+        split_record(everything, twins)
+    with pytest.raises(ValueError, match="used more than once: x, y"):
+        split_from_record(split_record(closed_set_split(CASIA, seed=0), CASIA), twins)
+    unnamed = [seq("a", sequence_id="x"), seq("b", sequence_id="y")]
+    unnamed[1].sequence_id = ""
+    with pytest.raises(ValueError, match=r"1 sequence without a sequence_id \(indices 1\)"):
+        split_record(Split("manual", train=[0, 1]), unnamed)
+    with pytest.raises(ValueError, match="another list"):
+        split_record(closed_set_split(CASIA, seed=0), CASIA[:-1])
+    with pytest.raises(ValueError, match="not a split record: missing .*lists"):
+        split_from_record({"protocol": "camera"}, CASIA)

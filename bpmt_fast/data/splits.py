@@ -1,8 +1,9 @@
-"""Dataset splits as lists of indices into a list of ``PoseSequence`` (only the labels are read).
+"""Dataset splits as lists of indices into a list of ``PoseSequence`` (only the labels are read), and split records.
 
 Every function is deterministic given its arguments: all randomness comes from ``numpy.random.default_rng(seed)``
 and subjects are visited in sorted order, so the same input list and seed always give the same split. Only
-``subject``, ``view``, ``condition`` and ``sequence_id`` are read, so any object with these attributes works.
+``subject``, ``view``, ``condition``, ``sequence_id`` and ``recording_id`` are read, so any object with these
+attributes works (without ``recording_id``, ``sequence_id`` stands in for it, as in ``PoseSequence``).
 
 A ``Split`` partitions the input: every index is in exactly one of ``train``, ``val``, ``test``, ``gallery``,
 ``probe`` or ``dropped`` (``dropped`` holds the sequences a protocol leaves out, each function says which).
@@ -10,14 +11,25 @@ Closed-set splits fill ``train`` / ``val`` / ``test``; retrieval splits fill ``t
 ``probe``, where ``val`` (subjects unseen in training, for early stopping on retrieval) is itself divided into
 ``val_gallery`` and ``val_probe`` (``val == sorted(val_gallery + val_probe)``). Every list is sorted ascending.
 
+Recordings: clips cut from one continuous video share a ``recording_id`` (Gait3D: ``<subject>/camid<C>_videoid<V>``)
+and look alike far more than two separate walks do. A split that puts such clips on both sides of train / test
+flatters the test score, so ``closed_set_split`` divides *recordings*, not clips, and ``camera_split`` divides
+cameras (a recording has one camera). The retrieval splits put whole subjects on one side; within a test subject,
+gallery and probe may share a recording, as in Gait3D's official per-sequence gallery / probe (see each function).
+
 Subject counts (``test_subjects``, ``val_subjects``): an ``int`` is a number of subjects, a ``float`` in
 [0, 1] a fraction of the candidate subjects, rounded half up and at least one when the fraction is positive.
 Which subjects: the sorted subject labels are permuted by the seeded generator; the first ones are the test
 subjects, the next ones the validation subjects, the rest train. A split that cannot be made (too few subjects,
 no training subject left, a missing gallery condition, ...) raises ``ValueError`` naming the problem.
+
+Split records (``split_record``) name every list's sequences by ``sequence_id``, so a split saved next to a run
+can be checked against the data later (``compare_split_records``) and reused exactly when resuming
+(``split_from_record``), whatever order the loader returns the sequences in.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -172,7 +184,8 @@ def _finish(split: Split, sequences) -> Split:
 def gallery_probe(sequences, indices: Sequence[int], gallery_rule: GalleryRule = "auto",
                   gallery_condition: str = "nm") -> tuple[list[int], list[int]]:
     """Divide some sequences into gallery / probe per subject with the protocols' gallery rule (used to measure
-    retrieval on training subjects, next to the validation subjects)."""
+    retrieval on training subjects, next to the validation subjects). Like ``subject_disjoint_split``, it works per
+    sequence: gallery and probe may hold clips of one recording."""
     groups: dict = {}
     for i in indices:
         groups.setdefault(sequences[i].subject, []).append(i)
@@ -187,13 +200,46 @@ def gallery_probe(sequences, indices: Sequence[int], gallery_rule: GalleryRule =
 # ----------------------------------------------------------------------------------------------- protocols
 
 
-def closed_set_split(sequences, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Split:
-    """Closed-set identification: every subject in train; each subject's sequences divided train/val/test.
+def _recordings(indices: list[int], sequences) -> list[list[int]]:
+    """A subject's indices grouped by ``recording_id``, groups in sorted recording order. A clip without one (empty
+    ``recording_id``) is its own group, placed by index; sorting by id makes the split independent of input order."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i in indices:
+        recording = str(getattr(sequences[i], "recording_id", sequences[i].sequence_id) or "")
+        groups.setdefault((recording, -1) if recording else ("", i), []).append(i)
+    return [groups[key] for key in sorted(groups)]
 
-    For a subject with n sequences (shuffled by the seeded generator): ``n_test = round_half_up(n *
-    test_fraction)``, ``n_val = round_half_up(n * val_fraction)``, then train keeps at least one sequence: while
-    ``n_test + n_val > n - 1``, val gives one up first, then test. So a subject with a single sequence is
-    train-only, and small subjects may have no val/test sequence (counted in ``notes``). Nothing is dropped.
+
+def _closed_set_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, bool]:
+    """(test, val) recordings of a subject with n recordings, and whether it falls short of its full share."""
+    num_test, num_val = _round_half_up(n * test_fraction), _round_half_up(n * val_fraction)
+    wanted = (num_test, num_val)
+    while num_test + num_val > n - 1:  # train keeps at least one recording; val gives up first
+        if num_val:
+            num_val -= 1
+        else:
+            num_test -= 1
+    short = (num_test, num_val) != wanted or (test_fraction > 0 and num_test == 0)
+    return num_test, num_val, short
+
+
+def _fewest_recordings_for_test(test_fraction: float) -> int:
+    """The smallest number of recordings that gives a subject a test recording (for the error message)."""
+    n = 2
+    while _closed_set_counts(n, 0.0, test_fraction)[0] == 0:
+        n += 1
+    return n
+
+
+def closed_set_split(sequences, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Closed-set identification: every subject in train; each subject's *recordings* divided train/val/test.
+
+    A subject's clips are grouped by ``recording_id`` (a clip with an empty one is its own recording) and every clip
+    follows its recording, so no recording is on two sides. For a subject with n recordings (sorted, then permuted
+    by the seeded generator): ``n_test = round_half_up(n * test_fraction)``, ``n_val = round_half_up(n *
+    val_fraction)``, then train keeps at least one recording: while ``n_test + n_val > n - 1``, val gives one up
+    first, then test. So a subject with a single recording is train-only, and small subjects may have no val/test
+    recording (counted in ``notes``). Nothing is dropped. With one clip per recording this is a split by clip.
     """
     fn = "closed_set_split"
     _check_sequences(sequences, fn)
@@ -204,25 +250,24 @@ def closed_set_split(sequences, val_fraction: float = 0.1, test_fraction: float 
         raise ValueError(f"{fn}: val_fraction + test_fraction = {val_fraction + test_fraction} leaves no training data")
     rng = np.random.default_rng(seed)
     split = Split("closed_set", params={"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed})
-    short = 0
+    short = num_recordings = 0
     for indices in _by_subject(sequences).values():
-        n = len(indices)
-        num_test, num_val = _round_half_up(n * test_fraction), _round_half_up(n * val_fraction)
-        wanted = (num_test, num_val)
-        while num_test + num_val > n - 1:
-            if num_val:
-                num_val -= 1
-            else:
-                num_test -= 1
-        short += (num_test, num_val) != wanted or (test_fraction > 0 and num_test == 0)
-        shuffled = [indices[i] for i in rng.permutation(n)]
-        split.test += shuffled[:num_test]
-        split.val += shuffled[num_test:num_test + num_val]
-        split.train += shuffled[num_test + num_val:]
+        recordings = _recordings(indices, sequences)
+        num_recordings += len(recordings)
+        num_test, num_val, is_short = _closed_set_counts(len(recordings), val_fraction, test_fraction)
+        short += is_short
+        for rank, k in enumerate(rng.permutation(len(recordings))):
+            side = split.test if rank < num_test else split.val if rank < num_test + num_val else split.train
+            side += recordings[k]
     if test_fraction > 0 and not split.test:
-        raise ValueError(f"{fn}: no subject has enough sequences for a test set at test_fraction={test_fraction}")
+        raise ValueError(f"{fn}: no subject has enough recordings for a test set at test_fraction={test_fraction} "
+                         f"(it takes {_fewest_recordings_for_test(test_fraction)}; clips of one recording stay on "
+                         f"one side)")
     if short:
-        split.notes.append(f"{short} subjects have too few sequences for their full val/test share")
+        split.notes.append(f"{short} subjects have too few recordings for their full val/test share")
+    if num_recordings < len(sequences):
+        split.notes.append(f"{len(sequences)} sequences in {num_recordings} recordings: each recording's clips "
+                           f"stay on one side")
     return _finish(split, sequences)
 
 
@@ -242,6 +287,13 @@ def subject_disjoint_split(sequences, test_subjects: int | float = 0.5, val_subj
     * a callable: gets the subject's ``PoseSequence`` list, returns one bool per sequence (True = gallery).
 
     A subject whose sequences all land in the gallery simply has no probe. Nothing is dropped.
+
+    Recordings: train, val and test subjects are disjoint, so no recording is in training and evaluation. Within a
+    test (validation) subject the gallery rule works per sequence, so gallery and probe may hold clips of one
+    recording (with ``"one_per_view"`` on Gait3D-style data, the gallery clip's siblings become probes). That is
+    what Gait3D's official protocol does (gallery / probe chosen per sequence); with condition galleries (CASIA-B,
+    PsyMo) each walk is its own recording and the question does not arise. For probes from recordings the gallery
+    never saw, use ``camera_split``.
     """
     fn = "subject_disjoint_split"
     _check_sequences(sequences, fn)
@@ -280,7 +332,9 @@ def camera_split(sequences, min_cameras: int = 3, probe_cameras: int = 1, val_ca
       subjects, kept cameras -> ``gallery`` (``val_gallery``) and held-out cameras -> ``probe``
       (``val_probe``). ``val_cameras`` must be 0 here.
 
-    Every probe's camera is thus absent from its subject's gallery / training cameras.
+    Every probe's camera is thus absent from its subject's gallery / training cameras. A recording is filmed by one
+    camera, so its clips always share a side: no recording is in train and test, or in gallery and probe (given
+    that the clips of a recording carry the same ``view``, as the loaders set it).
     """
     fn = "camera_split"
     _check_sequences(sequences, fn)
@@ -346,6 +400,10 @@ def cross_condition_split(sequences, gallery_conditions: Sequence[str] = ("nm",)
     subjects put all their sequences in ``train`` (whatever the condition). Test / validation sequences whose
     condition is in neither list are dropped (counted in ``notes``). Validation subjects are divided the same
     way into ``val_gallery`` / ``val_probe``.
+
+    Recordings: train and test subjects are disjoint; gallery and probe are split by condition, and in PsyMo (as in
+    CASIA-B) each sequence is a separate walk, so a recording never spans gallery and probe. Data whose recordings
+    mixed conditions would put one recording on both sides; this function does not prevent it.
     """
     fn = "cross_condition_split"
     _check_sequences(sequences, fn)
@@ -390,3 +448,213 @@ def cross_condition_split(sequences, gallery_conditions: Sequence[str] = ("nm",)
     if split.dropped:
         split.notes.append(f"dropped {len(split.dropped)} test/validation sequences of other conditions")
     return _finish(split, sequences)
+
+
+# ---------------------------------------------------------------------------------------------- split records
+
+RECORD_VERSION = 1
+RECORD_LISTS = PARTS + ("val_gallery", "val_probe", "dropped")  # every index list a record names
+_RECORD_KEYS = ("protocol", "params", "num_sequences", "sequences", "lists", "probe_by_condition", "subjects")
+_SHOWN = 5  # long lists in messages: the first few names, then a count
+
+
+def _sample(items, shown: int = _SHOWN) -> str:
+    """'a, b, c' or 'a, b, c, d, e and 12 more': keeps messages about large datasets readable."""
+    items = [str(item) for item in items]
+    head = ", ".join(items[:shown])
+    return f"{head} and {len(items) - shown} more" if len(items) > shown else head
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def _sequence_ids(sequences, fn: str) -> list[str]:
+    """The sequence ids, which a record uses as names: each must be non-empty and unique."""
+    ids = [str(seq.sequence_id or "") for seq in sequences]
+    empty = [i for i, sid in enumerate(ids) if not sid]
+    if empty:
+        raise ValueError(f"{fn}: {_plural(len(empty), 'sequence')} without a sequence_id (indices {_sample(empty)}); "
+                         f"a split record names sequences by id")
+    duplicates = sorted(sid for sid, count in Counter(ids).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"{fn}: {_plural(len(duplicates), 'sequence id')} used more than once: {_sample(duplicates)}; "
+                         f"a split record could not tell those sequences apart")
+    return ids
+
+
+def _jsonable(value):
+    """Params as JSON values: tuples become lists, numpy scalars Python numbers, callables their name (not their
+    repr, whose address would differ every run and show as a change)."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return getattr(value, "__qualname__", None) or repr(value)
+
+
+def _check_record(record, fn: str, which: str = "record") -> None:
+    if not isinstance(record, dict):
+        raise ValueError(f"{fn}: the {which} is a {type(record).__name__}, not a split record (a dict)")
+    missing = [key for key in _RECORD_KEYS if key not in record]
+    missing += [f"lists.{name}" for name in RECORD_LISTS if name not in record.get("lists", {})]
+    if missing:
+        raise ValueError(f"{fn}: the {which} is not a split record: missing {', '.join(missing)}")
+
+
+def split_record(split: Split, sequences) -> dict:
+    """A JSON-friendly record of ``split`` that names sequences by id, to save next to a run.
+
+    Keys: ``version``, ``protocol``, ``params``, ``num_sequences``, ``sequences`` (every sequence id, sorted: the
+    data's fingerprint), ``lists`` (for each of ``RECORD_LISTS``, the sorted ids in it), ``probe_by_condition``
+    (condition -> sorted ids), ``subjects`` (for each of ``RECORD_LISTS``, its sorted subjects) and ``notes``.
+    ``sequences`` must be the list the split was made from; ids must be unique and non-empty (else ValueError).
+    """
+    fn = "split_record"
+    ids = _sequence_ids(sequences, fn)
+    assigned = sorted(i for name in PARTS + ("dropped",) for i in getattr(split, name))
+    if assigned != list(range(len(sequences))):
+        raise ValueError(f"{fn}: the split does not partition these {len(sequences)} sequences "
+                         f"(was it made from another list?)")
+
+    def named(indices):
+        return sorted(ids[i] for i in indices)
+
+    return {
+        "version": RECORD_VERSION,
+        "protocol": split.protocol,
+        "params": {str(key): _jsonable(value) for key, value in split.params.items()},
+        "num_sequences": len(ids),
+        "sequences": sorted(ids),
+        "lists": {name: named(getattr(split, name)) for name in RECORD_LISTS},
+        "probe_by_condition": {str(c): named(ix) for c, ix in split.probe_by_condition.items()},
+        "subjects": {name: sorted({str(sequences[i].subject) for i in getattr(split, name)})
+                     for name in RECORD_LISTS},
+        "notes": [str(note) for note in split.notes],
+    }
+
+
+def split_from_record(record: dict, sequences) -> Split:
+    """The saved split as a ``Split`` of index lists into ``sequences`` (any order), to resume with exactly it.
+
+    Every sequence the record names must be in the data (else ValueError naming the missing ids). Sequences of the
+    data that the record does not name (added since) go to ``dropped``, with a note: a resumed run keeps its split.
+    ``compare_split_records`` says what changed.
+    """
+    fn = "split_from_record"
+    _check_record(record, fn)
+    ids = _sequence_ids(sequences, fn)
+    index = {sid: i for i, sid in enumerate(ids)}
+    owner: dict[str, str] = {}  # id -> the one part (or dropped) that holds it
+    for name in PARTS + ("dropped",):
+        for sid in record["lists"][name]:
+            if sid in owner:
+                raise ValueError(f"{fn}: sequence {sid!r} is in both {owner[sid]} and {name}; not a valid split record")
+            owner[sid] = name
+    named = set(record["sequences"]) | set(owner)
+    for name in ("val_gallery", "val_probe"):
+        named.update(record["lists"][name])
+    for members in record["probe_by_condition"].values():
+        named.update(members)
+    missing = sorted(named - set(index))
+    if missing:
+        raise ValueError(f"{fn}: {_plural(len(missing), 'sequence')} of the saved split missing from the data: "
+                         f"{_sample(missing)}")
+    split = Split(str(record["protocol"]), params=dict(record["params"]), notes=list(record.get("notes", [])))
+    for name in RECORD_LISTS:
+        setattr(split, name, [index[sid] for sid in record["lists"][name]])
+    split.probe_by_condition = {c: [index[sid] for sid in members]
+                                for c, members in record["probe_by_condition"].items()}
+    new = [i for i, sid in enumerate(ids) if sid not in owner]
+    if new:
+        split.dropped += new
+        split.notes.append(f"{_plural(len(new), 'sequence')} not in the saved split left out: "
+                           f"{_sample(sorted(ids[i] for i in new))}")
+    return _finish(split, sequences)
+
+
+def _membership(record: dict) -> dict[str, str]:
+    """Sequence id -> the lists holding it, e.g. 'val+val_probe' or 'probe+probe/bg'."""
+    out: dict[str, list[str]] = {}
+    for name in RECORD_LISTS:
+        for sid in record["lists"][name]:
+            out.setdefault(sid, []).append(name)
+    for condition, members in record["probe_by_condition"].items():
+        for sid in members:
+            out.setdefault(sid, []).append(f"probe/{condition}")
+    return {sid: "+".join(names) for sid, names in out.items()}
+
+
+def _subject_sides(record: dict) -> dict[str, str]:
+    """Subject -> the parts (or dropped) holding its sequences, e.g. 'train' or 'gallery+probe'."""
+    out: dict[str, list[str]] = {}
+    for name in PARTS + ("dropped",):
+        for subject in record["subjects"][name]:
+            out.setdefault(subject, []).append(name)
+    return {subject: "+".join(names) for subject, names in out.items()}
+
+
+def _param_changes(saved: dict, current: dict) -> list[str]:
+    absent = object()
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        before, after = saved.get(key, absent), current.get(key, absent)
+        if before != after:
+            show = [("(absent)" if value is absent else repr(value)) for value in (before, after)]
+            lines.append(f"params changed: {key} {show[0]} -> {show[1]}")
+    return lines
+
+
+def _added_and_removed(saved: set, current: set, what: str, hints: tuple[str, str]) -> list[str]:
+    lines = []
+    added, removed = sorted(current - saved), sorted(saved - current)
+    if added:
+        verb = "is" if len(added) == 1 else "are"
+        lines.append(f"{_plural(len(added), what)} in the data {verb} not in the saved split: {_sample(added)}"
+                     f"{hints[0]}")
+    if removed:
+        verb = "is" if len(removed) == 1 else "are"
+        lines.append(f"{_plural(len(removed), what)} of the saved split {verb} missing from the data: "
+                     f"{_sample(removed)}{hints[1]}")
+    return lines
+
+
+def _moves(saved: dict[str, str], current: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(name, saved place, current place) for every name in both whose place differs, sorted by name."""
+    return [(name, saved[name], current[name]) for name in sorted(set(saved) & set(current))
+            if saved[name] != current[name]]
+
+
+def compare_split_records(saved: dict, current: dict) -> list[str]:
+    """What differs between a saved split record and the current one, one readable line per change (empty when
+    they match): format, protocol and params changes, sequences and subjects added to or missing from the data,
+    subjects that moved between parts (first few, then a count) and sequences that changed lists.
+    """
+    fn = "compare_split_records"
+    _check_record(saved, fn, "saved record")
+    _check_record(current, fn, "current record")
+    lines = []
+    if saved.get("version") != current.get("version"):
+        lines.append(f"record format changed: {saved.get('version')} -> {current.get('version')}")
+    if saved["protocol"] != current["protocol"]:
+        lines.append(f"protocol changed: {saved['protocol']} -> {current['protocol']}")
+    lines += _param_changes(saved["params"], current["params"])
+    lines += _added_and_removed(set(saved["sequences"]), set(current["sequences"]), "sequence",
+                                (" (added files or a new subject folder?)", " (files removed or renamed?)"))
+    saved_sides, current_sides = _subject_sides(saved), _subject_sides(current)
+    lines += _added_and_removed(set(saved_sides), set(current_sides), "subject", ("", ""))
+    moved = _moves(saved_sides, current_sides)
+    lines += [f"subject {subject} moved from {before} to {after}" for subject, before, after in moved[:_SHOWN]]
+    if len(moved) > _SHOWN:
+        lines.append(f"... and {len(moved) - _SHOWN} more subjects moved")
+    changed = _moves(_membership(saved), _membership(current))
+    if changed:
+        shown = [f"{sid} ({before} -> {after})" for sid, before, after in changed]
+        lines.append(f"{_plural(len(changed), 'sequence')} changed lists: {_sample(shown)}")
+    return lines
