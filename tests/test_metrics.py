@@ -1,4 +1,5 @@
-"""Evaluation metrics: hand-checked tiny galleries, both retrieval flavours, ties, skips, properties."""
+"""Evaluation metrics: hand-checked cases, published-protocol references on random problems, intervals, errors."""
+import json
 import math
 
 import numpy as np
@@ -8,133 +9,363 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpmt_fast.eval.metrics import (
+    PROTOCOLS,
     closed_set_accuracy,
+    closed_set_result,
     distance_matrix,
     evaluate_retrieval,
-    retrieval_per_query,
-    retrieval_per_view_pair,
+    retrieval_cross_view,
+    retrieval_gait3d,
+    retrieval_reid,
 )
+from tests.published_protocols import cross_view_reference, gait3d_reference, reid_reference
 
-# 3 identities x 2 views. Gallery columns: g0=(A,v0) g1=(A,v1) g2=(B,v0) g3=(B,v1) g4=(C,v0) g5=(C,v1).
-GALLERY_LABELS = ["A", "A", "B", "B", "C", "C"]
-GALLERY_VIEWS = ["v0", "v1", "v0", "v1", "v0", "v1"]
-PROBE_LABELS = ["A", "B", "C"]
-PROBE_VIEWS = ["v0", "v1", "v0"]
-DIST = np.array([
-    [0.1, 0.5, 0.3, 0.2, 0.4, 0.6],   # q0 = (A, v0)
-    [0.3, 0.1, 0.2, 0.05, 0.4, 0.6],  # q1 = (B, v1)
-    [0.2, 0.1, 0.3, 0.4, 0.5, 0.9],   # q2 = (C, v0)
-])
+def headline(result, ranks=(1, 5, 10)):
+    """The scalar figures of a result (no intervals, no tables)."""
+    names = [f"rank{k}" for k in ranks] + ["mAP"] + (["mINP"] if "mINP" in result else [])
+    return {name: result[name] for name in names}
 
 
-def test_identical_view_exclusion_changes_the_answer():
-    # Without exclusion:
-    #   q0 order g0(A) g3 g2 g4 g1(A) g5 -> hits at 1, 5: rank1 1, AP (1/1 + 2/5)/2 = 0.7
-    #   q1 order g3(B) g1 g2(B) g0 g4 g5 -> hits at 1, 3: rank1 1, AP (1 + 2/3)/2 = 5/6
-    #   q2 order g1 g0 g2 g3 g4(C) g5(C) -> hits at 5, 6: rank1 0, AP (1/5 + 2/6)/2 = 4/15
-    #   rank1 = 2/3, rank5 = 1, mAP = (0.7 + 5/6 + 4/15)/3 = 0.6
-    plain = retrieval_per_query(DIST, PROBE_LABELS, GALLERY_LABELS)
-    assert plain["rank1"] == pytest.approx(2 / 3)
-    assert plain["rank5"] == pytest.approx(1.0)
-    assert plain["mAP"] == pytest.approx(0.6)
-    # With the query's view removed:
-    #   q0 (v0) keeps g1 g3 g5: order g3(.2,B) g1(.5,A) g5 -> hit at 2: rank1 0, AP 1/2
-    #   q1 (v1) keeps g0 g2 g4: order g2(.2,B) g0 g4       -> hit at 1: rank1 1, AP 1
-    #   q2 (v0) keeps g1 g3 g5: order g1 g3 g5(C)          -> hit at 3: rank1 0, AP 1/3
-    #   rank1 = 1/3, rank5 = 1, mAP = (1/2 + 1 + 1/3)/3 = 11/18
-    masked = retrieval_per_query(DIST, PROBE_LABELS, GALLERY_LABELS, PROBE_VIEWS, GALLERY_VIEWS)
-    assert masked == pytest.approx({"rank1": 1 / 3, "rank5": 1.0, "mAP": 11 / 18, "num_queries": 3,
-                                    "num_skipped": 0})
+def flat(result):
+    """A result without its table, intervals spread into scalar keys, for ``pytest.approx``."""
+    out = {key: value for key, value in result.items() if key not in ("ci95", "table")}
+    for name, (low, high) in result["ci95"].items():
+        out[f"ci95.{name}.low"], out[f"ci95.{name}.high"] = low, high
+    return out
 
 
-def test_per_view_pair_table_on_two_views():
-    # Same data: cell (v0 -> v1) averages q0 and q2: rank1 (0 + 0)/2 = 0, mAP (1/2 + 1/3)/2 = 5/12;
-    # cell (v1 -> v0) is q1 alone: rank1 1, mAP 1. Mean over probe views: rank1 1/2, mAP (5/12 + 1)/2 = 17/24.
-    # (The per-query flavour gives 1/3 and 11/18: it weights the two v0 probes twice.)
-    result = retrieval_per_view_pair(DIST, PROBE_LABELS, GALLERY_LABELS, PROBE_VIEWS, GALLERY_VIEWS)
-    assert result["rank1"] == pytest.approx(0.5)
-    assert result["rank5"] == pytest.approx(1.0)
-    assert result["mAP"] == pytest.approx(17 / 24)
-    assert (result["num_pairs"], result["num_queries"], result["num_skipped"]) == (2, 3, 0)
-    table = result["table"]
-    assert table["probe_views"] == ["v0", "v1"] and table["gallery_views"] == ["v0", "v1"]
-    np.testing.assert_allclose(table["rank1"], [[np.nan, 0.0], [1.0, np.nan]])
-    np.testing.assert_allclose(table["mAP"], [[np.nan, 5 / 12], [1.0, np.nan]])
-    np.testing.assert_array_equal(table["num_queries"], [[0, 2], [1, 0]])
-    np.testing.assert_allclose(table["per_probe_view"]["rank1"], [0.0, 1.0])
+def assert_nan_intervals(result):
+    assert set(result["ci95"]) == {"rank1", "mAP"}
+    assert all(math.isnan(bound) for interval in result["ci95"].values() for bound in interval)
 
 
-def test_flavours_differ_on_a_case_built_to_separate_them():
-    # One query (A, v0); gallery over two other views:
-    #   g0 = (A, v1) d .5, g1 = (B, v1) d .1, g2 = (A, v2) d .2, g3 = (B, v2) d .3
-    # Per query (nothing of v0 to remove): order g1(B) g2(A) g3(B) g0(A): hits at 2, 4
-    #   -> rank1 0, rank5 1, AP (1/2 + 2/4)/2 = 1/2.
-    # Per view pair: (v0 -> v1) order g1(B) g0(A): hit at 2 -> rank1 0, AP 1/2
-    #                (v0 -> v2) order g2(A) g3(B): hit at 1 -> rank1 1, AP 1
-    #   -> probe view v0: rank1 1/2, mAP 3/4; overall the same (one probe view).
-    dist = np.array([[0.5, 0.1, 0.2, 0.3]])
-    args = (dist, ["A"], ["A", "B", "A", "B"], ["v0"], ["v1", "v1", "v2", "v2"])
-    per_query = retrieval_per_query(*args)
-    per_pair = retrieval_per_view_pair(*args)
-    assert (per_query["rank1"], per_query["rank5"], per_query["mAP"]) == pytest.approx((0.0, 1.0, 0.5))
-    assert (per_pair["rank1"], per_pair["rank5"], per_pair["mAP"]) == pytest.approx((0.5, 1.0, 0.75))
-    assert per_pair["table"]["probe_views"] == ["v0"] and per_pair["table"]["gallery_views"] == ["v1", "v2"]
-    np.testing.assert_allclose(per_pair["table"]["rank1"], [[0.0, 1.0]])
-    assert per_pair["num_pairs"] == 2 and per_pair["num_queries"] == 2
+# ------------------------------------------------------------------------------------------ hand-checked
 
 
-def test_ties_break_by_gallery_index():
-    # Equal distances: the stable sort puts the lower gallery index first.
-    dist = np.array([[0.2, 0.2]])
-    impostor_first = retrieval_per_query(dist, ["A"], ["B", "A"], ["v0"], ["v1", "v1"])
-    assert (impostor_first["rank1"], impostor_first["mAP"]) == (0.0, 0.5)  # hit at position 2
-    match_first = retrieval_per_query(dist, ["A"], ["A", "B"], ["v0"], ["v1", "v1"])
-    assert (match_first["rank1"], match_first["mAP"]) == (1.0, 1.0)
-    pair = retrieval_per_view_pair(dist, ["A"], ["B", "A"], ["v0"], ["v1", "v1"])
-    assert (pair["rank1"], pair["mAP"]) == (0.0, 0.5)
+def test_reid_removes_only_the_probes_own_subject_in_its_own_view():
+    # Probe (A, v0); gallery (A, v1) at 0.2, (B, v0) at 0.1, (B, v1) at 0.3. Nothing is the probe's subject in
+    # the probe's view, so nothing is removed: order B, A, B -> first match at 2: rank1 0, AP 1/2, INP 1/2.
+    # (The old rule removed every v0 item, B's included, and said rank1 1, mAP 1.)
+    dist = np.array([[0.2, 0.1, 0.3]])
+    result = retrieval_reid(dist, ["A"], ["A", "B", "B"], ["v0"], ["v1", "v0", "v1"])
+    assert headline(result) == pytest.approx({"rank1": 0.0, "rank5": 1.0, "rank10": 1.0, "mAP": 0.5, "mINP": 0.5})
+    assert (result["protocol"], result["num_probes"], result["num_scored"], result["num_without_match"]) == (
+        "reid", 1, 1, 0)
+    gait3d = retrieval_gait3d(dist, ["A"], ["A", "B", "B"])
+    assert headline(gait3d) == pytest.approx(headline(result)) and gait3d["protocol"] == "gait3d"
 
 
-def test_query_without_valid_match_is_skipped_and_counted():
-    # q0 = (A, v0): its only gallery match is in v0 -> removed -> skipped.
-    # q1 = (Z, v1): identity absent from the gallery -> skipped.
-    # q2 = (B, v0): order over v1 items g1(B, .1) g2(C, .3) -> rank1 1, AP 1.
+def test_reid_drops_the_same_walk_but_gait3d_keeps_it():
+    # Add (A, v0) at 0.05: reid removes it (same subject, same camera) and gives the case above again;
+    # gait3d ranks it first: matches at 1 and 3 -> rank1 1, AP (1 + 2/3)/2 = 5/6, INP 2/3.
+    dist = np.array([[0.05, 0.2, 0.1, 0.3]])
+    labels, views = ["A", "A", "B", "B"], ["v0", "v1", "v0", "v1"]
+    reid = retrieval_reid(dist, ["A"], labels, ["v0"], views)
+    assert (reid["rank1"], reid["mAP"], reid["mINP"]) == pytest.approx((0.0, 0.5, 0.5))
+    gait3d = retrieval_gait3d(dist, ["A"], labels)
+    assert (gait3d["rank1"], gait3d["mAP"], gait3d["mINP"]) == pytest.approx((1.0, 5 / 6, 2 / 3))
+
+
+def test_minp_by_hand():
+    # Probe A: matches at positions 1 and 4 of five -> INP 2/4, AP (1/1 + 2/4)/2 = 3/4.
+    # Probe B: one match at position 3 -> INP 1/3, AP 1/3. mINP = (1/2 + 1/3)/2, mAP = (3/4 + 1/3)/2.
+    dist = np.array([[0.1, 0.2, 0.3, 0.4, 0.5],
+                     [0.5, 0.4, 0.3, 0.2, 0.1]])
+    gallery = ["A", "X", "B", "A", "X"]  # probe B order: X(g4) A(g3) B(g2) ...
+    result = retrieval_gait3d(dist, ["A", "B"], gallery, ranks=(1, 3))
+    assert result["mINP"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert result["mAP"] == pytest.approx((3 / 4 + 1 / 3) / 2)
+    assert (result["rank1"], result["rank3"]) == pytest.approx((0.5, 1.0))
+
+
+def test_probes_without_a_match_are_left_out_and_counted():
+    # q0 = (A, v0): its only gallery match is A at v0, removed by reid -> no match.
+    # q1 = (Z, v1): identity absent from the gallery -> no match (for gait3d too).
+    # q2 = (B, v0): B at v1 first -> rank1 1, AP 1.
     dist = np.array([[0.0, 0.5, 0.6],
                      [0.2, 0.3, 0.4],
                      [0.9, 0.1, 0.3]])
-    args = (dist, ["A", "Z", "B"], ["A", "B", "C"], ["v0", "v1", "v0"], ["v0", "v1", "v1"])
-    result = retrieval_per_query(*args)
-    assert result == pytest.approx({"rank1": 1.0, "rank5": 1.0, "mAP": 1.0, "num_queries": 1, "num_skipped": 2})
-    pair = retrieval_per_view_pair(*args)
-    # (v0 -> v1): q0 has no A in v1 (skipped), q2 scores 1. (v1 -> v0): q1 skipped -> undefined cell.
-    assert pair["rank1"] == 1.0 and pair["num_skipped"] == 2 and pair["num_pairs"] == 1
-    assert math.isnan(pair["table"]["rank1"][1, 0])
-
-
-def test_everything_skipped_gives_nan_not_an_error():
-    result = retrieval_per_query(np.array([[0.1]]), ["A"], ["A"], ["v0"], ["v0"])
-    assert result["num_queries"] == 0 and result["num_skipped"] == 1
-    assert math.isnan(result["rank1"]) and math.isnan(result["mAP"])
-
-
-def test_map_of_a_perfect_ranking_is_one():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, size=12)
-    views = np.arange(12) % 3
-    probe_labels, probe_views = rng.integers(0, 4, size=5), np.array([0, 1, 2, 0, 1])
-    dist = np.where(probe_labels[:, None] == labels[None, :], 0.1, 1.0) + rng.uniform(0, 0.01, (5, 12))
-    for fn in (retrieval_per_query, retrieval_per_view_pair):
-        result = fn(dist, probe_labels, labels, probe_views, views)
-        assert result["mAP"] == pytest.approx(1.0) and result["rank1"] == pytest.approx(1.0)
+    args = (dist, ["A", "Z", "B"], ["A", "B", "C"])
+    reid = retrieval_reid(*args, ["v0", "v1", "v0"], ["v0", "v1", "v1"])
+    assert headline(reid) == pytest.approx({"rank1": 1.0, "rank5": 1.0, "rank10": 1.0, "mAP": 1.0, "mINP": 1.0})
+    assert (reid["num_probes"], reid["num_scored"], reid["num_without_match"]) == (3, 1, 2)
+    gait3d = retrieval_gait3d(*args)  # q0 now finds A first: two of two scored probes at rank 1
+    assert (gait3d["rank1"], gait3d["num_scored"], gait3d["num_without_match"]) == (1.0, 2, 1)
 
 
 def test_rank_k_counts_positions_among_remaining_items_only():
-    # Query (A, v0); gallery: five v0 impostors nearest (removed), then 4 v1 impostors, then A in v1.
-    # Among the remaining items A is at position 5: rank1 0, rank5 1, AP 1/5.
+    # Probe (A, v0): five (A, v0) items nearest (removed), then four impostors, then A in v1: position 5.
     dist = np.arange(10, dtype=float)[None, :]
-    labels = ["X"] * 9 + ["A"]
+    labels = ["A"] * 5 + ["X"] * 4 + ["A"]
     views = ["v0"] * 5 + ["v1"] * 5
-    result = retrieval_per_query(dist, ["A"], labels, ["v0"], views, ranks=(1, 4, 5))
+    result = retrieval_reid(dist, ["A"], labels, ["v0"], views, ranks=(1, 4, 5))
     assert (result["rank1"], result["rank4"], result["rank5"], result["mAP"]) == pytest.approx((0, 0, 1, 0.2))
+
+
+def test_rank_beyond_the_gallery_counts_a_match_anywhere():
+    result = retrieval_gait3d(np.array([[0.3, 0.1]]), ["A"], ["A", "B"], ranks=(1, 2, 50))
+    assert (result["rank1"], result["rank2"], result["rank50"]) == (0.0, 1.0, 1.0)
+
+
+def test_ties_break_by_gallery_index():
+    dist = np.array([[0.2, 0.2]])
+    assert retrieval_gait3d(dist, ["A"], ["B", "A"])["mAP"] == 0.5  # match second
+    assert retrieval_gait3d(dist, ["A"], ["A", "B"])["mAP"] == 1.0  # match first
+    assert retrieval_reid(dist, ["A"], ["B", "A"], ["v0"], ["v1", "v1"])["rank1"] == 0.0
+    assert retrieval_cross_view(dist, ["A"], ["B", "A"], ["v0"], ["v1", "v1"])["rank1"] == 0.0
+    # A larger tie block (where an unstable sort reorders): 32 items at distance 0, the match the last of them.
+    dist = np.ones((1, 64))
+    dist[0, 1::2] = 0.0
+    labels = ["B"] * 63 + ["A"]
+    assert retrieval_gait3d(dist, ["A"], labels)["mAP"] == 1 / 32
+    assert retrieval_cross_view(dist, ["A"], labels, ["v0"], ["v1"] * 64)["mAP"] == 1 / 32
+
+
+def test_cross_view_counts_probes_without_a_match_in_a_gallery_view_as_misses():
+    # Views v0 (probes A, B), v1 (gallery A), v2 (gallery A, B).
+    #   cell (v0, v1): A finds A; B has no B in v1 -> a miss: 1/2 (the old rule skipped B: 1/1)
+    #   cell (v0, v2): A finds A first (0.2 < 0.4); B sees A (0.3) before B (0.5): 1/2
+    #   de_diag: (1/2 + 1/2) / 2 = 0.50 (the old rule: mean(1, 1/2) = 0.75).
+    # rank5: cells 1/2 and 2/2 -> 0.75. mAP: cell (v0, v1) scores A only: 1; cell (v0, v2): (1 + 1/2)/2 -> 0.875.
+    dist = np.array([[0.1, 0.2, 0.4],
+                     [0.3, 0.3, 0.5]])
+    result = retrieval_cross_view(dist, ["A", "B"], ["A", "A", "B"], ["v0", "v0"], ["v1", "v2", "v2"])
+    assert result["rank1"] == pytest.approx(0.50)
+    assert (result["rank5"], result["mAP"]) == pytest.approx((0.75, 0.875))
+    assert (result["protocol"], result["num_probes"], result["num_views"]) == ("cross-view", 2, 3)
+    table = result["table"]
+    assert table["views"] == ["v0", "v1", "v2"]
+    nan = np.nan
+    np.testing.assert_allclose(table["rank1"], [[nan, 0.5, 0.5], [nan, nan, nan], [nan, nan, nan]])
+    np.testing.assert_allclose(table["mAP"], [[nan, 1.0, 0.75], [nan, nan, nan], [nan, nan, nan]])
+    np.testing.assert_array_equal(table["num_probes"], [[0, 2, 2], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(table["num_scored"], [[0, 1, 2], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_allclose(table["per_probe_view"]["rank1"], [0.5, nan, nan])
+
+
+def test_cross_view_empty_gallery_view_scores_zero_and_counts_in_the_divisor():
+    # Probes (A, v0), (A, v1); gallery (A, v1) only. Cell (v0, v1): 1. Cell (v1, v0): nothing to rank -> 0.
+    # Per probe view: v0 1/1, v1 0/1 -> rank1 0.5. mAP: cell (v1, v0) has no scorable probe -> NaN, skipped -> 1.
+    result = retrieval_cross_view(np.array([[0.1], [0.2]]), ["A", "A"], ["A"], ["v0", "v1"], ["v1"])
+    assert (result["rank1"], result["mAP"]) == (0.5, 1.0)
+    np.testing.assert_allclose(result["table"]["per_probe_view"]["rank1"], [1.0, 0.0])
+    np.testing.assert_allclose(result["table"]["per_probe_view"]["mAP"], [1.0, np.nan])
+
+
+def test_cross_view_weights_probe_views_equally():
+    # 3 identities x 2 views. q0 = (A, v0), q1 = (B, v1), q2 = (C, v0).
+    #   (v0 -> v1): q0 order g3(B) g1(A) g5 -> miss; q2 order g1 g3 g5(C) -> miss: 0; mAP (1/2 + 1/3)/2 = 5/12
+    #   (v1 -> v0): q1 order g2(B) g0 g4 -> hit: 1; mAP 1
+    # cross-view: rank1 (0 + 1)/2 = 1/2, mAP (5/12 + 1)/2 = 17/24.
+    # reid ranks the whole gallery less each probe's own walk (q0: g0, q1: g3, q2: g4 removed):
+    #   q0 order g3 g2 g4 g1(A) -> AP 1/4; q1 order g1 g2(B) -> AP 1/2; q2 order g1 g0 g2 g3 g5(C) -> AP 1/5
+    #   -> rank1 0, mAP (1/4 + 1/2 + 1/5)/3 = 19/60.
+    dist = np.array([[0.1, 0.5, 0.3, 0.2, 0.4, 0.6],
+                     [0.3, 0.1, 0.2, 0.05, 0.4, 0.6],
+                     [0.2, 0.1, 0.3, 0.4, 0.5, 0.9]])
+    args = (dist, ["A", "B", "C"], ["A", "A", "B", "B", "C", "C"], ["v0", "v1", "v0"], ["v0", "v1"] * 3)
+    cross = retrieval_cross_view(*args)
+    assert (cross["rank1"], cross["mAP"]) == pytest.approx((0.5, 17 / 24))
+    np.testing.assert_allclose(cross["table"]["mAP"], [[np.nan, 5 / 12], [1.0, np.nan]])
+    reid = retrieval_reid(*args)
+    assert (reid["rank1"], reid["mAP"]) == pytest.approx((0.0, 19 / 60))
+
+
+def test_cross_view_with_a_single_view_is_nan():
+    result = retrieval_cross_view(np.array([[0.1]]), ["A"], ["A"], ["v0"], ["v0"])
+    assert math.isnan(result["rank1"]) and math.isnan(result["mAP"]) and result["num_views"] == 1
+    assert_nan_intervals(result)
+
+
+# ------------------------------------------------------------------------------------------- intervals
+
+
+def test_closed_set_result_wilson_interval():
+    result = closed_set_result([1] * 8 + [0] * 2, [1] * 10)
+    assert (result["accuracy"], result["num_sequences"]) == (0.8, 10)
+    assert result["ci95"] == pytest.approx([0.4902, 0.9433], abs=1e-4)
+    perfect = closed_set_result(np.eye(3), [0, 1, 2])
+    assert perfect["accuracy"] == 1.0 and perfect["ci95"] == pytest.approx([0.4385, 1.0], abs=1e-4)
+    json.dumps(result)
+
+
+def test_bootstrap_interval_contains_the_estimate_and_is_deterministic():
+    rng = np.random.default_rng(3)
+    dist = rng.random((40, 30))
+    args = (dist, rng.integers(0, 6, 40), rng.integers(0, 6, 30), rng.integers(0, 3, 40), rng.integers(0, 3, 30))
+    for result in (retrieval_reid(*args), retrieval_gait3d(*args[:3]), retrieval_cross_view(*args)):
+        for name in ("rank1", "mAP"):
+            low, high = result["ci95"][name]
+            assert low <= result[name] <= high and low < high, (result["protocol"], name)
+    assert retrieval_reid(*args)["ci95"] == retrieval_reid(*args)["ci95"]
+    assert retrieval_cross_view(*args)["ci95"] == retrieval_cross_view(*args)["ci95"]
+
+
+def test_bootstrap_is_nan_without_scorable_probes():
+    no_match = retrieval_gait3d(np.array([[0.1, 0.2]]), ["Z"], ["A", "B"])
+    assert no_match["num_scored"] == 0 and math.isnan(no_match["rank1"])
+    assert_nan_intervals(no_match)
+    same_walk_only = retrieval_reid(np.array([[0.1]]), ["A"], ["A"], ["v0"], ["v0"])
+    assert_nan_intervals(same_walk_only)
+    no_probes = retrieval_gait3d(np.zeros((0, 2)), [], ["A", "B"])
+    assert no_probes["num_probes"] == 0
+    assert_nan_intervals(no_probes)
+
+
+def _resampled_reference_interval(reference, draws, name):
+    """The documented bootstrap, restated: the reference figure on each resample of the probes, NaNs dropped."""
+    figures = [reference(rows)[name] for rows in draws]
+    return np.percentile([f for f in figures if not math.isnan(f)], [2.5, 97.5]).tolist()
+
+
+def test_bootstrap_matches_resampling_the_probes_through_the_reference():
+    rng = np.random.default_rng(5)
+    num_probes, num_gallery = 7, 9
+    dist = rng.random((num_probes, num_gallery))
+    labels_p, labels_g = rng.integers(0, 4, num_probes), rng.integers(0, 3, num_gallery)
+    views_p, views_g = rng.integers(0, 3, num_probes), rng.integers(0, 3, num_gallery)
+    draws = np.random.default_rng(0).integers(0, num_probes, size=(1000, num_probes))
+    reid = retrieval_reid(dist, labels_p, labels_g, views_p, views_g, ranks=(1,))
+    cross = retrieval_cross_view(dist, labels_p, labels_g, views_p, views_g, ranks=(1,))
+    views = cross["table"]["views"]
+
+    def reid_on(rows):
+        return reid_reference(dist[rows], labels_p[rows], labels_g, views_p[rows], views_g, ranks=(1,))
+
+    def cross_on(rows):
+        return cross_view_reference(dist[rows], labels_p[rows], labels_g, views_p[rows], views_g, (1,), views)
+
+    for name in ("rank1", "mAP"):
+        assert reid["ci95"][name] == pytest.approx(_resampled_reference_interval(reid_on, draws, name))
+        assert cross["ci95"][name] == pytest.approx(_resampled_reference_interval(cross_on, draws, name))
+
+
+# ---------------------------------------------------------------------------- published references, random
+
+
+@st.composite
+def problems(draw):
+    num_probes, num_gallery = draw(st.integers(1, 7)), draw(st.integers(1, 9))
+    flat = draw(st.permutations(range(num_probes * num_gallery)))  # distinct distances: no ties
+    dist = np.array(flat, dtype=float).reshape(num_probes, num_gallery) / 7.0
+    probe_ids, gallery_ids = st.integers(0, 3), st.integers(0, 2)  # identity 3: never in the gallery
+    views = st.sampled_from(["a", "b", "c", "d"])
+
+    def column(strategy, size):
+        return np.array(draw(st.lists(strategy, min_size=size, max_size=size)))
+
+    return (dist, column(probe_ids, num_probes), column(gallery_ids, num_gallery), column(views, num_probes),
+            column(views, num_gallery), draw(st.randoms(use_true_random=False)))
+
+
+def _assert_cross_view_equal(result, reference):
+    assert headline(result) == pytest.approx({name: reference[name] for name in headline(result)}, nan_ok=True)
+    table = result["table"]
+    assert table["views"] == reference["views"]
+    for name, expected in reference["tables"].items():
+        np.testing.assert_allclose(table[name], expected, err_msg=name)
+        np.testing.assert_allclose(table["per_probe_view"][name], reference["per_probe_view"][name], err_msg=name)
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems())
+def test_protocols_match_the_published_references(problem):
+    dist, probe_labels, gallery_labels, probe_views, gallery_views, random = problem
+    args = (dist, probe_labels, gallery_labels, probe_views, gallery_views)
+    reid, gait3d, cross = retrieval_reid(*args), retrieval_gait3d(*args[:3]), retrieval_cross_view(*args)
+    counts = ("num_probes", "num_scored", "num_without_match")
+    reid_expected = reid_reference(*args)
+    assert {key: reid[key] for key in reid_expected} == pytest.approx(reid_expected, nan_ok=True)
+    gait3d_expected = gait3d_reference(*args[:3])
+    assert {key: gait3d[key] for key in gait3d_expected} == pytest.approx(gait3d_expected, nan_ok=True)
+    assert all(isinstance(reid[key], int) for key in counts)
+    _assert_cross_view_equal(cross, cross_view_reference(*args))
+
+    # Permuting the gallery (columns, labels and views together) changes nothing when there are no ties.
+    perm = list(range(dist.shape[1]))
+    random.shuffle(perm)
+    permuted = (dist[:, perm], probe_labels, gallery_labels[perm], probe_views, gallery_views[perm])
+    assert flat(retrieval_reid(*permuted)) == pytest.approx(flat(reid), nan_ok=True)
+    assert flat(retrieval_gait3d(*permuted[:3])) == pytest.approx(flat(gait3d), nan_ok=True)
+    cross_permuted = retrieval_cross_view(*permuted)
+    assert flat(cross_permuted) == pytest.approx(flat(cross), nan_ok=True)
+    _assert_cross_view_equal(cross_permuted, cross_view_reference(*args))
+
+
+# ---------------------------------------------------------------------------------------- convenience
+
+
+GALLERY = {"features": [[0.0], [0.0], [10.0], [10.0]], "labels": ["A", "A", "B", "B"],
+           "views": ["v0", "v1", "v0", "v1"]}
+
+
+def test_evaluate_retrieval_per_condition():
+    # 1-D features. Gallery: A = 0 and B = 10, each in views v0 and v1.
+    # bg probe: A at v0, feature 0.1 -> A items (0.1 away) before B: rank1 1 under every protocol.
+    # cl probe: A at v2, feature 9.0 -> both B (1 away) before both A (9 away): rank1 0, AP (1/3 + 2/4)/2 = 5/12.
+    # reid removes the bg probe's (A, v0) item; its A at v1 still comes first: AP 1.
+    probe = {"features": torch.tensor([[0.1], [9.0]]), "labels": ["A", "A"], "views": ["v0", "v2"],
+             "conditions": ["bg", "cl"]}
+    results = evaluate_retrieval(probe, GALLERY, protocols=PROTOCOLS)
+    assert list(results) == ["all", "bg", "cl"] and all(set(r) == set(PROTOCOLS) for r in results.values())
+    assert results["bg"]["reid"]["rank1"] == 1.0 and results["cl"]["reid"]["rank1"] == 0.0
+    assert results["cl"]["gait3d"]["mAP"] == pytest.approx(5 / 12)
+    assert (results["all"]["reid"]["rank1"], results["all"]["reid"]["mAP"]) == pytest.approx((0.5, 17 / 24))
+    # Every condition sees the whole view list {v0, v1, v2}: bg's row (v0) divides by 2, with an empty (v0, v2)
+    # gallery cell scoring 0 -> (1 + 0)/2; the cl probe (v2) misses both cells -> 0.
+    assert results["bg"]["cross-view"]["num_views"] == 3
+    assert results["bg"]["cross-view"]["rank1"] == pytest.approx(0.5)
+    assert results["all"]["cross-view"]["rank1"] == pytest.approx(0.25)
+    # The distance metric is passed through; ranks reach every protocol.
+    cosine = evaluate_retrieval(probe, GALLERY, protocols="gait3d", metric="cosine", ranks=(1, 2))
+    assert set(cosine["all"]["gait3d"]) >= {"rank1", "rank2"} and "rank5" not in cosine["all"]["gait3d"]
+    # JSON-friendly once the tables are lists.
+    cross = results["all"]["cross-view"]
+    table = {key: (value.tolist() if isinstance(value, np.ndarray) else value) for key, value in cross["table"].items()}
+    table["per_probe_view"] = {key: value.tolist() for key, value in table["per_probe_view"].items()}
+    json.dumps({**results["all"]["reid"], **results["all"]["gait3d"], **{**cross, "table": table}})
+
+
+def test_evaluate_retrieval_without_views_runs_gait3d_only():
+    probe = {"features": [[9.0]], "labels": ["A"]}
+    gallery = {key: value for key, value in GALLERY.items() if key != "views"}
+    assert evaluate_retrieval(probe, gallery, protocols=("gait3d",))["all"]["gait3d"]["rank1"] == 0.0
+    for name in ("reid", "cross-view"):
+        with pytest.raises(ValueError, match=f"'{name}' protocol needs 'views'"):
+            evaluate_retrieval(probe, gallery, protocols=("gait3d", name))
+    with pytest.raises(ValueError, match="needs 'views'"):
+        evaluate_retrieval(probe, GALLERY)  # the default reid protocol, views on one side only
+
+
+def test_evaluate_retrieval_errors():
+    probe = {"features": [[0.0]], "labels": ["A"], "views": ["v0"]}
+    with pytest.raises(ValueError, match=r"unknown protocol.*'reid', 'gait3d', 'cross-view'"):
+        evaluate_retrieval(probe, GALLERY, protocols=("per_query",))
+    with pytest.raises(ValueError, match="'all'"):
+        evaluate_retrieval({**probe, "conditions": ["all"]}, GALLERY)
+    with pytest.raises(ValueError, match="missing"):
+        evaluate_retrieval({"features": [[0.0]]}, GALLERY)
+    with pytest.raises(ValueError, match="ranks"):
+        evaluate_retrieval(probe, GALLERY, ranks=(0,))
+
+
+def test_input_errors():
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_gait3d(np.array([[np.nan]]), ["A"], ["A"])
+    with pytest.raises(ValueError, match="gallery_labels"):
+        retrieval_gait3d(np.zeros((1, 2)), ["A"], ["A"])
+    with pytest.raises(ValueError, match="probe_views"):
+        retrieval_reid(np.zeros((1, 1)), ["A"], ["A"], ["v0", "v1"], ["v0"])
+    for fn in (retrieval_reid, retrieval_cross_view):
+        with pytest.raises(ValueError, match="needs probe_views and gallery_views"):
+            fn(np.zeros((1, 1)), ["A"], ["A"], ["v0"], None)
+    with pytest.raises(ValueError, match="ranks"):
+        retrieval_gait3d(np.zeros((1, 1)), ["A"], ["A"], ranks=(0,))
+    with pytest.raises(ValueError, match="lacks"):
+        retrieval_cross_view(np.zeros((1, 1)), ["A"], ["A"], ["v0"], ["v1"], views=["v0"])
+
+
+# ------------------------------------------------------------------------------------------ classification
 
 
 def test_closed_set_accuracy():
@@ -161,112 +392,3 @@ def test_distance_matrix_matches_brute_force():
         distance_matrix(probe, gallery, metric="manhattan")
     with pytest.raises(ValueError, match=r"\(P, D\)"):
         distance_matrix(probe, gallery[:, :3])
-
-
-def test_input_errors():
-    with pytest.raises(ValueError, match="NaN"):
-        retrieval_per_query(np.array([[np.nan]]), ["A"], ["A"])
-    with pytest.raises(ValueError, match="gallery_labels"):
-        retrieval_per_query(np.zeros((1, 2)), ["A"], ["A"])
-    with pytest.raises(ValueError, match="both"):
-        retrieval_per_query(np.zeros((1, 1)), ["A"], ["A"], probe_views=["v0"])
-    with pytest.raises(ValueError, match="needs"):
-        retrieval_per_view_pair(np.zeros((1, 1)), ["A"], ["A"], None, None)
-    with pytest.raises(ValueError, match="ranks"):
-        retrieval_per_query(np.zeros((1, 1)), ["A"], ["A"], ranks=(0,))
-
-
-def test_evaluate_retrieval_per_condition():
-    # 1-D features. Gallery (nm): A = 0 and B = 10, each in views v0 and v1.
-    # bg probe: A at v0, feature 0.1 -> v1 gallery: A (0.1 away) before B -> rank1 1.
-    # cl probe: A at v1, feature 9.0 -> v0 gallery: B (1 away) before A (9 away) -> rank1 0, AP 1/2.
-    gallery = {"features": [[0.0], [0.0], [10.0], [10.0]], "labels": ["A", "A", "B", "B"],
-               "views": ["v0", "v1", "v0", "v1"]}
-    probe = {"features": torch.tensor([[0.1], [9.0]]), "labels": ["A", "A"], "views": ["v0", "v1"],
-             "conditions": ["bg", "cl"]}
-    results = evaluate_retrieval(probe, gallery)
-    assert set(results) == {"all", "bg", "cl"}
-    assert results["bg"]["per_query"]["rank1"] == 1.0 and results["cl"]["per_query"]["rank1"] == 0.0
-    assert results["cl"]["per_query"]["mAP"] == pytest.approx(0.5)
-    assert results["all"]["per_query"]["rank1"] == pytest.approx(0.5)
-    assert results["all"]["per_query"]["mAP"] == pytest.approx(0.75)
-    assert results["all"]["per_view_pair"]["rank1"] == pytest.approx(0.5)  # (v0->v1) 1, (v1->v0) 0
-    # Without views: no exclusion (cl probe still ranks B first), no per-view-pair flavour.
-    no_views = evaluate_retrieval({k: v for k, v in probe.items() if k != "views"},
-                                  {k: v for k, v in gallery.items() if k != "views"})
-    assert no_views["all"]["per_view_pair"] is None
-    assert no_views["cl"]["per_query"]["rank1"] == 0.0
-    with pytest.raises(ValueError, match="missing"):
-        evaluate_retrieval({"features": [[0.0]]}, gallery)
-
-
-# ------------------------------------------------------------------------------------------- properties
-
-
-def _reference_per_query(dist, probe_labels, gallery_labels, probe_views, gallery_views, ks=(1, 5)):
-    """Loop-per-query reference, written independently of the vectorised code."""
-    hits_at = {k: [] for k in ks}
-    aps = []
-    for q in range(dist.shape[0]):
-        keep = [g for g in range(dist.shape[1]) if gallery_views[g] != probe_views[q]]
-        keep.sort(key=lambda g: (dist[q, g], g))
-        relevant = [gallery_labels[g] == probe_labels[q] for g in keep]
-        if not any(relevant):
-            continue
-        positions = [i + 1 for i, r in enumerate(relevant) if r]
-        for k in ks:
-            hits_at[k].append(positions[0] <= k)
-        aps.append(np.mean([(n + 1) / p for n, p in enumerate(positions)]))
-    return {f"rank{k}": np.mean(hits_at[k]) if aps else np.nan for k in ks} | {
-        "mAP": np.mean(aps) if aps else np.nan, "num_queries": len(aps)}
-
-
-@st.composite
-def problems(draw):
-    num_probes, num_gallery = draw(st.integers(1, 6)), draw(st.integers(1, 9))
-    flat = draw(st.permutations(range(num_probes * num_gallery)))  # distinct distances: no ties
-    dist = np.array(flat, dtype=float).reshape(num_probes, num_gallery) / 7.0
-    ids, views = st.integers(0, 2), st.sampled_from(["a", "b", "c"])
-    return (dist,
-            np.array(draw(st.lists(ids, min_size=num_probes, max_size=num_probes))),
-            np.array(draw(st.lists(ids, min_size=num_gallery, max_size=num_gallery))),
-            np.array(draw(st.lists(views, min_size=num_probes, max_size=num_probes))),
-            np.array(draw(st.lists(views, min_size=num_gallery, max_size=num_gallery))),
-            draw(st.randoms(use_true_random=False)))
-
-
-def _assert_same(a, b):
-    assert set(a) == set(b)
-    for key, value in a.items():
-        if key != "table":
-            assert value == pytest.approx(b[key], nan_ok=True), key
-    if "table" in a:
-        table_a, table_b = a["table"], b["table"]
-        assert table_a["probe_views"] == table_b["probe_views"]
-        assert table_a["gallery_views"] == table_b["gallery_views"]
-        for name in ("rank1", "rank5", "mAP", "num_queries"):
-            np.testing.assert_allclose(table_a[name], table_b[name])
-        for name, values in table_a["per_probe_view"].items():
-            np.testing.assert_allclose(values, table_b["per_probe_view"][name])
-
-
-@settings(max_examples=100, deadline=None)
-@given(problems())
-def test_properties_on_random_problems(problem):
-    dist, probe_labels, gallery_labels, probe_views, gallery_views, random = problem
-    args = (dist, probe_labels, gallery_labels, probe_views, gallery_views)
-    per_query, per_pair = retrieval_per_query(*args), retrieval_per_view_pair(*args)
-    for result in (per_query, per_pair):
-        for key in ("rank1", "rank5", "mAP"):
-            assert math.isnan(result[key]) or 0.0 <= result[key] <= 1.0 + 1e-12
-        if not math.isnan(result["rank1"]):
-            assert result["rank1"] <= result["rank5"] + 1e-12
-    assert per_query["num_queries"] + per_query["num_skipped"] == len(dist)
-    assert per_query == pytest.approx(_reference_per_query(*args) | {"num_skipped": per_query["num_skipped"]},
-                                      nan_ok=True)
-    # Permuting the gallery (columns, labels and views together) changes nothing when there are no ties.
-    perm = list(range(dist.shape[1]))
-    random.shuffle(perm)
-    permuted = (dist[:, perm], probe_labels, gallery_labels[perm], probe_views, gallery_views[perm])
-    _assert_same(per_query, retrieval_per_query(*permuted))
-    _assert_same(per_pair, retrieval_per_view_pair(*permuted))
