@@ -18,7 +18,7 @@ from bpmt_fast.eval.metrics import (
     retrieval_gait3d,
     retrieval_reid,
 )
-from tests.published_protocols import cross_view_reference, gait3d_reference, reid_reference
+from published_protocols import cross_view_reference, gait3d_reference, reid_reference
 
 def headline(result, ranks=(1, 5, 10)):
     """The scalar figures of a result (no intervals, no tables)."""
