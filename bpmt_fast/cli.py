@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import typing
 
 from bpmt_fast.attention import BACKENDS, ENV_VAR, AUTO_PRIORITY, BackendError, check_backend_name
 from bpmt_fast.env import environment_info
@@ -80,20 +81,54 @@ def cmd_demo(args) -> int:
     return run_demo(args.attn_backend, steps=args.steps)
 
 
+def override_arg(text: str) -> str:
+    """argparse type: a well-formed key=value override (kept as text; the config checks the key and value)."""
+    from bpmt_fast.train.config import parse_override
+
+    try:
+        parse_override(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def stages_arg(text: str) -> list[str]:
+    """argparse type: "1,ft" -> ["1", "ft"], each a stage name."""
+    from bpmt_fast.train.config import StageName
+
+    valid = typing.get_args(StageName)
+    stages = comma_list(text)
+    wrong = [stage for stage in stages if stage not in valid]
+    if wrong or not stages:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(valid)}, got {text!r}")
+    return stages
+
+
+def train_config_from_args(args):
+    """The TrainConfig of a `train` command line: preset <- --data / --run-dir / --attn-backend <- key=value
+    overrides. A key given both as an option and as an override is an error, not a silent choice of one."""
+    from bpmt_fast.train.config import load_config, merge, nest, parse_override
+
+    options = [(flag, key, value) for flag, key, value in (("--data", "data.source", args.data),
+                                                           ("--run-dir", "run_dir", args.run_dir),
+                                                           ("--attn-backend", "model.attn_backend", args.attn_backend))
+               if value]
+    overrides: dict = {}
+    for _, key, value in options:
+        overrides = merge(overrides, nest(key, value))  # taken as is, not parsed as YAML
+    for text in args.overrides:
+        key = text.partition("=")[0].strip()
+        for flag, option_key, _ in options:
+            if option_key == key or option_key.startswith(key + "."):
+                raise ValueError(f"config {option_key} is given twice: by {flag} and by the override {text!r}")
+        overrides = merge(overrides, parse_override(text))
+    return load_config(args.config, overrides)
+
+
 def cmd_train(args) -> int:
-    from bpmt_fast.train.config import load_config
     from bpmt_fast.train.pipeline import run_pipeline
 
-    overrides = {}
-    if args.data:
-        overrides["data"] = {"source": args.data}
-    if args.run_dir:
-        overrides["run_dir"] = args.run_dir
-    if args.attn_backend:
-        overrides["model"] = {"attn_backend": args.attn_backend}
-    config = load_config(args.config, overrides)
-    stages = args.stages.split(",") if args.stages else None
-    run_pipeline(config, stages)
+    run_pipeline(train_config_from_args(args), args.stages)
     return 0
 
 
@@ -206,9 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(resumes from its checkpoints)")
     train.add_argument("--config", help="YAML preset, e.g. configs/quick.yaml")
     train.add_argument("--data", help="synthetic | gait3d:PATH | alphapose:PATH | casiab:PATH | npz:PATH")
-    train.add_argument("--stages", help="comma-separated subset of 1,2,ft (default: the config's)")
+    train.add_argument("--stages", type=stages_arg, metavar="S,S",
+                       help="comma-separated subset of 1,2,ft (default: the config's)")
     train.add_argument("--run-dir", help="run directory (default: the config's)")
     add_attn_backend_option(train)
+    train.add_argument("overrides", nargs="*", type=override_arg, metavar="KEY=VALUE",
+                       help="config overrides on top of the preset, after the options; the value is YAML, e.g. "
+                            "finetune.lr=1e-3 data.camera.open_set=true models=[bpmt]")
     train.set_defaults(run=cmd_train)
     evaluate = commands.add_parser("eval", help="evaluate the best checkpoints of a run directory again")
     evaluate.add_argument("run_dir")

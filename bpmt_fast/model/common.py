@@ -1,27 +1,34 @@
 """Pieces shared by BPMT and the baseline: the model config, input checks, encoders and the identity head."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
 from .attention_blocks import PartTransformerBlock
 from .layers import GlobalBatchNorm1d, GroupedLayerNorm
+from .skeleton import FORMATS
 
 
 @dataclass
 class ModelConfig:
-    skeleton: str = "coco17"  # joint layout of the input poses (see bpmt_fast.model.skeleton)
-    in_channels: int = 3  # per joint: x, y, confidence
-    dim: int = 64  # token width
-    heads: int = 4  # attention heads (head_dim = dim / heads)
-    part_layers: int = 2  # depth of each stage-1 part encoder (baseline: of its whole-body encoder)
-    pair_layers: int = 1  # depth of each stage-2 cross-part block stack
-    mlp_ratio: float = 4.0  # FFN hidden width / dim
-    dropout: float = 0.1
-    embedding_dim: int = 128  # identity embedding size
-    num_classes: int = 0  # >0 adds a classifier (cross-entropy) on top of the embedding
+    """The architecture. Types and the "range" metadata are checked when a config is read from YAML
+    (bpmt_fast.train.config, which also requires dim divisible by heads); direct construction trusts the caller."""
+
+    skeleton: Literal[tuple(FORMATS)] = "coco17"  # joint layout of the input poses (bpmt_fast.model.skeleton)
+    in_channels: Literal[3, 4] = 3  # per joint: x, y, confidence (2D) or x, y, z, confidence (3D)
+    dim: int = field(default=64, metadata={"range": "[1, inf)"})  # token width
+    heads: int = field(default=4, metadata={"range": "[1, inf)"})  # attention heads (head_dim = dim / heads)
+    # depth of each stage-1 part encoder (baseline: of its whole-body encoder)
+    part_layers: int = field(default=2, metadata={"range": "[1, inf)"})
+    pair_layers: int = field(default=1, metadata={"range": "[1, inf)"})  # depth of each stage-2 cross-part stack
+    mlp_ratio: float = field(default=4.0, metadata={"range": "(0, inf)"})  # FFN hidden width / dim
+    dropout: float = field(default=0.1, metadata={"range": "[0, 1)"})
+    embedding_dim: int = field(default=128, metadata={"range": "[1, inf)"})  # identity embedding size
+    # >0 adds a classifier (cross-entropy) on top of the embedding; the training pipeline sets it
+    num_classes: int = field(default=0, metadata={"range": "[0, inf)"})
     attn_backend: str | None = None  # None: env BPMT_ATTN_BACKEND, else auto
 
 

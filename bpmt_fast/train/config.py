@@ -1,155 +1,625 @@
 """Typed training configuration: dataclasses with commented defaults; YAML presets override them.
 
-A preset is a short diff of these defaults. Unknown keys are errors that name the key's full path, so a typo
-never silently falls back to a default.
+A preset is a short diff of these defaults (it may extend another preset with ``base: other.yaml``); command-line
+``key=value`` overrides go on top. Every value is checked when it is read, and every problem is a ``ValueError``
+whose message starts with ``config <full.key.path>``:
+
+* unknown keys (with the valid ones listed), so a typo never silently falls back to a default;
+* types, without coercion: a string where a number belongs is an error, not ``str()``-ed or parsed; ``true`` is
+  not an integer; a float field takes an integer (``5`` -> ``5.0``); non-finite numbers are refused;
+* tuples have exactly their length (``augment.speed: [0.8, 1.2, 5.0]`` is an error, not truncated);
+* closed choices are ``typing.Literal`` (protocol, device, model and stage names, skeleton formats from
+  ``bpmt_fast.model.skeleton.FORMATS``, evaluation protocols and metric);
+* ranges are declared on the fields (``bounded(default, "[0, 1)")``: the value, or each item of a list / tuple,
+  must lie in the interval);
+* cross-field rules of a section (``_RULES``), e.g. ``warmup_epochs <= epochs``, ``model.dim`` divisible by
+  ``model.heads``, ``augment.speed`` ordered, ``data.skeleton == model.skeleton``.
+
+No silently ignored setting: ``load_config`` also refuses a key that was *explicitly set* (anywhere in the YAML
+chain or the overrides, defaults aside) but that the resulting config does not use (``unused_settings``):
+
+* protocol parameters: subject-disjoint uses ``data.test_subjects`` / ``data.val_subjects``; closed-set
+  ``data.closed_set.*``; camera ``data.camera.*``, plus ``data.test_subjects`` / ``data.val_subjects`` only with
+  ``data.camera.open_set: true``; cross-condition ``data.test_subjects``, ``data.val_subjects`` and
+  ``data.cross_condition.*``;
+* ``data.synthetic.*`` unless ``data.source`` is synthetic; ``data.lenient`` when it is (the generator has no bad
+  files to skip);
+* ``model.num_classes`` (the pipeline sets it from the training subjects);
+* ``stage1.freeze_parts`` (only stage 2 freezes the part encoders);
+* ``finetune.label_smoothing`` with ``ce_weight: 0``, ``finetune.triplet_margin`` with ``triplet_weight: 0``,
+  ``finetune.supcon_temperature`` with ``supcon_weight: 0``.
+
+Deliberately not covered: ``stage1.*`` / ``stage2.*`` when ``stages`` or ``models`` leave that stage out (e.g.
+``models: [baseline]``, which has no stage 2). ``models`` and ``stages`` choose what runs now out of a preset that
+describes every stage, as ``bpmt-fast train --stages`` does; refusing the preset's other stage settings would make
+every such selection edit the preset.
+
+Reading configs:
+
+* ``load_config(path, overrides)``: defaults <- preset chain <- overrides (a dict, or ``key=value`` strings), all
+  of the checks above.
+* ``load_resolved_config(path)``: a run's saved ``config.yaml`` (``to_dict`` output, every key present). Types,
+  ranges and cross-field rules are checked, the unused-key check is skipped: a resolved config holds every key by
+  construction, so "explicitly set" means nothing there.
+* ``from_dict(cls, values)``: one dataclass from a mapping, with every check but the unused-key one (which needs
+  the whole config); ``validate(config)`` re-checks a config built or changed in code.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
+from bpmt_fast.attention import BackendError, check_backend_name
+from bpmt_fast.data.loaders import SCHEMES
+from bpmt_fast.data.synthetic import SyntheticGaitConfig
 from bpmt_fast.model.common import ModelConfig
+from bpmt_fast.model.skeleton import FORMATS
+
+Protocol = Literal["subject-disjoint", "closed-set", "camera", "cross-condition"]
+Device = Literal["auto", "cpu", "cuda"]
+ModelName = Literal["bpmt", "baseline"]
+StageName = Literal["1", "2", "ft"]  # quote them in YAML: [1, 2, ft] reads as two integers and a string
+EvalProtocol = Literal["reid", "gait3d", "cross-view"]
+Metric = Literal["euclidean", "cosine"]
+SkeletonName = Literal[tuple(FORMATS)]  # the registry's names, so a new format needs no edit here
+
+
+def bounded(default, interval: str):
+    """A field whose value (each item, for a list or tuple) must lie in `interval`, e.g. "[0, 1)" or "(0, inf)"."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"range": interval})
+    return field(default=default, metadata={"range": interval})
+
+
+@dataclass
+class ClosedSetConfig:
+    """data.closed_set: every subject trains; each subject's recordings are divided train / val / test."""
+
+    val_fraction: float = bounded(0.1, "[0, 1)")  # of each subject's recordings, for early stopping
+    test_fraction: float = bounded(0.2, "[0, 1)")  # of each subject's recordings, scored at the end
+
+
+@dataclass
+class CameraConfig:
+    """data.camera: subjects seen by at least `min_cameras` cameras (PoseSequence.view), split by camera."""
+
+    min_cameras: int = bounded(3, "[2, inf)")  # subjects seen by fewer cameras are dropped
+    probe_cameras: int = bounded(1, "[1, inf)")  # per subject: cameras held out (test / probe side)
+    val_cameras: int = bounded(0, "[0, inf)")  # closed set only: per subject, cameras held out for validation
+    # true: retrieval on unseen subjects (data.test_subjects / data.val_subjects; what the original BPMT work
+    # reported); false: closed set, every kept subject trains and is tested on its held-out cameras
+    open_set: bool = False
+
+
+@dataclass
+class CrossConditionConfig:
+    """data.cross_condition: on test subjects the gallery is `gallery_conditions`, each probe condition a set."""
+
+    gallery_conditions: list[str] = field(default_factory=lambda: ["nm"])
+    probe_conditions: list[str] = field(default_factory=lambda: ["bg", "cl", "ph", "txt", "wsf", "wss"])
 
 
 @dataclass
 class DataConfig:
     source: str = "synthetic"  # synthetic | gait3d:PATH | alphapose:PATH | casiab:PATH | npz:PATH
-    protocol: str = "subject-disjoint"  # subject-disjoint | closed-set | camera | cross-condition
-    synthetic: dict = field(default_factory=dict)  # overrides of SyntheticGaitConfig (synthetic source only)
-    skeleton: str = "coco17"
-    max_frames: int = 90  # longer sequences are cropped (random crop in training, centre crop in evaluation)
-    test_subjects: float = 0.3  # subject-disjoint protocols: fraction (or count if >= 1) of subjects held out
-    val_subjects: float = 0.15  # ... (of all candidate subjects, like test_subjects) for early stopping
-    lenient: bool = False  # skip (and report) corrupt files instead of failing
-    seed: int = 0
+    protocol: Protocol = "subject-disjoint"  # which keys each one reads: see the module docstring
+    # overrides of SyntheticGaitConfig (synthetic source only); checked against its fields
+    synthetic: dict = field(default_factory=dict, metadata={"schema": SyntheticGaitConfig})
+    skeleton: SkeletonName = "coco17"  # must match model.skeleton
+    max_frames: int = bounded(90, "[1, inf)")  # longer sequences are cropped (random in training, centred in eval)
+    # subject-disjoint, cross-condition and open-set camera protocols: fraction (below 1) or count (a whole number
+    # >= 1) of the candidate subjects held out for testing
+    test_subjects: float = bounded(0.3, "(0, inf)")
+    val_subjects: float = bounded(0.15, "[0, inf)")  # ... and for validation (early stopping); 0: none
+    closed_set: ClosedSetConfig = field(default_factory=ClosedSetConfig)  # closed-set protocol
+    camera: CameraConfig = field(default_factory=CameraConfig)  # camera protocol
+    cross_condition: CrossConditionConfig = field(default_factory=CrossConditionConfig)  # cross-condition protocol
+    lenient: bool = False  # file sources: skip (and report) corrupt files instead of failing
+    seed: int = bounded(0, "[0, inf)")  # split and synthetic data
 
 
 @dataclass
 class AugmentConfig:
-    mirror: float = 0.5  # probability of a left/right mirror
-    crop_min_fraction: float = 0.7  # temporal crop keeps at least this fraction of frames
-    speed: tuple[float, float] = (0.8, 1.25)  # speed-change factor range
-    joint_noise: float = 0.01  # std of Gaussian noise on normalised coordinates
-    part_mask: float = 0.1  # probability to drop one whole part
+    mirror: float = bounded(0.5, "[0, 1]")  # probability of a left/right mirror
+    crop_min_fraction: float = bounded(0.7, "(0, 1]")  # temporal crop keeps at least this fraction of frames
+    speed: tuple[float, float] = bounded((0.8, 1.25), "(0, inf)")  # speed-change factor range (low <= high)
+    joint_noise: float = bounded(0.01, "[0, inf)")  # std of Gaussian noise on normalised coordinates
+    part_mask: float = bounded(0.1, "[0, 1]")  # probability to drop one whole part
 
 
 @dataclass
 class PretrainConfig:
     """Stage 1 (per-part) or stage 2 (part-pair) masked reconstruction."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    mask_ratio: float = 0.4  # fraction of valid frames replaced by the mask token, per part
+    epochs: int = bounded(10, "[1, inf)")
+    batch_size: int = bounded(32, "[1, inf)")
+    lr: float = bounded(1e-3, "(0, inf)")
+    weight_decay: float = bounded(0.05, "[0, inf)")
+    warmup_epochs: int = bounded(1, "[0, inf)")  # at most epochs
+    mask_ratio: float = bounded(0.4, "(0, 1)")  # fraction of valid frames replaced by the mask token, per part
     freeze_parts: bool = True  # stage 2 only: keep the stage-1 encoders fixed while the pair blocks learn
 
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 30
-    identities_per_batch: int = 8  # P of a P x K batch (triplet / supervised contrastive need K >= 2)
-    sequences_per_identity: int = 4  # K
-    batches_per_epoch: int = 0  # 0: about one pass over the training sequences
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_epochs: int = 2
-    triplet_weight: float = 1.0
-    triplet_margin: float = 0.2
-    supcon_weight: float = 0.0
-    supcon_temperature: float = 0.1
-    ce_weight: float = 1.0  # 0 disables the classifier
-    label_smoothing: float = 0.1
-    patience: int = 8  # early stopping: epochs without validation mAP (closed set: accuracy) improvement
-    grad_clip: float = 1.0
+    epochs: int = bounded(30, "[1, inf)")
+    identities_per_batch: int = bounded(8, "[1, inf)")  # P of a P x K batch (metric losses need P, K >= 2)
+    sequences_per_identity: int = bounded(4, "[1, inf)")  # K
+    batches_per_epoch: int = bounded(0, "[0, inf)")  # 0: about one pass over the training sequences
+    lr: float = bounded(5e-4, "(0, inf)")
+    weight_decay: float = bounded(0.05, "[0, inf)")
+    warmup_epochs: int = bounded(2, "[0, inf)")  # at most epochs
+    triplet_weight: float = bounded(1.0, "[0, inf)")  # at least one of the three loss weights must be > 0
+    triplet_margin: float = bounded(0.2, "[0, inf)")
+    supcon_weight: float = bounded(0.0, "[0, inf)")
+    supcon_temperature: float = bounded(0.1, "(0, inf)")
+    ce_weight: float = bounded(1.0, "[0, inf)")  # 0 disables the classifier
+    label_smoothing: float = bounded(0.1, "[0, 1)")
+    patience: int = bounded(8, "[1, inf)")  # early stopping: epochs without gain of the headline validation score
+    grad_clip: float = bounded(1.0, "[0, inf)")  # 0: no clipping
+
+
+@dataclass
+class EvaluationConfig:
+    # reid: gallery items of the probe's own subject in the probe's own camera excluded; gait3d: nothing excluded;
+    # cross-view: CASIA-B style, per view pair. The first is the headline, and what early stopping watches.
+    protocols: list[EvalProtocol] = field(default_factory=lambda: ["reid", "cross-view"])
+    ranks: list[int] = bounded([1, 5, 10], "[1, inf)")  # rank-k accuracies reported
+    metric: Metric = "euclidean"  # distance between embeddings
 
 
 @dataclass
 class TrainConfig:
-    models: list[str] = field(default_factory=lambda: ["bpmt", "baseline"])  # trained one after the other
-    stages: list[str] = field(default_factory=lambda: ["1", "2", "ft"])
+    models: list[ModelName] = field(default_factory=lambda: ["bpmt", "baseline"])  # trained one after the other
+    stages: list[StageName] = field(default_factory=lambda: ["1", "2", "ft"])
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     stage1: PretrainConfig = field(default_factory=PretrainConfig)
     stage2: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    seed: int = bounded(0, "[0, inf)")
+    device: Device = "auto"
     run_dir: str = "runs/latest"
-    checkpoint_every: int = 1  # epochs between checkpoints (a killed run resumes from the last one)
+    checkpoint_every: int = bounded(1, "[0, inf)")  # epochs between checkpoints (0: none; resume needs them)
+
+
+# --------------------------------------------------------------------------------------------- cross-field rules
+# Each yields (key relative to the section, problem); from_dict raises on the first one.
+
+
+def _subject_count_problems(key: str, value: float):
+    if value >= 1 and not value.is_integer():
+        yield key, f"{value} must be a whole number (a count of subjects) or a fraction below 1"
+
+
+def _duplicates(key: str, values: list):
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        yield key, f"lists {', '.join(repeated)} more than once"
+
+
+def _not_empty(key: str, values: list):
+    if not values:
+        yield key, "must not be empty"
+
+
+def _data_rules(c: DataConfig):
+    scheme, sep, path = c.source.partition(":")
+    if c.source != "synthetic" and not (sep and scheme.strip().lower() in SCHEMES and path.strip()):
+        yield "source", (f"expected 'synthetic' or SCHEME:PATH with SCHEME one of {', '.join(SCHEMES)}, "
+                         f"got {c.source!r}")
+    yield from _subject_count_problems("test_subjects", c.test_subjects)
+    yield from _subject_count_problems("val_subjects", c.val_subjects)
+
+
+def _closed_set_rules(c: ClosedSetConfig):
+    if c.val_fraction + c.test_fraction >= 1:
+        yield "test_fraction", (f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g} leaves no "
+                                f"training data (must be below 1)")
+
+
+def _camera_rules(c: CameraConfig):
+    if c.probe_cameras + c.val_cameras > c.min_cameras - 1:
+        yield "probe_cameras", (f"probe_cameras + val_cameras = {c.probe_cameras + c.val_cameras} must be at most "
+                                f"min_cameras - 1 = {c.min_cameras - 1} (one camera stays on the training side)")
+    if c.open_set and c.val_cameras:
+        yield "val_cameras", "must be 0 with open_set: true (the open set validates on data.val_subjects)"
+
+
+def _cross_condition_rules(c: CrossConditionConfig):
+    for key in ("gallery_conditions", "probe_conditions"):
+        yield from _not_empty(key, getattr(c, key))
+        yield from _duplicates(key, getattr(c, key))
+    both = sorted(set(c.gallery_conditions) & set(c.probe_conditions))
+    if both:
+        yield "probe_conditions", f"{', '.join(both)} also in gallery_conditions"
+
+
+def _augment_rules(c: AugmentConfig):
+    low, high = c.speed
+    if low > high:
+        yield "speed", f"expected (low, high) with low <= high, got ({low:g}, {high:g})"
+
+
+def _warmup_rule(c):
+    if c.warmup_epochs > c.epochs:
+        yield "warmup_epochs", f"{c.warmup_epochs} is more than epochs ({c.epochs})"
+
+
+def _finetune_rules(c: FinetuneConfig):
+    yield from _warmup_rule(c)
+    if not (c.triplet_weight or c.supcon_weight or c.ce_weight):
+        yield "ce_weight", "triplet_weight, supcon_weight and ce_weight are all 0: nothing to learn from"
+    if c.triplet_weight or c.supcon_weight:  # positives need K >= 2, negatives P >= 2
+        for key in ("identities_per_batch", "sequences_per_identity"):
+            if getattr(c, key) < 2:
+                yield key, f"must be >= 2 for the triplet / supervised contrastive losses, got {getattr(c, key)}"
+
+
+def _model_rules(c: ModelConfig):
+    if c.dim % c.heads:
+        yield "dim", f"{c.dim} is not divisible by heads ({c.heads})"
+    if c.attn_backend is not None:
+        try:
+            check_backend_name(c.attn_backend)
+        except BackendError as error:
+            yield "attn_backend", str(error)
+
+
+def _evaluation_rules(c: EvaluationConfig):
+    for key in ("protocols", "ranks"):
+        yield from _not_empty(key, getattr(c, key))
+        yield from _duplicates(key, getattr(c, key))
+
+
+def _train_rules(c: TrainConfig):
+    for key in ("models", "stages"):
+        yield from _not_empty(key, getattr(c, key))
+        yield from _duplicates(key, getattr(c, key))
+    if c.model.skeleton != c.data.skeleton:
+        yield "model.skeleton", f"{c.model.skeleton!r} differs from data.skeleton {c.data.skeleton!r}"
+    if not c.run_dir.strip():
+        yield "run_dir", "must not be empty"
+
+
+_RULES = {DataConfig: _data_rules, ClosedSetConfig: _closed_set_rules, CameraConfig: _camera_rules,
+          CrossConditionConfig: _cross_condition_rules, AugmentConfig: _augment_rules, PretrainConfig: _warmup_rule,
+          FinetuneConfig: _finetune_rules, ModelConfig: _model_rules, EvaluationConfig: _evaluation_rules,
+          TrainConfig: _train_rules}
+
+
+# ---------------------------------------------------------------------------------------- reading and checking
+
+
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _error(path: str, problem: str) -> ValueError:
+    return ValueError(f"config {path or '(root)'}: {problem}")
+
+
+def _shown(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
 
 
 def from_dict(cls, values: dict, path: str = ""):
-    """Build dataclass `cls` from a (possibly partial) dict; unknown keys raise ValueError naming them."""
+    """Build dataclass `cls` from a (possibly partial) mapping; every problem is a ValueError naming its key.
+
+    Checks types, Literal choices, tuple lengths, field ranges and the section's cross-field rules, not unused
+    keys (see `load_config`), so it also reads a resolved config (`to_dict` output)."""
     if not isinstance(values, dict):
-        raise ValueError(f"config {path or 'root'} must be a mapping, got {type(values).__name__}")
+        raise _error(path, f"expected a mapping, got {_shown(values)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        where = f" in {path}" if path else ""
-        raise ValueError(f"unknown config key(s){where}: {', '.join(unknown)}; valid: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = _convert(hints[name], value, f"{path}.{name}" if path else name)
-    return cls(**kwargs)
+    for name in values:
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _error(_join(path, name), f"unknown config key {name!r}{hint}; valid keys here: "
+                                            f"{', '.join(fields)}")
+    kwargs = {name: _field_value(fields[name], hints[name], value, _join(path, name))
+              for name, value in values.items()}
+    try:
+        config = cls(**kwargs)
+    except ValueError as error:  # a dataclass's own __post_init__ check (SyntheticGaitConfig)
+        raise _error(path, str(error)) from None
+    for key, problem in _RULES.get(cls, lambda _: ())(config):
+        raise _error(_join(path, key), problem)
+    return config
 
 
-def _convert(hint, value, path: str):
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, path)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(hint):
-            return None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"config {path} must be a list, got {value!r}")
-        return [_convert(typing.get_args(hint)[0], v, path) for v in value]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config {path} must be a list, got {value!r}")
-        return tuple(_convert(a, v, path) for a, v in zip(typing.get_args(hint), value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and not isinstance(value, str):
-        return str(value)
-    if hint in (int, float, bool) and not isinstance(value, hint):
-        raise ValueError(f"config {path} must be {hint.__name__}, got {value!r}")
+def _field_value(f: dataclasses.Field, hint, value, path: str):
+    schema = f.metadata.get("schema")
+    if schema is not None:  # a free-form dict of another dataclass's fields: check them, keep the dict
+        checked = from_dict(schema, value, path)
+        value = {name: getattr(checked, name) for name in value}
+    else:
+        value = _convert(hint, value, path)
+    if "range" in f.metadata:
+        _check_range(value, f.metadata["range"], path)
     return value
 
 
+def _convert(hint, value, path: str):
+    """`value` as type `hint`, without coercion (an int for a float aside); ValueError naming `path` otherwise."""
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, path)
+    if origin is Literal:
+        # type-exact: the stage "1" is not the integer 1, and True is not 1
+        if not any(value == a and type(value) is type(a) for a in args):
+            quote = f" (quote it: '{value}')" if str(value) in args else ""
+            raise _error(path, f"expected one of {', '.join(repr(a) for a in args)}, got {_shown(value)}{quote}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _error(path, f"expected a list, got {_shown(value)}")
+        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        return _convert_tuple(args, value, path)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise _error(path, f"expected a mapping, got {_shown(value)}")
+        if not args:
+            return dict(value)
+        return {_convert(args[0], k, f"{path}.{k}"): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    return _convert_scalar(hint, value, path)
+
+
+def _convert_tuple(args: tuple, value, path: str) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise _error(path, f"expected a list, got {_shown(value)}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise _error(path, f"expected {len(args)} values, got {len(value)} ({list(value)})")
+    return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+
+
+def _convert_scalar(hint, value, path: str):
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _error(path, f"expected true or false, got {_shown(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _error(path, f"expected an integer, got {_shown(value)}{_unquote_hint(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _error(path, f"expected a number, got {_shown(value)}{_unquote_hint(value)}")
+        if not math.isfinite(value):
+            raise _error(path, f"expected a finite number, got {value}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _error(path, f"expected a string, got {_shown(value)}")
+        return value
+    raise TypeError(f"config {path}: unsupported field type {hint!r}")  # a programming error, not bad input
+
+
+def _unquote_hint(value) -> str:
+    """For a number written in quotes: the strict check does not parse strings, say so."""
+    try:
+        float(value) if isinstance(value, str) else None
+    except ValueError:
+        return ""
+    return " (a number in quotes is a string)" if isinstance(value, str) else ""
+
+
+@functools.lru_cache(maxsize=None)
+def _interval(text: str) -> tuple[bool, float, float, bool]:
+    """"[0, 1)" -> (closed low, 0.0, 1.0, closed high)."""
+    match = re.fullmatch(r"([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])", text)
+    if not match:
+        raise TypeError(f"bad interval {text!r}")
+    return match[1] == "[", float(match[2]), float(match[3]), match[4] == "]"
+
+
+def _check_range(value, interval: str, path: str) -> None:
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_range(item, interval, f"{path}[{i}]")
+        return
+    closed_low, low, high, closed_high = _interval(interval)
+    above = value >= low if closed_low else value > low
+    below = value <= high if closed_high else value < high
+    if above and below:
+        return
+    if math.isinf(high):
+        wanted = f"{'>=' if closed_low else '>'} {low:g}"
+    else:
+        wanted = f"in {interval}"
+    raise _error(path, f"must be {wanted}, got {value:g}")
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Check a config built or changed in code (e.g. with dataclasses.replace) by the rules of a loaded one."""
+    return from_dict(TrainConfig, to_dict(config))
+
+
+# ------------------------------------------------------------------------------------------- unused settings
+
+
+def unused_settings(config: TrainConfig) -> dict[str, str]:
+    """Key or section -> why `config` does not read it; setting one explicitly is an error (see `load_config`)."""
+    unused = _unused_protocol_keys(config.data)
+    data, finetune = config.data, config.finetune
+    if data.source != "synthetic":
+        unused["data.synthetic"] = f"is only read with data.source 'synthetic' (it is {data.source!r})"
+    else:
+        unused["data.lenient"] = "only applies to file sources (data.source is 'synthetic')"
+    unused["model.num_classes"] = ("is set by the pipeline (the number of training subjects when finetune.ce_weight "
+                                   "> 0, else 0)")
+    unused["stage1.freeze_parts"] = "only applies to stage 2 (stage 1 trains the part encoders)"
+    for key, weight in (("label_smoothing", "ce_weight"), ("triplet_margin", "triplet_weight"),
+                        ("supcon_temperature", "supcon_weight")):
+        if not getattr(finetune, weight):
+            unused[f"finetune.{key}"] = f"is not used with finetune.{weight} 0"
+    return unused
+
+
+PROTOCOL_KEYS = ("data.test_subjects", "data.val_subjects", "data.closed_set", "data.camera", "data.cross_condition")
+
+
+def protocol_keys(data: DataConfig) -> tuple[str, ...]:
+    """The protocol parameters (of PROTOCOL_KEYS) that `data.protocol` reads."""
+    subjects = ("data.test_subjects", "data.val_subjects")
+    if data.protocol == "closed-set":
+        return ("data.closed_set",)
+    if data.protocol == "camera":
+        return ("data.camera",) + (subjects if data.camera.open_set else ())
+    if data.protocol == "cross-condition":
+        return subjects + ("data.cross_condition",)
+    return subjects
+
+
+def _unused_protocol_keys(data: DataConfig) -> dict[str, str]:
+    used = protocol_keys(data)
+    listed = ", ".join(f"{key}.*" if key in ("data.closed_set", "data.camera", "data.cross_condition") else key
+                       for key in used)
+    why = f"is not used by protocol {data.protocol!r} (it uses {listed})"
+    unused = {key: why for key in PROTOCOL_KEYS if key not in used}
+    if data.protocol == "camera" and not data.camera.open_set:
+        for key in ("data.test_subjects", "data.val_subjects"):
+            unused[key] = why[:-1] + "; data.camera.open_set: true uses it, for retrieval on unseen subjects)"
+    return unused
+
+
+def explicit_keys(values: dict, path: str = "") -> list[str]:
+    """Dotted paths of the leaves of a raw (merged) config mapping: what a preset chain or override set."""
+    keys = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            keys += explicit_keys(value, _join(path, key))
+        elif not isinstance(value, dict):
+            keys.append(_join(path, key))
+    return keys
+
+
+def check_unused(config: TrainConfig, values: dict) -> None:
+    """ValueError for the first key set in `values` (the raw mapping `config` came from) that `config` ignores."""
+    unused = unused_settings(config)
+    for key in explicit_keys(values):
+        for prefix, why in unused.items():
+            if key == prefix or key.startswith(prefix + "."):
+                raise ValueError(f"config {key} {why}")
+
+
+# ------------------------------------------------------------------------------------ files and overrides
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that 1e-3 is a float: PyYAML follows YAML 1.1, whose floats need a dot, and
+    would hand the strict number check a string."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$"),
+                              list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def parse_override(text: str) -> dict:
+    """"finetune.lr=1e-3" -> {"finetune": {"lr": 0.001}}; the value is YAML ("[bpmt]" is a list, "" is null)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+        raise ValueError(f"expected key=value with a dotted key (e.g. finetune.lr=1e-3), got {text!r}")
+    try:
+        parsed = parse_yaml(value)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{key}: the value {value!r} is not valid YAML ({problem})") from None
+    return nest(key, parsed)
+
+
+def nest(key: str, value) -> dict:
+    """"a.b", v -> {"a": {"b": v}}."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def parse_overrides(texts: list[str]) -> dict:
+    """Several key=value overrides, later ones winning, as one nested mapping."""
+    out: dict = {}
+    for text in texts:
+        out = merge(out, parse_override(text))
+    return out
+
+
 def merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`: mappings merge key by key, anything else replaces."""
     out = dict(base)
     for key, value in override.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults <- YAML preset (optional `base:` preset it extends) <- overrides (e.g. from the CLI)."""
-    values: dict = {}
-    if path is not None:
-        values = _read_yaml(Path(path))
-    return from_dict(TrainConfig, merge(values, overrides or {}))
+def load_config(path: str | Path | None = None, overrides: dict | list[str] | None = None) -> TrainConfig:
+    """Defaults <- YAML preset (and the `base:` presets it extends) <- overrides: a mapping, or key=value strings
+    (CLI). Every check of the module docstring, the unused-key one included."""
+    values = _read_yaml(Path(path)) if path is not None else {}
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_overrides(list(overrides))
+    values = merge(values, overrides or {})
+    config = from_dict(TrainConfig, values)
+    check_unused(config, values)
+    return config
 
 
-def _read_yaml(path: Path) -> dict:
+def load_resolved_config(path: str | Path) -> TrainConfig:
+    """A run's saved config.yaml (every key, as `to_dict` writes it): checked like any config except for unused
+    keys, which a resolved config holds by construction."""
+    return from_dict(TrainConfig, _read_yaml(Path(path)))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
-    values = yaml.safe_load(path.read_text()) or {}
+    if path.resolve() in seen:
+        raise ValueError(f"config file {path}: its base: chain comes back to it")
+    values = parse_yaml(path.read_text())
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path}: expected a mapping of keys, got {type(values).__name__}")
     base = values.pop("base", None)
-    return merge(_read_yaml(path.parent / base), values) if base else values
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ValueError(f"config file {path}: base must be a file name, got {_shown(base)}")
+    return merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), values)
 
 
 def to_dict(config) -> dict:
-    return dataclasses.asdict(config)
+    """Every key of `config`, YAML-ready (tuples as lists): what a run saves as its resolved config.yaml."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value

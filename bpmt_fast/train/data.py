@@ -1,6 +1,7 @@
 """From a data spec to split datasets and loaders."""
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,10 +14,10 @@ from bpmt_fast.data.splits import (Split, camera_split, closed_set_split, cross_
                                    subject_disjoint_split)
 from bpmt_fast.data.transforms import (Compose, JointNoise, Mirror, PartMask, SpeedChange, TemporalCrop)
 
-from .config import AugmentConfig, DataConfig
+from .config import AugmentConfig, DataConfig, Protocol
 from .distributed import SINGLE, Parallel
 
-PROTOCOLS = ("subject-disjoint", "closed-set", "camera", "cross-condition")
+PROTOCOLS = typing.get_args(Protocol)  # data.protocol choices
 
 
 def load_sequences(config: DataConfig) -> tuple[list[PoseSequence], LoadReport]:
@@ -38,16 +39,30 @@ def _subjects(spec: float) -> int | float:
 
 
 def make_split(sequences, config: DataConfig) -> Split:
-    test_subjects, val_subjects = _subjects(config.test_subjects), _subjects(config.val_subjects)
+    """The split of `config.protocol`, every parameter of that protocol passed on (the config refuses the
+    parameters a protocol does not read, see bpmt_fast.train.config)."""
+    seed = config.seed
     if config.protocol == "subject-disjoint":
-        return subject_disjoint_split(sequences, test_subjects, val_subjects, seed=config.seed)
+        return subject_disjoint_split(sequences, _subjects(config.test_subjects), _subjects(config.val_subjects),
+                                      seed=seed)
     if config.protocol == "closed-set":
-        return closed_set_split(sequences, seed=config.seed)
+        closed = config.closed_set
+        return closed_set_split(sequences, val_fraction=closed.val_fraction, test_fraction=closed.test_fraction,
+                                seed=seed)
     if config.protocol == "camera":
-        return camera_split(sequences, seed=config.seed)
+        camera = config.camera
+        # open set: retrieval on unseen subjects; closed set (test_subjects None): every kept subject trains
+        test_subjects = _subjects(config.test_subjects) if camera.open_set else None
+        val_subjects = _subjects(config.val_subjects) if camera.open_set else 0
+        return camera_split(sequences, min_cameras=camera.min_cameras, probe_cameras=camera.probe_cameras,
+                            val_cameras=camera.val_cameras, test_subjects=test_subjects, val_subjects=val_subjects,
+                            seed=seed)
     if config.protocol == "cross-condition":
-        return cross_condition_split(sequences, test_subjects=test_subjects, val_subjects=val_subjects,
-                                     seed=config.seed)
+        conditions = config.cross_condition
+        return cross_condition_split(sequences, gallery_conditions=tuple(conditions.gallery_conditions),
+                                     probe_conditions=tuple(conditions.probe_conditions),
+                                     test_subjects=_subjects(config.test_subjects),
+                                     val_subjects=_subjects(config.val_subjects), seed=seed)
     raise ValueError(f"unknown protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
 
 
