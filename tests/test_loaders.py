@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bpmt_fast.data.loaders import (
     SCHEMES,
+    alphapose,
     DataError,
     LoadReport,
     PoseSequence,
@@ -77,7 +78,7 @@ def test_gait3d_sample_counts(gait3d):
     assert len({s.subject for s in seqs}) == 2
     assert len(seqs) == 8
     assert sum(s.num_frames for s in seqs) == 840
-    assert report.loaded == 8 and report.skipped == []
+    assert report.loaded == 8 and report.skipped == [] and report.ignored == []
     assert len({s.sequence_id for s in seqs}) == 8
     for s in seqs:
         check_sequence(s)
@@ -108,6 +109,8 @@ def test_gait3d_frames_skip_and_sort(tmp_path):
     assert seq.poses[:, 0, 0].tolist() == [9, 10, 12, 100]
     assert (seq.subject, seq.view, seq.sequence_id) == ("7", "camid3", "7/camid3_videoid1/seq2")
     assert seq.meta["videoid"] == "1" and seq.meta["seq"] == "2" and report.loaded == 1
+    assert report.ignored == [(str(tmp_path / "7/camid3_videoid1/seq2/notes.md"), "not a frame file "
+                               "(human_crop_f<frame>.txt)")]
 
 
 # ---------------------------------------------------------------------------------------------- PsyMo
@@ -133,6 +136,8 @@ def by_frame(path: Path) -> dict[int, list[dict]]:
 def test_psymo_counts_and_labels(psymo):
     seqs, report = psymo
     assert len(seqs) == 480 and report.loaded == 480 and report.skipped == []
+    assert sorted(Path(p).name for p, _ in report.ignored) == ["LICENCE-CC-BY-NC-ND-4.0.txt", "PSYMO_README.txt"]
+    assert all(s.recording == "" and s.recording_id == s.sequence_id for s in seqs)
     assert len({s.subject for s in seqs}) == 10
     assert {s.view for s in seqs} == {"00", "45", "90"}
     assert {s.condition for s in seqs} == {"nm", "bg", "cl", "ph", "txt", "wsf", "wss"}
@@ -220,7 +225,9 @@ def test_alphapose_keeps_walker_drops_bystander(tmp_path):
     assert seq.poses[:, 0, 0].tolist() == [walker_x[f] for f in frames]
     assert (seq.subject, seq.view, seq.condition) == ("003", "90", "txt")
     assert seq.meta["direction"] == "1" and seq.meta["run"] == "0" and seq.sequence_id == "3/003_90_1_0_txt"
-    assert report.loaded == 1
+    assert report.loaded == 1 and report.skipped == []
+    assert report.ignored == [(str(tmp_path / "3" / "README.txt"), "not a .json file"),
+                              (str(tmp_path / "LICENCE.txt"), "not a .json file")]
 
 
 def test_alphapose_selection_is_deterministic(tmp_path):
@@ -310,8 +317,9 @@ def test_npz_folder_skeleton_and_defaults(tmp_path):
     np.savez(tmp_path / "sub" / "h.npz", poses=halpe, skeleton="halpe", subject=np.array(7))
     np.savez_compressed(tmp_path / "b.npz", poses=random_poses(3))
     (tmp_path / "notes.txt").write_text("ignored")
-    seqs, _ = load_npz(tmp_path)
+    seqs, report = load_npz(tmp_path)
     assert [s.sequence_id for s in seqs] == ["b", "sub/h"]
+    assert report.ignored == [(str(tmp_path / "notes.txt"), "not a .npz file")] and report.skipped == []
     b, h = seqs
     assert (b.subject, b.view, b.condition, b.frame_times.tolist()) == ("", "", "", [0, 1, 2])
     assert (h.skeleton, h.subject, h.poses.shape) == ("halpe26", "7", (4, 26, 4))
@@ -512,6 +520,274 @@ def test_npz_corrupt_file(tmp_path, case):
     seqs, report = load_dataset(f"npz:{tmp_path}", lenient=True)
     assert [s.sequence_id for s in seqs] == ["good"] and report.loaded == 1
     assert report.skipped and all(src == str(bad) for src, _ in report.skipped)
+
+
+# ------------------------------------------------------------------------------------- unloaded entries
+def ignored(report: LoadReport, root: Path) -> dict[str, str]:
+    """report.ignored as {path relative to root: reason}."""
+    return {Path(path).relative_to(root).as_posix(): reason for path, reason in report.ignored}
+
+
+def gait3d_tree_with_strays(root: Path) -> None:
+    """Three good sequences (two clips of one recording) among every kind of entry the layout does not allow."""
+    write_gait3d(root, {"0001/camid1_videoid1/seq0": {1: GOOD, 2: GOOD}, "0001/camid1_videoid1/seq1": {5: GOOD},
+                        "0004/camid1_videoid2/seq0": {3: GOOD},
+                        "0001/camid1_videoid1/clip3": {1: GOOD},  # sequence folder with a bad name
+                        "0001/video7/seq0": {1: GOOD},  # camera folder with a bad name
+                        "0001/camid1_videoid1/seq0/extra": {9: GOOD},  # folder inside a sequence
+                        "deep/0005/camid1_videoid1/seq0": {1: GOOD, 2: GOOD},  # one level too deep
+                        "0003/camid2_videoid1": {1: GOOD, 2: GOOD}})  # frames right in a camera folder
+    (root / "README.md").write_text("stray at the root")
+    (root / "0001/notes.txt").write_text("stray in a subject folder")
+    (root / "0001/camid1_videoid1/list.txt").write_text("stray in a camera folder")
+    (root / "0001/camid1_videoid1/seq0/notes.md").write_text("not a frame file")
+    (root / "0002").mkdir()  # empty subject folder
+    (root / "0004/camid9_videoid9").mkdir()  # empty camera folder
+    for hidden in (".DS_Store", "0001/.cache", "0001/camid1_videoid1/seq0/._human_crop_f3.txt"):
+        (root / hidden).write_bytes(b"\x00\x01 hidden: passed over silently")
+    (root / "0001/camid1_videoid1/.git").mkdir()
+
+
+GAIT3D_IGNORED = {  # path: words its reason must contain
+    "README.md": "stray file", "0001/notes.txt": "stray file", "0001/camid1_videoid1/list.txt": "stray file",
+    "0001/camid1_videoid1/seq0/notes.md": "not a frame file",
+    "0001/camid1_videoid1/seq0/extra": "folder inside a sequence folder; it holds 1 frame file",
+    "0001/camid1_videoid1/clip3": "folder name is not seq<S>; it holds 1 frame file",
+    "0001/video7": "folder name is not camid<C>_videoid<V>; it holds 1 frame file",
+    "deep/0005": "folder name is not camid<C>_videoid<V>; it holds 2 frame files",
+    "0003/camid2_videoid1": "2 frame files at the wrong depth",
+    "0002": "empty folder", "0004/camid9_videoid9": "empty folder",
+}
+
+
+@pytest.mark.parametrize("lenient", [False, True])
+def test_gait3d_every_unloaded_entry_is_reported(tmp_path, lenient):
+    gait3d_tree_with_strays(tmp_path)
+    seqs, report = load_dataset(f"gait3d:{tmp_path}", lenient=lenient)  # layout entries never raise
+    assert [s.sequence_id for s in seqs] == ["0001/camid1_videoid1/seq0", "0001/camid1_videoid1/seq1",
+                                             "0004/camid1_videoid2/seq0"]
+    assert seqs[0].frame_times.tolist() == [1, 2] and report.loaded == 3 and report.skipped == []
+    reasons = ignored(report, tmp_path)
+    assert set(reasons) == set(GAIT3D_IGNORED)  # hidden entries are not listed
+    for path, words in GAIT3D_IGNORED.items():
+        assert words in reasons[path], (path, reasons[path])
+    text = str(report)
+    assert text.startswith(f"loaded 3 sequences, skipped 0, ignored {len(GAIT3D_IGNORED)}")
+    assert all(f"ignored {tmp_path / path}: " in text for path in GAIT3D_IGNORED)
+
+
+def test_gait3d_recording_shared_by_clips_of_one_video(tmp_path):
+    gait3d_tree_with_strays(tmp_path)
+    seqs, _ = load_gait3d(tmp_path)
+    assert [s.recording for s in seqs] == ["0001/camid1_videoid1"] * 2 + ["0004/camid1_videoid2"]
+    assert [s.recording_id for s in seqs] == [s.recording for s in seqs]
+
+
+@needs_gait3d
+def test_gait3d_sample_recordings(gait3d):
+    seqs, _ = gait3d
+    clips = defaultdict(list)
+    for s in seqs:
+        assert s.recording == s.sequence_id.rsplit("/", 1)[0] == f"{s.subject}/{Path(s.source).parent.name}"
+        clips[s.recording].append(s.meta["seq"])
+    assert clips["0000/camid11_videoid2"] == ["0", "1"]  # two clips cut from one recording
+    assert len(clips) < len(seqs)
+
+
+def test_gait3d_wrong_root_says_what_it_found(tmp_path):
+    write_gait3d(tmp_path, {"0001/camid1_videoid1/seq0": {1: GOOD}})
+    with pytest.raises(DataError, match=r"no Gait3D sequence.*camid1_videoid1/seq0 \(folder name is not "
+                                        r"camid<C>_videoid<V>; it holds 1 frame file"):
+        load_gait3d(tmp_path / "0001")  # one level too low
+
+
+def test_alphapose_unloaded_entries_reported(tmp_path):
+    (tmp_path / "5" / "empty").mkdir(parents=True)
+    (tmp_path / "5" / "005_45_0_1_nm.json").write_text(_json_with(lambda d: d))
+    (tmp_path / "5" / "005_45_0_1_nm.json.bak").write_text("old copy")
+    (tmp_path / "5" / "poses.csv").write_text("a,b")
+    (tmp_path / "5" / "._005_45_0_1_nm.json").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # hidden
+    (tmp_path / "5" / "dangling.json").symlink_to(tmp_path / "missing.json")
+    (tmp_path / "5" / "loop").symlink_to(tmp_path)
+    seqs, report = load_alphapose(tmp_path)  # strict: nothing corrupt, the rest is only reported
+    assert [s.sequence_id for s in seqs] == ["5/005_45_0_1_nm"] and report.skipped == []
+    assert ignored(report, tmp_path) == {
+        "5/005_45_0_1_nm.json.bak": "not a .json file", "5/dangling.json": "not a regular file or folder "
+        "(a broken link?)", "5/empty": "empty folder", "5/loop": f"link to a folder already walked ({tmp_path})",
+        "5/poses.csv": "not a .json file"}
+    assert "ignored 5" in str(report)
+    (tmp_path / "5" / "005_45_0_1_nm.json").unlink()
+    with pytest.raises(DataError, match=r"no AlphaPose .json files found; ignored: .*\.bak \(not a .json file\)"):
+        load_alphapose(tmp_path)
+
+
+def test_npz_and_casiab_unloaded_entries_reported(tmp_path):
+    (tmp_path / "clips" / "sub").mkdir(parents=True)
+    np.savez(tmp_path / "clips" / "a.npz", poses=random_poses(3), recording="walk7")
+    np.save(tmp_path / "clips" / "sub" / "b.npy", random_poses(3))
+    (tmp_path / "clips" / ".hidden.npz").write_bytes(b"not even a zip")  # hidden: never opened
+    (seq,), report = load_npz(tmp_path / "clips")
+    assert (seq.sequence_id, seq.recording, seq.recording_id) == ("a", "walk7", "walk7")
+    assert ignored(report, tmp_path) == {"clips/sub/b.npy": "not a .npz file"}
+    write_casiab(tmp_path / "csv" / "poses.csv") if (tmp_path / "csv").mkdir() is None else None
+    (tmp_path / "csv" / "poses.csv.gz").write_bytes(b"\x1f\x8b")
+    seqs, report = load_casiab(tmp_path / "csv")
+    assert len(seqs) == 3 and all(s.recording == "" for s in seqs)
+    assert ignored(report, tmp_path) == {"csv/poses.csv.gz": "not a .csv file"}
+
+
+@pytest.mark.parametrize("locked", ["0002/camid1_videoid1", "0002/camid1_videoid1/seq0"])
+def test_gait3d_unreadable_folder_is_a_bad_unit(tmp_path, monkeypatch, locked):
+    write_gait3d(tmp_path, {"0001/camid1_videoid1/seq0": {1: GOOD}, "0002/camid1_videoid1/seq0": {2: GOOD}})
+    scandir = os.scandir
+
+    def scandir_or_deny(path):
+        if Path(path) == tmp_path / locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_or_deny)
+    with pytest.raises(DataError, match=f"{locked}: cannot read folder \\(Permission denied\\)"):
+        load_gait3d(tmp_path)
+    seqs, report = load_gait3d(tmp_path, lenient=True)
+    assert [s.subject for s in seqs] == ["0001"] and report.ignored == []
+    assert report.skipped == [(str(tmp_path / locked), "cannot read folder (Permission denied)")]
+
+
+def test_load_report_lists_both_kinds_and_counts_the_rest():
+    report = LoadReport(loaded=4)
+    for k in range(25):
+        report.skip(f"bad{k}.json", "invalid JSON")
+    report.ignore("README.md", "not a .json file")
+    lines = str(report).splitlines()
+    assert lines[0] == "loaded 4 sequences, skipped 25, ignored 1"
+    assert lines[1:3] == ["  skipped bad0.json: invalid JSON", "  skipped bad1.json: invalid JSON"]
+    assert lines[21:] == ["  ... and 5 more skipped", "  ignored README.md: not a .json file"]
+
+
+# ------------------------------------------------------------------------------------- tracklet linking
+def reference_tracklets(dets: list) -> list[list]:
+    """Step 1 of alphapose's person selection written the obvious way (every detection against every live
+    tracklet, quadratic): the fast linker must give exactly these tracklets."""
+    by_frame_dets = defaultdict(list)
+    for d in dets:
+        by_frame_dets[d.frame].append(d)
+    tracks, live = [], []
+    for frame in sorted(by_frame_dets):
+        cur = sorted(by_frame_dets[frame], key=lambda d: (-d.score, d.order))
+        live = [j for j in live if frame - tracks[j][-1].frame <= alphapose.MAX_GAP]
+        pairs = sorted((-alphapose._iou(d.box, tracks[j][-1].box), i, j) for i, d in enumerate(cur) for j in live)
+        used_d, used_t = set(), set()
+        for neg_iou, i, j in pairs:
+            if -neg_iou >= alphapose.LINK_IOU and i not in used_d and j not in used_t:
+                used_d.add(i)
+                used_t.add(j)
+                tracks[j].append(cur[i])
+        for i, d in enumerate(cur):
+            if i not in used_d:
+                live.append(len(tracks))
+                tracks.append([d])
+    return tracks
+
+
+def crowd(frames: int, people: int, width: float, seed: int = 0, grid: float = 0.0) -> list:
+    """Random walkers (boxes w = h / 3) that now and then vanish or jump; `grid` > 0 snaps boxes and scores to
+    coarse values so that equal IoUs and equal scores (the tie-breaks) are common."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(0, width, people), rng.uniform(0, 600, people)
+    h, score = rng.uniform(150, 350, people), rng.uniform(0.5, 3.0, people)
+    kp = np.zeros((17, 3), np.float32)
+    dets = []
+    for f in range(frames):
+        x += rng.normal(0, 8, people)
+        y += rng.normal(0, 4, people)
+        jump = rng.random(people) < 0.02
+        x[jump] = rng.uniform(0, width, jump.sum())
+        for p in np.flatnonzero(rng.random(people) >= 0.05):
+            box = np.array([x[p], y[p], h[p] / 3, h[p]])
+            s = score[p]
+            if grid:
+                box, s = np.round(box / grid) * grid, round(s * 2) / 2
+            dets.append(alphapose.Detection(f + f // 7, kp, float(s), tuple(box.tolist()), len(dets)))
+    order = np.random.default_rng(seed + 1).permutation(len(dets))  # files need not be sorted
+    return [dets[k] for k in order]
+
+
+def orders(tracks: list[list]) -> list[list[int]]:
+    return [[d.order for d in t] for t in tracks]
+
+
+@pytest.mark.parametrize("grid", [0.0, 20.0])
+def test_tracklets_match_reference_linker(grid):
+    for seed in range(3):
+        dets = crowd(40, 15, 900, seed=seed, grid=grid)
+        assert orders(alphapose._tracklets(dets)) == orders(reference_tracklets(dets))
+
+
+def walker(frames, x0: float, step: float, y: float, h: float, score: float, start: int = 0) -> list:
+    kp = np.zeros((17, 3), np.float32)
+    return [alphapose.Detection(f, kp, score, (x0 + step * f, y, h / 3, h), start + k) for k, f in enumerate(frames)]
+
+
+def test_tracklets_crossing_people_keep_identities():
+    # A (tall) walks right, B (shorter) walks left; they cross at frame 12, where each one's box also links
+    # to the other's previous box: the better overlap (the same person's) must win on both sides.
+    a = walker(range(25), 0, 20, 0, 300, 2.0)
+    b = walker(range(25), 480, -20, 40, 240, 1.0, start=100)
+    assert a[12].box[0] == b[12].box[0], "test premise: they cross at frame 12"
+    assert min(alphapose._iou(a[12].box, b[11].box), alphapose._iou(b[12].box, a[11].box)) > alphapose.LINK_IOU
+    tracks = orders(alphapose._tracklets(a + b))
+    assert tracks == [[d.order for d in a], [d.order for d in b]]
+
+
+def test_tracklets_gap_and_reentry():
+    frames = [f for f in range(30) if not 10 <= f < 13]  # a 3-frame gap (<= MAX_GAP) is bridged
+    assert len(alphapose._tracklets(walker(frames, 0, 5, 0, 300, 2.0))) == 1
+    frames = [f for f in range(30) if not 10 <= f < 20]  # a 10-frame gap is a new tracklet ...
+    dets = walker(frames, 0, 5, 0, 300, 2.0)
+    tracks = alphapose._tracklets(dets)
+    assert [[d.frame for d in t] for t in tracks] == [list(range(10)), list(range(20, 30))]
+    assert alphapose.select_walker(dets) == dets  # ... that the walker rule joins back (same size and score)
+
+
+def test_tracklets_one_detection_per_tracklet():
+    # two detections overlap the one live tracklet: the better overlap links, the other starts a tracklet
+    first = walker([0], 0, 0, 0, 300, 2.0)
+    near, far = walker([1], 5, 0, 0, 300, 1.0, start=1), walker([1], 40, 0, 0, 300, 3.0, start=2)
+    tracks = orders(alphapose._tracklets(first + near + far))
+    assert tracks == [[0, 1], [2]]
+
+
+def iou_evaluations(dets: list, monkeypatch) -> int:
+    calls = [0]
+    iou = alphapose._iou
+
+    def counting(a, b):
+        calls[0] += 1
+        return iou(a, b)
+
+    monkeypatch.setattr(alphapose, "_iou", counting)
+    alphapose._tracklets(dets)
+    monkeypatch.setattr(alphapose, "_iou", iou)
+    return calls[0]
+
+
+def test_tracklet_linking_is_linear_in_a_crowd_file(tmp_path, monkeypatch):
+    """300 frames of 60 walkers through the whole loader: the IoU work grows like the detections (x 4 from 15
+    to 60 people at the same crowd density), where comparing all pairs grows like their square (x 16)."""
+    counts = {}
+    for people in (15, 60):
+        dets = crowd(300, people, width=120.0 * people, seed=people)
+        path = tmp_path / f"crowd{people}.json"
+        path.write_text(json.dumps([{"image_id": f"{d.frame}.jpg", "keypoints": [1.0] * 51, "score": d.score,
+                                     "box": list(d.box)} for d in dets]))
+        parsed = alphapose.parse_detections(json.loads(path.read_text()))
+        counts[people] = iou_evaluations(parsed, monkeypatch), len(parsed)
+        seq = alphapose.load_alphapose_file(path)
+        assert seq.num_frames > 0 and seq.meta["num_detections"] == len(dets)
+    (small, n_small), (large, n_large) = counts[15], counts[60]
+    assert large / n_large < 3, "a detection meets only the few tracklets its box overlaps"
+    assert large / small < 1.5 * n_large / n_small, counts  # linear: about 4; all pairs: about 16
 
 
 # ---------------------------------------------------------------------------------------------- fuzzing

@@ -9,7 +9,9 @@ Schemes (``SCHEMES``): ``gait3d:FOLDER`` (Gait3D pose txt), ``alphapose:FOLDER|F
 PsyMo layout), ``casiab:FILE.csv`` (GaitGraph CASIA-B CSV; a folder of CSVs works too), ``npz:FILE|FOLDER``.
 Each format's module documents its layout and labels; ``_common`` documents the bad-data rules
 (strict mode raises ``DataError`` naming the file and the problem, lenient mode skips the bad
-file/line/frame and records ``(source, reason)`` in the report).
+file/line/frame and records ``(source, reason)`` in ``report.skipped``) and the layout rule: every visible
+file or folder a loader does not load (README, stray file, folder at the wrong depth) is listed in
+``report.ignored`` with the reason, in both modes; ``str(report)`` shows both lists.
 """
 from __future__ import annotations
 
@@ -48,10 +50,11 @@ _USAGE = "gait3d:FOLDER, alphapose:FOLDER_OR_FILE, casiab:FILE.csv, npz:FILE_OR_
 
 
 def load_dataset(spec: str | os.PathLike, *, lenient: bool = False) -> tuple[list[PoseSequence], LoadReport]:
-    """Load a dataset named ``SCHEME:PATH``; returns the sequences and a report of what was skipped.
+    """Load a dataset named ``SCHEME:PATH``; returns the sequences and a report of what was left out.
 
     Unknown scheme or missing path: DataError listing the valid schemes. Strict (default): any bad file
-    raises DataError naming it. ``lenient=True``: bad files/lines/frames are skipped and recorded.
+    raises DataError naming it. ``lenient=True``: bad files/lines/frames are skipped and recorded in
+    ``report.skipped``. Entries outside the format's layout are listed in ``report.ignored`` in both modes.
     """
     spec = os.fspath(spec)
     scheme, sep, path = spec.partition(":")

@@ -11,6 +11,12 @@ Bad-data rules (the same for every format):
 * A frame whose every joint has confidence 0 carries no pose: strict raises, lenient drops the frame
   and records it.
 * A sequence with no usable frame left is an error in strict mode and skipped (recorded) in lenient mode.
+
+Layout rules (the same for every format): a loader walks the whole folder it is given, and every visible file
+or folder it does not load (a README, a stray file, a file with another suffix, a folder the format's layout
+does not allow) is recorded in ``LoadReport.ignored`` as ``(path, reason)``. That is not an error, in strict
+mode either. Hidden entries (names starting with ``.``: ``.git``, ``.DS_Store``, macOS ``._*`` resource files)
+are passed over silently. Symbolic links are followed; a link back to a folder already walked is recorded.
 """
 from __future__ import annotations
 
@@ -42,17 +48,70 @@ class Context:
             raise DataError(f"{source}: {reason}")
         self.report.skip(str(source), reason)
 
+    def ignore(self, path: str | os.PathLike, reason: str) -> None:
+        """An entry outside the format's layout: recorded in both modes, never an error."""
+        self.report.ignore(str(path), reason)
 
-def find_files(path: Path, pattern: str, what: str) -> list[Path]:
-    """`path` itself when it is a file, else every `pattern` file under it (recursively, in relative-path order)."""
+
+def is_hidden(name: str) -> bool:
+    """Hidden entries (``.git``, ``.DS_Store``, ``._x.json``) are passed over without a report line."""
+    return name.startswith(".")
+
+
+def visible_entries(folder: Path, ctx: Context) -> list[os.DirEntry] | None:
+    """The folder's non-hidden entries, sorted by name (so walks and reports are deterministic); None when it
+    cannot be read, which is a bad unit like an unreadable file (strict: DataError; lenient: recorded)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not is_hidden(e.name)), key=lambda e: e.name)
+    except OSError as exc:
+        ctx.fail(folder, f"cannot read folder ({exc.strerror or exc})")
+        return None
+
+
+def find_files(path: Path, suffix: str, what: str, ctx: Context) -> list[Path]:
+    """`path` itself when it is a file, else every ``*suffix`` file under it (recursively, in relative-path
+    order). Every other visible entry under it goes to ``ctx.report.ignored`` with the reason."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder")
-    files = sorted((p for p in path.rglob(pattern) if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+    first_ignored = len(ctx.report.ignored)
+    files: list[Path] = []
+    _walk(path, suffix, files, ctx, visited={os.path.realpath(path)})
     if not files:
-        raise DataError(f"{path}: no {what} files found")
-    return files
+        raise DataError(f"{path}: no {what} files found" + ignored_summary(ctx.report, first_ignored))
+    return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+
+
+def _walk(folder: Path, suffix: str, files: list[Path], ctx: Context, visited: set[str]) -> None:
+    entries = visible_entries(folder, ctx)
+    if entries == []:
+        ctx.ignore(folder, "empty folder")
+    for e in entries or []:
+        if e.is_dir():
+            real = os.path.realpath(e.path)
+            if real in visited:  # a link back up the tree would make the walk endless
+                ctx.ignore(e.path, f"link to a folder already walked ({real})")
+                continue
+            visited.add(real)
+            _walk(Path(e.path), suffix, files, ctx, visited)
+        elif not e.is_file():
+            ctx.ignore(e.path, "not a regular file or folder (a broken link?)")
+        elif e.name.endswith(suffix):
+            files.append(Path(e.path))
+        else:
+            ctx.ignore(e.path, f"not a {suffix} file")
+
+
+def ignored_summary(report: LoadReport, start: int = 0, shown: int = 3) -> str:
+    """``"; ignored: a (reason), b (reason), ... (N in all)"`` for the entries ignored since `start`, so that a
+    "nothing found" error says what was there instead; "" when nothing was ignored."""
+    entries = report.ignored[start:]
+    if not entries:
+        return ""
+    text = ", ".join(f"{path} ({reason})" for path, reason in entries[:shown])
+    return f"; ignored: {text}" + (f", ... ({len(entries)} in all)" if len(entries) > shown else "")
 
 
 def load_files(files: Sequence[Path], desc: str, load_one, ctx: Context) -> list[PoseSequence]:

@@ -6,15 +6,19 @@ Each file is a JSON list of detections ``{"image_id": "5.jpg", "keypoints": [17 
 file: ``subject`` = ``<ID>``, ``view`` = ``<viewpoint>`` ("00", "45", "90"), ``condition`` = ``<variation>``
 (nm, bg, cl, ph, txt, wsf, wss), ``meta`` = ``{"direction", "run", "num_detections"}``,
 ``sequence_id`` = the file's path under the root without ``.json``. A ``.json`` file whose name does not
-follow the pattern still loads, with ``subject`` = its folder name and empty view/condition. Non-JSON files
-(licence, README) are ignored.
+follow the pattern still loads, with ``subject`` = its folder name and empty view/condition. A folder is
+searched recursively; every other visible file (licence, README) or empty folder under it is recorded in
+``LoadReport.ignored`` with the reason (never an error), hidden entries (names starting with ``.``, e.g. macOS
+``._x.json`` resource files) are passed over silently. Each file is its own recording (``recording`` = "").
 
 Person selection (several people per frame; keep the walking subject, one detection per frame)
 -------------------------------------------------------------------------------------------------
 1. **Tracklets.** Frames are visited in increasing order. Each detection is linked to an open tracklet
    whose last box overlaps it with IoU >= ``LINK_IOU`` (0.3) and was seen at most ``MAX_GAP`` (5) frames
-   before; pairs are assigned greedily, highest IoU first, one detection per tracklet. Unlinked detections
-   start new tracklets.
+   before; pairs are assigned greedily, highest IoU first (ties: the detection with the higher score, then
+   the older tracklet), one detection per tracklet. Unlinked detections start new tracklets. Only tracklets
+   whose last box overlaps the detection's are compared (found by a sweep over left edges), so linking
+   costs about one step per detection plus one per overlapping pair, not detections x tracklets.
 2. **Main tracklet** = the one with the largest total detection score (long and confident: the walker is
    the person seen longest and best). Ties: earliest start, then creation order.
 3. **Repair breaks.** The walker's tracklet can break when its box jumps (PsyMo has such jumps in
@@ -30,7 +34,9 @@ box or score) is one bad unit: strict raises DataError naming the file, lenient 
 """
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -166,21 +172,52 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _overlapping_pairs(det_boxes: list, track_boxes: list) -> list[tuple[int, int]]:
+    """The (detection, track) index pairs whose boxes ([x, y, w, h]) overlap, without trying every pair.
+
+    With the tracks sorted by left edge, a detection at [x, x + w] can only meet the run of tracks whose left
+    edge lies in [x - widest track, x + w] (two binary searches; a tiny margin keeps rounding from cutting a
+    pair at the window's edge); the run is then checked exactly on both axes with the comparisons ``_iou``
+    makes, so a pair left out has IoU 0. The work is the boxes (times a log) plus the pairs close in x,
+    not detections x tracks.
+    """
+    if not det_boxes or not track_boxes:
+        return []
+    order = sorted(range(len(track_boxes)), key=lambda j: track_boxes[j][0])
+    left = [track_boxes[j][0] for j in order]
+    widest = max(0.0, max(b[2] for b in track_boxes))
+    pairs = []
+    for i, (x, y, w, h) in enumerate(det_boxes):
+        lo = bisect.bisect_left(left, x - widest - 1e-9 * (abs(x) + widest + 1.0))
+        hi = bisect.bisect_right(left, x + w)
+        for j in order[lo:hi]:
+            bx, by, bw, bh = track_boxes[j]
+            if bx < x + w and bx + bw > x and by < y + h and by + bh > y:
+                pairs.append((i, j))
+    return pairs
+
+
 def _tracklets(dets: list[Detection]) -> list[list[Detection]]:
+    """Step 1 of the module docstring. Only tracklets seen within MAX_GAP frames are live, and a detection is
+    compared only with the live tracklets its box overlaps (``_overlapping_pairs``): a frame costs about its detections,
+    however many people the file holds."""
     by_frame: dict[int, list[Detection]] = {}
     for d in dets:
         by_frame.setdefault(d.frame, []).append(d)
     tracks: list[list[Detection]] = []
-    open_ids: list[int] = []  # tracklets seen within MAX_GAP frames
+    live: list[int] = []  # tracklets seen within MAX_GAP frames
     for frame in sorted(by_frame):
         cur = sorted(by_frame[frame], key=lambda d: (-d.score, d.order))
-        open_ids = [j for j in open_ids if frame - tracks[j][-1].frame <= MAX_GAP]
-        pairs = [(_iou(d.box, tracks[j][-1].box), i, j) for i, d in enumerate(cur) for j in open_ids]
-        pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+        live = [j for j in live if frame - tracks[j][-1].frame <= MAX_GAP]
+        last = [tracks[j][-1].box for j in live]
+        pairs = []
+        for i, k in _overlapping_pairs([d.box for d in cur], last):
+            iou = _iou(cur[i].box, last[k])
+            if iou >= LINK_IOU:
+                pairs.append((iou, i, live[k]))
+        pairs.sort(key=lambda p: (-p[0], p[1], p[2]))  # highest IoU first, ties by detection rank, then age
         used_d, used_t = set(), set()
-        for v, i, j in pairs:
-            if v < LINK_IOU:
-                break
+        for _, i, j in pairs:
             if i in used_d or j in used_t:
                 continue
             used_d.add(i)
@@ -188,7 +225,7 @@ def _tracklets(dets: list[Detection]) -> list[list[Detection]]:
             tracks[j].append(cur[i])
         for i, d in enumerate(cur):
             if i not in used_d:
-                open_ids.append(len(tracks))
+                live.append(len(tracks))
                 tracks.append([d])
     return tracks
 
@@ -204,13 +241,22 @@ def select_walker(dets: list[Detection]) -> list[Detection]:
     order = sorted(range(len(tracks)), key=lambda k: (-total[k], tracks[k][0].frame, k))
     main = order[0]
     kept = [main]
+    spans = [(tracks[main][0].frame, tracks[main][-1].frame)]  # the kept frame spans, disjoint, sorted
     for k in order[1:]:
         first, last = tracks[k][0].frame, tracks[k][-1].frame
-        if any(first <= tracks[c][-1].frame and last >= tracks[c][0].frame for c in kept):
+        if _overlaps(spans, first, last):
             continue
         if mean_score[k] >= SCORE_RATIO * mean_score[main] and height[k] >= HEIGHT_RATIO * height[main]:
             kept.append(k)
+            bisect.insort(spans, (first, last))
     return sorted((d for k in kept for d in tracks[k]), key=lambda d: d.frame)
+
+
+def _overlaps(spans: list[tuple[int, int]], first: int, last: int) -> bool:
+    """Whether [first, last] meets one of `spans` (disjoint, sorted): only the last span starting at or before
+    `last` can, because the ends of disjoint sorted spans are sorted too."""
+    k = bisect.bisect_right(spans, (last, math.inf)) - 1
+    return k >= 0 and spans[k][1] >= first
 
 
 def _labels(path: Path, root: Path) -> dict:
@@ -249,5 +295,5 @@ def load_alphapose(path: str | os.PathLike, *, lenient: bool = False,
     """Load one AlphaPose JSON file or every ``*.json`` under a folder (recursively); see the module docstring."""
     ctx = Context(lenient, report)
     path = Path(path)
-    files = find_files(path, "*.json", "AlphaPose .json")
+    files = find_files(path, ".json", "AlphaPose .json", ctx)
     return load_files(files, "alphapose", lambda f: load_alphapose_file(f, path, ctx), ctx), ctx.report

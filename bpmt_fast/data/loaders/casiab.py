@@ -8,7 +8,10 @@ One PoseSequence per key: ``subject`` "001", ``condition`` "bg" (lower-cased), `
 
 A bad line (undecodable, bad path, not 51 numbers, non-numeric, NaN/inf, duplicate frame) is one bad unit:
 strict raises DataError naming ``<file>:<line>``, lenient skips the line and records it. Frames whose
-confidences are all 0 and sequences left empty follow the shared rules (see ``_common``).
+confidences are all 0 and sequences left empty follow the shared rules (see ``_common``). Given a folder, every
+``*.csv`` under it is read; other visible files and empty folders go to ``LoadReport.ignored`` with the reason
+(never an error), hidden entries (names starting with ``.``) are passed over silently. Each sequence is its
+own recording (``recording`` = "").
 """
 from __future__ import annotations
 
@@ -109,5 +112,5 @@ def load_casiab(path: str | os.PathLike, *, lenient: bool = False,
     """Load a GaitGraph CASIA-B CSV file (or every ``*.csv`` under a folder, recursively); see the module
     docstring."""
     ctx = Context(lenient, report)
-    files = find_files(Path(path), "*.csv", ".csv")
+    files = find_files(Path(path), ".csv", ".csv", ctx)
     return load_files(files, "casiab", lambda f: _load_csv(ctx, f), ctx), ctx.report

@@ -4,11 +4,20 @@ Each frame file holds one comma-separated line: two leading numbers (the person 
 then 17 x (x, y, confidence), COCO-17 pixel coordinates in the crop. Frame numbers can skip (missing
 detections): ``frame_times`` are the real frame numbers, sorted numerically. One PoseSequence per ``seq``
 folder: ``view`` = ``"camid<C>"``, ``condition`` = ``""``, ``sequence_id`` = ``"<subject>/camid<C>_videoid<V>/seq<S>"``,
-``meta`` = ``{"camid", "videoid", "seq", "crop_offset" ((T, 2) float32, the two leading numbers)}``.
+``recording`` = ``"<subject>/camid<C>_videoid<V>"`` (the ``seq`` clips are cut from that one video, so splits
+must keep them on one side), ``meta`` = ``{"camid", "videoid", "seq", "crop_offset" ((T, 2) float32, the two
+leading numbers)}``.
 
-Files in a sequence folder that are not ``*f<digits>.txt`` are ignored. A bad frame file (empty, not one
-line, not 53 numbers, non-numeric, NaN/inf, all confidences 0) raises DataError naming it (strict) or is
-skipped and recorded (lenient); see ``_common`` for the shared rules.
+The layout is checked level by level: any folder name is a subject, but camera folders must be named
+``camid<C>_videoid<V>`` and sequence folders ``seq<S>`` (digits). Everything else that is visible goes to
+``LoadReport.ignored`` with the reason, in strict mode too (it never raises): stray files at any level, folders
+with other names (with a note when frame files lie under them, i.e. sequences at the wrong depth), folders and
+non-frame files inside a sequence folder (frame files are ``*f<digits>.txt``), empty subject or camera folders.
+Frame files found directly in the root, a subject or a camera folder are reported once per folder, with their count.
+Hidden entries (names starting with ``.``) are passed over silently.
+
+A bad frame file (empty, not one line, not 53 numbers, non-numeric, NaN/inf, all confidences 0) raises
+DataError naming it (strict) or is skipped and recorded (lenient); see ``_common`` for the shared rules.
 """
 from __future__ import annotations
 
@@ -18,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bpmt_fast.data.loaders._common import Context, build_sequence, frame_number, parse_floats, progress, read_text
+from bpmt_fast.data.loaders._common import (Context, build_sequence, frame_number, ignored_summary, is_hidden,
+                                           parse_floats, progress, read_text, visible_entries)
 from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
 
 NUM_JOINTS = 17
@@ -50,28 +60,83 @@ def parse_frame_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return values[:2], joints
 
 
-def _subdirs(path: Path) -> list[Path]:
-    with os.scandir(path) as it:
-        return sorted((Path(e.path) for e in it if e.is_dir()), key=lambda p: p.name)
+LAYOUT = "<root>/<subject>/camid<C>_videoid<V>/seq<S>/human_crop_f<frame>.txt"
 
 
-def find_sequences(root: Path) -> list[Path]:
-    """Sequence folders ``<root>/<subject>/<camera_video>/<seq>``, sorted."""
-    return [s for subj in _subdirs(root) for cam in _subdirs(subj) for s in _subdirs(cam)]
+def find_sequences(root: Path, ctx: Context | None = None) -> list[Path]:
+    """Sequence folders ``<root>/<subject>/camid<C>_videoid<V>/seq<S>``, sorted; every other visible entry
+    met on the way is recorded in ``ctx.report.ignored`` with the reason."""
+    ctx = ctx or Context()
+    return [seq for subject in _layout_folders(ctx, root, None, "<subject> folders")
+            for camera in _layout_folders(ctx, subject, _CAMERA_RE, "camid<C>_videoid<V> folders")
+            for seq in _layout_folders(ctx, camera, _SEQ_RE, "seq<S> folders")]
+
+
+def _layout_folders(ctx: Context, parent: Path, name_re: re.Pattern | None, expected: str) -> list[Path]:
+    """The sub-folders of `parent` whose names fit `name_re` (any name when None); the other entries are
+    reported as ignored, frame files lying here once for the folder."""
+    entries = visible_entries(parent, ctx)
+    if entries == []:
+        ctx.ignore(parent, f"empty folder; {expected} belong here")
+    out, frames = [], 0
+    for e in entries or []:
+        if e.is_dir():
+            if name_re is None or name_re.match(e.name):
+                out.append(Path(e.path))
+            else:
+                ctx.ignore(e.path, f"folder name is not {expected.removesuffix(' folders')}" + _frames_below(e.path))
+        elif e.is_file() and _FRAME_RE.search(e.name):
+            frames += 1
+        else:
+            ctx.ignore(e.path, f"stray {_kind(e)}; only {expected} belong here")
+    if frames:
+        ctx.ignore(parent, f"{_frame_count(frames)} at the wrong depth (layout: {LAYOUT})")
+    return out
+
+
+def _kind(entry: os.DirEntry) -> str:
+    return "file" if entry.is_file() else "entry (not a regular file or folder: a broken link?)"
+
+
+def _frame_count(n: int) -> str:
+    return f"{n} frame file{'s' if n != 1 else ''}"
+
+
+def _frames_below(folder: str) -> str:
+    """A note for an ignored folder that holds frame files: its sequences are at the wrong depth."""
+    count = 0
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        count += sum(1 for f in files if not is_hidden(f) and _FRAME_RE.search(f))
+    return f"; it holds {_frame_count(count)}: sequences at the wrong depth? (layout: {LAYOUT})" if count else ""
+
+
+def _frame_files(ctx: Context, entries: list[os.DirEntry]) -> tuple[list[tuple[int, Path]], bool]:
+    """(frame number, path) of the frame files among a sequence folder's entries, sorted, and whether any file
+    is named like one (a name with a bad number is a bad unit, not an ignored entry); the rest is ignored."""
+    frames, found = [], False
+    for e in entries:
+        if e.is_dir():
+            ctx.ignore(e.path, "folder inside a sequence folder" + _frames_below(e.path))
+            continue
+        m = _FRAME_RE.search(e.name)
+        if not (m and e.is_file()):
+            ctx.ignore(e.path, "not a frame file (human_crop_f<frame>.txt)" if e.is_file()
+                       else "not a regular file or folder (a broken link?)")
+            continue
+        found = True
+        try:
+            frames.append((frame_number(m.group(1)), Path(e.path)))
+        except ValueError as exc:
+            ctx.fail(e.path, str(exc))
+    return sorted(frames), found
 
 
 def _load_sequence(ctx: Context, root: Path, seq_dir: Path) -> PoseSequence | None:
-    frames, found = [], False
-    with os.scandir(seq_dir) as it:
-        for e in it:
-            m = _FRAME_RE.search(e.name)
-            if m and e.is_file():
-                found = True
-                try:
-                    frames.append((frame_number(m.group(1)), Path(e.path)))
-                except ValueError as exc:
-                    ctx.fail(e.path, str(exc))
-    frames.sort()
+    entries = visible_entries(seq_dir, ctx)
+    if entries is None:
+        return None  # unreadable folder, already reported
+    frames, found = _frame_files(ctx, entries)
     offsets, poses, times = [], [], []
     for frame, path in frames:
         if times and times[-1] == frame:
@@ -85,23 +150,20 @@ def _load_sequence(ctx: Context, root: Path, seq_dir: Path) -> PoseSequence | No
         offsets.append(offset)
         poses.append(joints)
         times.append(frame)
-    seq_id = seq_dir.relative_to(root).as_posix()
     if not found:
         ctx.fail(seq_dir, "empty sequence (no human_crop_f<frame>.txt frame files)")
         return None
     if not poses:
         ctx.fail(seq_dir, "empty sequence (no usable frame)")
         return None
-    cam_video = seq_dir.parent.name
-    m = _CAMERA_RE.match(cam_video)
-    meta = {"camid": m.group(1), "videoid": m.group(2)} if m else {}
-    ms = _SEQ_RE.match(seq_dir.name)
-    meta["seq"] = ms.group(1) if ms else seq_dir.name
-    meta["crop_offset"] = np.stack(offsets)
+    camera = _CAMERA_RE.match(seq_dir.parent.name)  # find_sequences only yields folders that match
+    meta = {"camid": camera.group(1), "videoid": camera.group(2), "seq": _SEQ_RE.match(seq_dir.name).group(1),
+            "crop_offset": np.stack(offsets)}
     return build_sequence(
         ctx, np.stack(poses), np.asarray(times), where=str(seq_dir),
-        subject=seq_dir.parent.parent.name, view=f"camid{m.group(1)}" if m else cam_video, condition="",
-        skeleton="coco17", sequence_id=seq_id, source=str(seq_dir), meta=meta,
+        subject=seq_dir.parent.parent.name, view=f"camid{camera.group(1)}", condition="", skeleton="coco17",
+        sequence_id=seq_dir.relative_to(root).as_posix(), recording=seq_dir.parent.relative_to(root).as_posix(),
+        source=str(seq_dir), meta=meta,
     )
 
 
@@ -112,9 +174,11 @@ def load_gait3d(root: str | os.PathLike, *, lenient: bool = False,
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: Gait3D root must be a folder <root>/<subject>/camid<C>_videoid<V>/seq<S>/")
-    seq_dirs = find_sequences(root)
+    first_ignored = len(ctx.report.ignored)
+    seq_dirs = find_sequences(root, ctx)
     if not seq_dirs:
-        raise DataError(f"{root}: no Gait3D sequence folders (<subject>/camid<C>_videoid<V>/seq<S>/) found")
+        raise DataError(f"{root}: no Gait3D sequence folders (<subject>/camid<C>_videoid<V>/seq<S>/) found"
+                        + ignored_summary(ctx.report, first_ignored))
     out = []
     for seq_dir in progress(seq_dirs, "gait3d", unit="seq"):
         seq = _load_sequence(ctx, root, seq_dir)

@@ -3,10 +3,13 @@
 Entries: ``poses`` (T, J, C) numbers, C = 3 (x, y, confidence) or 4 (x, y, z, confidence), required;
 optional 0-d string (or integer) arrays ``subject``, ``view``, ``condition``, ``skeleton`` (default
 "coco17"; any name or alias of ``bpmt_fast.model.skeleton.get_format``, checked against J) and
-``sequence_id`` (default: the path under the folder without ``.npz``, or the file stem); optional
-``frame_times`` (T,) integers (default 0..T-1). Missing labels are "". Files are read with
-``np.load(path, allow_pickle=False)``: object arrays (pickles) are refused, never executed.
-A bad file is one unit (strict: DataError naming it; lenient: skipped and recorded).
+``sequence_id`` (default: the path under the folder without ``.npz``, or the file stem) and ``recording``
+(the video the clip was cut from; clips sharing it stay on one side of a split; default "": the file is its
+own recording); optional ``frame_times`` (T,) integers (default 0..T-1). Missing labels are "". Files are read
+with ``np.load(path, allow_pickle=False)``: object arrays (pickles) are refused, never executed.
+A bad file is one unit (strict: DataError naming it; lenient: skipped and recorded). Other visible files and
+empty folders under a folder go to ``LoadReport.ignored`` with the reason (never an error); hidden entries
+(names starting with ``.``) are passed over silently.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from bpmt_fast.data.loaders._common import MAX_FRAME, Context, build_sequence, f
 from bpmt_fast.data.sequence import LoadReport, PoseSequence
 from bpmt_fast.model.skeleton import get_format
 
-_LABELS = ("subject", "view", "condition", "skeleton", "sequence_id")
+_LABELS = ("subject", "view", "condition", "skeleton", "sequence_id", "recording")
 
 
 def _scalar_text(arr: np.ndarray, name: str) -> str:
@@ -86,7 +89,8 @@ def load_npz_file(path: Path, root: Path | None = None, ctx: Context | None = No
     return build_sequence(
         ctx, poses, data.get("frame_times", np.arange(len(poses))), where=str(path),
         subject=data.get("subject", ""), view=data.get("view", ""), condition=data.get("condition", ""),
-        skeleton=data["skeleton"], sequence_id=data.get("sequence_id", default_id), source=str(path),
+        skeleton=data["skeleton"], sequence_id=data.get("sequence_id", default_id),
+        recording=data.get("recording", ""), source=str(path),
     )
 
 
@@ -95,6 +99,6 @@ def load_npz(path: str | os.PathLike, *, lenient: bool = False,
     """Load one ``.npz`` file or every ``*.npz`` under a folder; see the module docstring."""
     ctx = Context(lenient, report)
     path = Path(path)
-    files = find_files(path, "*.npz", ".npz")
+    files = find_files(path, ".npz", ".npz", ctx)
     root = path if path.is_dir() else None  # a single file keeps its name as the sequence id
     return load_files(files, "npz", lambda f: load_npz_file(f, root, ctx), ctx), ctx.report
