@@ -629,7 +629,8 @@ def test_npz_and_casiab_unloaded_entries_reported(tmp_path):
     (seq,), report = load_npz(tmp_path / "clips")
     assert (seq.sequence_id, seq.recording, seq.recording_id) == ("a", "walk7", "walk7")
     assert ignored(report, tmp_path) == {"clips/sub/b.npy": "not a .npz file"}
-    write_casiab(tmp_path / "csv" / "poses.csv") if (tmp_path / "csv").mkdir() is None else None
+    (tmp_path / "csv").mkdir()
+    write_casiab(tmp_path / "csv" / "poses.csv")
     (tmp_path / "csv" / "poses.csv.gz").write_bytes(b"\x1f\x8b")
     seqs, report = load_casiab(tmp_path / "csv")
     assert len(seqs) == 3 and all(s.recording == "" for s in seqs)
@@ -690,18 +691,37 @@ def reference_tracklets(dets: list) -> list[list]:
     return tracks
 
 
-def crowd(frames: int, people: int, width: float, seed: int = 0, grid: float = 0.0) -> list:
-    """Random walkers (boxes w = h / 3) that now and then vanish or jump; `grid` > 0 snaps boxes and scores to
-    coarse values so that equal IoUs and equal scores (the tie-breaks) are common."""
+def reference_walker(tracks: list[list]) -> list:
+    """Steps 2-4 of alphapose's person selection written the obvious way (every candidate against every kept
+    tracklet)."""
+    total = [sum(d.score for d in t) for t in tracks]
+    mean = [total[k] / len(t) for k, t in enumerate(tracks)]
+    height = [float(np.median([d.box[3] for d in t])) for t in tracks]
+    order = sorted(range(len(tracks)), key=lambda k: (-total[k], tracks[k][0].frame, k))
+    kept = order[:1]
+    for k in order[1:]:
+        spans_meet = any(tracks[k][0].frame <= tracks[c][-1].frame and tracks[k][-1].frame >= tracks[c][0].frame
+                         for c in kept)
+        if not spans_meet and mean[k] >= alphapose.SCORE_RATIO * mean[kept[0]] \
+                and height[k] >= alphapose.HEIGHT_RATIO * height[kept[0]]:
+            kept.append(k)
+    return sorted((d for k in kept for d in tracks[k]), key=lambda d: d.frame)
+
+
+def crowd(frames: int, people: int, width: float, seed: int = 0, grid: float = 0.0, jumps: float = 0.02) -> list:
+    """Random walkers (boxes w = h / 3) that now and then vanish or jump; `grid` > 0 snaps boxes to a grid, box
+    heights to three sizes and scores to halves, so that equal IoUs and equal scores (the tie-breaks) are common."""
     rng = np.random.default_rng(seed)
     x, y = rng.uniform(0, width, people), rng.uniform(0, 600, people)
     h, score = rng.uniform(150, 350, people), rng.uniform(0.5, 3.0, people)
+    if grid:
+        h = rng.choice([180.0, 240.0, 300.0], people)
     kp = np.zeros((17, 3), np.float32)
     dets = []
     for f in range(frames):
         x += rng.normal(0, 8, people)
         y += rng.normal(0, 4, people)
-        jump = rng.random(people) < 0.02
+        jump = rng.random(people) < jumps
         x[jump] = rng.uniform(0, width, jump.sum())
         for p in np.flatnonzero(rng.random(people) >= 0.05):
             box = np.array([x[p], y[p], h[p] / 3, h[p]])
@@ -720,8 +740,10 @@ def orders(tracks: list[list]) -> list[list[int]]:
 @pytest.mark.parametrize("grid", [0.0, 20.0])
 def test_tracklets_match_reference_linker(grid):
     for seed in range(3):
-        dets = crowd(40, 15, 900, seed=seed, grid=grid)
-        assert orders(alphapose._tracklets(dets)) == orders(reference_tracklets(dets))
+        dets = crowd(40, 15, 900, seed=seed, grid=grid, jumps=0.15)  # many breaks: the walker joins 2-3 tracklets
+        expected = reference_tracklets(dets)
+        assert orders(alphapose._tracklets(dets)) == orders(expected)
+        assert [d.order for d in alphapose.select_walker(dets)] == [d.order for d in reference_walker(expected)]
 
 
 def walker(frames, x0: float, step: float, y: float, h: float, score: float, start: int = 0) -> list:

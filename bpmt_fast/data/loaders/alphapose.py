@@ -15,10 +15,11 @@ Person selection (several people per frame; keep the walking subject, one detect
 -------------------------------------------------------------------------------------------------
 1. **Tracklets.** Frames are visited in increasing order. Each detection is linked to an open tracklet
    whose last box overlaps it with IoU >= ``LINK_IOU`` (0.3) and was seen at most ``MAX_GAP`` (5) frames
-   before; pairs are assigned greedily, highest IoU first (ties: the detection with the higher score, then
-   the older tracklet), one detection per tracklet. Unlinked detections start new tracklets. Only tracklets
-   whose last box overlaps the detection's are compared (found by a sweep over left edges), so linking
-   costs about one step per detection plus one per overlapping pair, not detections x tracklets.
+   before; pairs are assigned greedily, highest IoU first (ties: the higher-scoring detection, then the one
+   earlier in the file, then the older tracklet), one detection per tracklet. Unlinked detections start new
+   tracklets. Only tracklets whose last box overlaps the detection's are compared (found by a sweep over
+   left edges), so linking costs about one step per detection plus one per overlapping pair, not
+   detections x tracklets.
 2. **Main tracklet** = the one with the largest total detection score (long and confident: the walker is
    the person seen longest and best). Ties: earliest start, then creation order.
 3. **Repair breaks.** The walker's tracklet can break when its box jumps (PsyMo has such jumps in
@@ -199,8 +200,8 @@ def _overlapping_pairs(det_boxes: list, track_boxes: list) -> list[tuple[int, in
 
 def _tracklets(dets: list[Detection]) -> list[list[Detection]]:
     """Step 1 of the module docstring. Only tracklets seen within MAX_GAP frames are live, and a detection is
-    compared only with the live tracklets its box overlaps (``_overlapping_pairs``): a frame costs about its detections,
-    however many people the file holds."""
+    compared only with the live tracklets its box overlaps (``_overlapping_pairs``): a frame costs about its
+    detections, however many people the file holds."""
     by_frame: dict[int, list[Detection]] = {}
     for d in dets:
         by_frame.setdefault(d.frame, []).append(d)
