@@ -3,10 +3,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from bpmt_fast.train import checkpoint
 from bpmt_fast.train.config import load_config
@@ -93,3 +95,35 @@ def test_two_rank_ddp_run_matches_single_process(tmp_path):
             out = model.train()(batch["poses"], batch["lengths"])  # batch statistics: offsets cancel
             embeddings.append(out["inference_feat"]["embeddings"])
         torch.testing.assert_close(embeddings[1], embeddings[0], rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def torchrun_train(config_path, run_dir, script=("-m", "bpmt_fast.cli"), env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *script,
+               "train", "--config", str(config_path), "--run-dir", str(run_dir)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+
+
+def test_a_killed_two_rank_run_with_dropout_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Each rank draws its own dropout; a resumed run must restore every rank's RNG (not rank 0's on all ranks)
+    and take rank 0's early-stopping decisions, so it ends where the uninterrupted run ends."""
+    run = {**DDP_RUN, "models": ["baseline"], "stages": ["1", "ft"], "model": {**DDP_RUN["model"], "dropout": 0.3},
+           "stage1": {"epochs": 1, "batch_size": 8},
+           "finetune": {**DDP_RUN["finetune"], "epochs": 3}}
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(run))
+    straight = torchrun_train(config_path, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    killing_script = (str(Path(__file__).with_name("ddp_killed_train.py")),)
+    killed = torchrun_train(config_path, tmp_path / "resumed", killing_script, {"KILL_EPOCH": "2"})
+    assert killed.returncode != 0 and "simulated kill at finetune epoch 3" in killed.stdout + killed.stderr
+    resumed = torchrun_train(config_path, tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming after epoch 2" in resumed.stdout
+
+    assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "straight")
+    for name in ("baseline-finetune", "baseline-best"):
+        a = load_file(checkpoint.latest_checkpoint(tmp_path / "straight" / "checkpoints", name) / "model.safetensors")
+        b = load_file(checkpoint.latest_checkpoint(tmp_path / "resumed" / "checkpoints", name) / "model.safetensors")
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=lambda m: f"{name} {key}: {m}")

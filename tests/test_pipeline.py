@@ -150,7 +150,8 @@ def test_an_untrainable_split_fails_before_training_with_a_clear_error(tmp_path,
         run_pipeline(config)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
 
-    closed_set = tiny_config(tmp_path / "closed", data={**TINY["data"], "protocol": "closed-set"},
+    closed_data = {k: v for k, v in TINY["data"].items() if k not in ("test_subjects", "val_subjects")}
+    closed_set = tiny_config(tmp_path / "closed", data={**closed_data, "protocol": "closed-set"},
                              finetune={**TINY["finetune"], "ce_weight": 0.0})
     with pytest.raises(ValueError, match="closed-set classification, which needs the classifier"):
         run_pipeline(closed_set)

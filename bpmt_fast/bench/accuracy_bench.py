@@ -21,7 +21,7 @@ import torch
 
 from bpmt_fast.attention import BACKENDS, AttentionInputs
 from bpmt_fast.train.config import load_config
-from bpmt_fast.train.pipeline import evaluate_test_split, prepare_data, train_model
+from bpmt_fast.train.pipeline import evaluate_trained, prepare_data, train_model
 from bpmt_fast.train.stages import MetricsLog
 
 from .common import (ERROR, INTERPRETED_TRAINING_REASON, NAN, OK, OOM, SKIPPED, TIME_BUDGET_REASON, UNSUPPORTED,
@@ -39,7 +39,7 @@ QUICK_RUN = {
              "max_frames": 20, "test_subjects": 0.3, "val_subjects": 0.2},
     "stage1": {"epochs": 1, "batch_size": 16},
     "stage2": {"epochs": 1, "batch_size": 16},
-    "finetune": {"epochs": 1, "identities_per_batch": 4, "sequences_per_identity": 2, "batches_per_epoch": 2},
+    "finetune": {"epochs": 1, "warmup_epochs": 0, "identities_per_batch": 4, "sequences_per_identity": 2, "batches_per_epoch": 2},
 }
 FULL_RUN = {
     "models": ["bpmt", "baseline"],
@@ -78,7 +78,8 @@ def train_and_evaluate(name: str, config, data, device: torch.device, metrics_pa
         for model_name in config.models:
             started = time.perf_counter()
             model = train_model(model_name, config, data, device, log, Path(checkpoints), ["1", "2", "ft"])
-            test = evaluate_test_split(model, data, device).get("test", {}).get("all", {}).get("per_query") or \
+            headline = config.evaluation.protocols[0]
+            test = evaluate_trained(model, config, data, device).get("test", {}).get("all", {}).get(headline) or \
                 {"rank1": NAN, "mAP": NAN}
             results[model_name] = {"losses": final_losses(metrics_path, model_name), "rank1": test["rank1"],
                                    "mAP": test["mAP"], "seconds": time.perf_counter() - started}

@@ -570,7 +570,7 @@ SYNC_RUN = {
     "models": ["bpmt"],
     "data": {"synthetic": {"num_subjects": 12, "sequences_per_subject": 4, "min_frames": 30, "max_frames": 60},
              "max_frames": 60, "test_subjects": 0.25, "val_subjects": 0.0},
-    "finetune": {"epochs": 1, "identities_per_batch": 4, "sequences_per_identity": 2, "batches_per_epoch": 8},
+    "finetune": {"epochs": 1, "warmup_epochs": 0, "identities_per_batch": 4, "sequences_per_identity": 2, "batches_per_epoch": 8},
     "checkpoint_every": 0,
 }
 SYNC_WARMUP_STEPS, SYNC_STEPS = 2, 3

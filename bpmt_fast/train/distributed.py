@@ -55,6 +55,45 @@ class Parallel:
         if self.enabled:
             dist.barrier()
 
+    def _wire(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the device the process group communicates through (nccl: this rank's GPU)."""
+        return tensor.cuda() if dist.get_backend() == "nccl" else tensor
+
+    def gather_rows(self, row: torch.Tensor) -> torch.Tensor:
+        """Every rank's 1-D `row` (same length and dtype on all ranks) -> `(world_size, n)`, on the CPU."""
+        if not self.enabled:
+            return row[None].clone()
+        rows = [self._wire(torch.empty_like(row)) for _ in range(self.world_size)]
+        dist.all_gather(rows, self._wire(row.contiguous()))
+        return torch.stack([r.cpu() for r in rows])
+
+    def decide_on_main(self, values: list[int]) -> list[int]:
+        """Rank 0's `values` on every rank: decisions (early stopping, a new best) that must not diverge, since a
+        rank that stops while another trains on would hang the job."""
+        if not self.enabled:
+            return list(values)
+        tensor = self._wire(torch.tensor(values, dtype=torch.int64))
+        dist.broadcast(tensor, src=0)
+        return tensor.cpu().tolist()
+
+    def rng_states(self) -> dict:
+        """Every rank's torch RNG states (CPU, and CUDA when used): `{"world_size", "cpu": (W, n), "cuda": ...}`.
+        Saved with each checkpoint (by rank 0) so that a resumed run draws each rank's dropout as before."""
+        states = {"world_size": self.world_size, "cpu": self.gather_rows(torch.get_rng_state())}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = self.gather_rows(torch.cuda.get_rng_state())
+        return states
+
+    def restore_rng(self, states: dict) -> str | None:
+        """Restore this rank's RNG states saved by `rng_states`; returns a notice when that is impossible."""
+        if states.get("world_size") != self.world_size:
+            return (f"the checkpoint was written by {states.get('world_size')} ranks and this run has "
+                    f"{self.world_size}: RNG states not restored, so dropout draws differ from the original run")
+        torch.set_rng_state(states["cpu"][self.rank].clone())
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states["cuda"][self.rank].clone())
+        return None
+
 
 SINGLE = Parallel()
 

@@ -11,22 +11,26 @@ import numpy as np
 import torch
 import yaml
 
-from bpmt_fast.eval.metrics import evaluate_retrieval
+from bpmt_fast.data.splits import compare_split_records, split_record
+from bpmt_fast.eval.metrics import closed_set_result, distance_matrix, evaluate_retrieval
 from bpmt_fast.eval.pose_stats import pose_statistics, zscore_by_gallery
 
-from .config import TrainConfig, to_dict
+from . import checkpoint
+from .config import TrainConfig, load_resolved_config, to_dict
 from .data import build_datasets, load_sequences, make_split
 from .distributed import SINGLE, close_parallel, init_parallel, resolve_device
 from .plots import plot_run, read_metrics
-from .stages import FinetuneStage, MetricsLog, jsonable, ReconstructionStage, build_model, closed_set, evaluate_model
+from .stages import (FinetuneStage, MetricsLog, ReconstructionStage, build_model, closed_set_predictions,
+                     evaluate_model, jsonable)
 
 STAGE_NAMES = ("1", "2", "ft")
+REFERENCE = "pose-stats 1-NN (reference)"
 
 
-def reference_metrics(data, split) -> dict | None:
-    """The non-learned floor: 1-NN on z-scored pose statistics, same gallery / probe and metrics as the models."""
-    if not (split.gallery and split.probe):
-        return None
+def reference_metrics(config: TrainConfig, data) -> dict:
+    """The non-learned floor, on the same test sequences and under the same protocols as the models: 1-NN on
+    pose statistics z-scored by the gallery (closed set: by the training sequences)."""
+    result, (gallery, probe) = {}, test_retrieval_lists(data)
 
     def features(indices):
         seqs = [data.sequences[i] for i in indices]
@@ -37,9 +41,26 @@ def reference_metrics(data, split) -> dict | None:
         return {"features": feats, "labels": labels, "views": np.array([s.view for s in seqs]),
                 "conditions": np.array([s.condition for s in seqs])}
 
-    gallery, probe = features(split.gallery), features(split.probe)
-    gallery["features"], probe["features"] = zscore_by_gallery(gallery["features"], probe["features"])
-    return evaluate_retrieval(probe, gallery)
+    if gallery and probe:
+        gallery_set, probe_set = features(gallery), features(probe)
+        gallery_set["features"], probe_set["features"] = zscore_by_gallery(gallery_set["features"],
+                                                                           probe_set["features"])
+        evaluation = config.evaluation
+        result["test"] = evaluate_retrieval(probe_set, gallery_set, protocols=evaluation.protocols,
+                                            metric=evaluation.metric, ranks=evaluation.ranks)
+        if data.split.test:  # closed set: the class of the nearest training sequence
+            nearest = distance_matrix(probe_set["features"], gallery_set["features"], evaluation.metric).argmin(1)
+            result["closed_set"] = {"test": closed_set_result(gallery_set["labels"][nearest], probe_set["labels"])}
+    return result
+
+
+def test_retrieval_lists(data) -> tuple[list[int], list[int]]:
+    """(gallery, probe) of the test retrieval: the split's test gallery / probe; for closed-set protocols the
+    training sequences are the gallery and the test sequences (unseen recordings or cameras) the probes."""
+    split = data.split
+    if split.gallery and split.probe:
+        return split.gallery, split.probe
+    return (split.train, split.test) if split.test else ([], [])
 
 
 def check_trainable(config: TrainConfig, data, stages: list[str]) -> None:
@@ -92,28 +113,73 @@ def _pair(a, b) -> str:
     return f"{cell(a)} / {cell(b)}"
 
 
+def _figure(result: dict | None, key: str, interval: bool = False) -> str:
+    """`0.512` or `0.512 [0.43, 0.60]` (95% interval) from a protocol or closed-set result; `-` when absent."""
+    if not result or result.get(key) is None:
+        return "-"
+    text = f"{result[key]:.3f}"
+    bounds = (result.get("ci95") or {}).get(key) if key != "accuracy" else result.get("ci95")
+    if interval and bounds is not None and all(np.isfinite(bounds)):
+        text += f" [{bounds[0]:.2f}, {bounds[1]:.2f}]"
+    return text
+
+
+PROTOCOL_NOTES = {
+    "reid": "gallery items of the probe's own subject in the probe's own camera / view removed (Gait3D / GREW / "
+            "Market-1501 ReID rule); probes left without a match are not scored",
+    "gait3d": "nothing removed (Gait3D's official evaluation: probe and gallery are disjoint sets)",
+    "cross-view": "each probe view against each other gallery view alone, misses counted, mean over the V-1 other "
+                  "views then over probe views (CASIA-B / OpenGait single-view gallery with the identical view "
+                  "excluded)",
+}
+
+
 def summarise(results: dict) -> str:
     lines = ["# Run summary", ""]
     lines.append(f"data: {results['data']}  ")
     lines.append(f"split: {results['split']}  ")
+    lines.append(f"test retrieval: {results['test_retrieval']}  ")
     lines.append(f"attention backend: {results['attn_backend']}, device: {results['device']}")
-    lines += ["", "| model | closed-set acc | rank-1 (per query) | rank-5 | mAP | rank-1 (per view pair) | train time |",
-              "|---|---|---|---|---|---|---|"]
-    for name, result in results["models"].items():
-        retrieval = result.get("test", {}).get("all", {})
-        per_query, per_pair = retrieval.get("per_query") or {}, retrieval.get("per_view_pair") or {}
-        cell = lambda d, k: f"{d[k]:.3f}" if k in d and d[k] is not None else "-"  # noqa: E731
-        acc = f"{result['closed_set_accuracy']:.3f}" if result.get("closed_set_accuracy") is not None else "-"
-        lines.append(f"| {name} | {acc} | {cell(per_query, 'rank1')} | {cell(per_query, 'rank5')} | "
-                     f"{cell(per_query, 'mAP')} | {cell(per_pair, 'rank1')} | {result.get('seconds', 0):.0f} s |")
-    conditions = [c for c in next(iter(results["models"].values()), {}).get("test", {}) if c != "all"]
+    models = results["models"]
+    for protocol in results["protocols"]:
+        rows = [(name, r["test"]["all"][protocol]) for name, r in models.items() if "test" in r]
+        if not rows:
+            continue
+        lines += ["", f"Test retrieval, protocol `{protocol}`: {PROTOCOL_NOTES[protocol]}. 95% intervals: "
+                  "bootstrap over probes.", "",
+                  "| model | rank-1 [95% CI] | rank-5 | rank-10 | mAP [95% CI] | mINP | probes scored / all |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, res in rows:
+            probes = f"{res.get('num_scored', res['num_probes'])} / {res['num_probes']}"
+            lines.append(f"| {name} | {_figure(res, 'rank1', True)} | {_figure(res, 'rank5')} | "
+                         f"{_figure(res, 'rank10')} | {_figure(res, 'mAP', True)} | {_figure(res, 'mINP')} | "
+                         f"{probes} |")
+    headline = results["protocols"][0]
+    conditions = [c for c in next((r["test"] for r in models.values() if "test" in r), {}) if c != "all"]
     if conditions:
-        lines += ["", "Rank-1 (per query, identical view excluded) per probe condition:", "",
+        lines += ["", f"Rank-1 per probe condition (`{headline}`):", "",
                   "| model | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
-        for name, result in results["models"].items():
+        for name, result in models.items():
             test = result.get("test", {})
-            cells = [f"{test[c]['per_query']['rank1']:.3f}" if c in test else "-" for c in conditions]
+            cells = [_figure(test[c][headline], "rank1") if c in test else "-" for c in conditions]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    closed = [(name, r["closed_set"]) for name, r in models.items() if "closed_set" in r]
+    if closed:
+        lines += ["", "Closed-set accuracy (95% Wilson interval; training side: the training sequences "
+                  "un-augmented):", "", "| model | test accuracy [95% CI] | test sequences | train accuracy |",
+                  "|---|---|---|---|"]
+        for name, res in closed:
+            test, train = res["test"], res.get("train")
+            lines.append(f"| {name} | {_figure(test, 'accuracy', True)} | {test['num_sequences']} | "
+                         f"{_figure(train, 'accuracy')} |")
+    gap = [(name, r) for name, r in models.items() if "train" in r and "test" in r]
+    if gap:
+        lines += ["", f"Train vs test retrieval (`{headline}`; training subjects measured like the test, gallery / "
+                  "probe drawn from as many training subjects as validation has):", "",
+                  "| model | rank-1 train / test | mAP train / test |", "|---|---|---|"]
+        for name, r in gap:
+            train, test = r["train"]["all"][headline], r["test"]["all"][headline]
+            lines.append(f"| {name} | {_pair(train['rank1'], test['rank1'])} | {_pair(train['mAP'], test['mAP'])} |")
     if results.get("curves"):
         lines += ["", "Train vs validation (training-subject retrieval is measured like validation, on as many "
                   "subjects; reconstruction MSE is pooled over the masked frames of the last epoch):", "",
@@ -129,6 +195,9 @@ def summarise(results: dict) -> str:
             else:
                 best = rank1 = mean_ap = "-"
             lines.append(f"| {name} | {recon[0]} | {recon[1]} | {best} | {rank1} | {mean_ap} |")
+    seconds = [f"{name} {r['seconds']:.0f} s" for name, r in models.items() if r.get("seconds") is not None]
+    if seconds:
+        lines += ["", "Training time: " + ", ".join(seconds)]
     return "\n".join(lines) + "\n"
 
 
@@ -145,25 +214,49 @@ def run_pipeline(config: TrainConfig, stages: list[str] | None = None) -> dict:
         close_parallel(parallel)
 
 
-def prepare_data(config: TrainConfig, say=print):
-    """Sequences -> split -> datasets, as the resolved config says (training and `evaluate_run` alike)."""
+SPLIT_FILE = "split.json"
+
+
+def prepare_data(config: TrainConfig, run_dir: Path | None = None, say=print, save_split: bool = False):
+    """Sequences -> split -> datasets, as the resolved config says (training and `evaluate_run` alike).
+
+    With `run_dir`, the split is checked against the run's `split.json` (subject and sequence ids per side):
+    data that no longer gives the saved split (a subject folder added, a file removed, another seed) is refused
+    with the differences named, so a resumed or re-evaluated run never mixes training and test subjects.
+    `save_split` writes `split.json` when the run has none yet."""
     sequences, report = load_sequences(config.data)
     say(report)
     split = make_split(sequences, config.data)
     say(split.describe())
+    if run_dir is not None:
+        record, path = split_record(split, sequences), run_dir / SPLIT_FILE
+        if path.is_file():
+            changes = compare_split_records(json.loads(path.read_text()), record)
+            if changes:
+                raise ValueError(f"the data no longer gives the split saved in {path}:\n  " + "\n  ".join(changes)
+                                 + "\nrestore the data, or start a new run directory")
+        elif save_split:
+            checkpoint.atomic_write_text(path, json.dumps(record, indent=1))
+        else:
+            raise ValueError(f"{run_dir} has no {SPLIT_FILE}: it was not written by this version's `train`")
     return build_datasets(sequences, split, config.data, config.augment, config.seed)
 
 
-def results_header(config: TrainConfig, data, device, with_reference: bool = True) -> dict:
-    """What every results.json / summary.md starts with: data, split, backend, device, the reference row."""
+def results_header(config: TrainConfig, data, device) -> dict:
+    """What every results.json / summary.md starts with: data, split, protocols, backend, device."""
     from bpmt_fast.attention import default_backend_name
 
-    results = {"data": config.data.source, "split": data.split.describe().splitlines()[0], "device": str(device),
-               "attn_backend": config.model.attn_backend or default_backend_name(), "models": {}}
-    reference = reference_metrics(data, data.split) if with_reference else None
-    if reference is not None:
-        results["models"]["pose-stats 1-NN (reference)"] = {"test": reference}
-    return results
+    split = data.split
+    if split.gallery and split.probe:
+        test = f"{len(split.probe)} probes against a gallery of {len(split.gallery)} test-subject sequences"
+    elif split.test:
+        test = (f"{len(split.test)} test sequences (probes) against the {len(split.train)} training sequences "
+                f"(gallery)")
+    else:
+        test = "none (the split has no test side)"
+    return {"data": config.data.source, "split": split.describe().splitlines()[0], "test_retrieval": test,
+            "protocols": list(config.evaluation.protocols), "device": str(device),
+            "attn_backend": config.model.attn_backend or default_backend_name(), "models": {}}
 
 
 def new_model(name: str, config: TrainConfig, data, device):
@@ -171,31 +264,70 @@ def new_model(name: str, config: TrainConfig, data, device):
     return build_model(name, config.model, num_classes).to(device)
 
 
+def previous_stage(name: str, stage: str) -> str | None:
+    """The checkpoint a stage starts from: stage 2 from stage 1; finetune from stage 2 (BPMT) or stage 1."""
+    return {"1": None, "2": "stage1", "ft": "stage2" if name == "bpmt" else "stage1"}[stage]
+
+
+def start_from_previous_stage(name: str, stage: str, model, ckpt_dir: Path, say) -> None:
+    """Load the kept weights of the stage before `stage` (finished, in this run directory) into `model`.
+
+    A stage run on its own (`--stages ft`) must start where the earlier stages ended, never from random weights:
+    a missing or unfinished earlier stage is an error naming it."""
+    earlier = previous_stage(name, stage)
+    label = {"2": "stage 2", "ft": "finetune"}[stage]
+    folder = checkpoint.latest_checkpoint(ckpt_dir, f"{name}-{earlier}")
+    if folder is None:
+        raise ValueError(f"{name} {label} starts from {name}'s {earlier} weights, but {ckpt_dir} has no "
+                         f"{name}-{earlier} checkpoint: run that stage first (e.g. --stages "
+                         f"{'1,2,ft' if earlier == 'stage2' else '1,' + stage})")
+    state = checkpoint.read_state(folder)
+    if not state.get("done"):
+        raise ValueError(f"{name} {label} starts from {name}'s {earlier} weights, but {earlier} stopped after epoch "
+                         f"{state.get('epoch')} ({folder}): finish it first (rerun with its stage)")
+    checkpoint.load_weights(folder, model)
+    say(f"[{name}] {label} starts from {folder} ({earlier}, {state['epoch']} epochs)")
+
+
 def train_model(name: str, config: TrainConfig, data, device, log, ckpt_dir: Path, stages: list[str],
                 parallel=SINGLE):
     """A fresh model `name` (seeded: the same initial weights on every rank and for every backend) through the
-    requested stages; stage 2 is BPMT's only."""
+    requested stages; stage 2 is BPMT's only. A stage whose predecessor is not run here starts from the
+    predecessor's kept checkpoint (see `start_from_previous_stage`)."""
+    say = print if parallel.is_main else (lambda *args: None)
     torch.manual_seed(config.seed)
     model = new_model(name, config, data, device)
-    torch.manual_seed(config.seed + parallel.rank)  # each rank its own dropout
     stage_args = (name, model, data)
     common = (config, device, log, ckpt_dir, parallel)
-    if "1" in stages:
-        ReconstructionStage("part", *stage_args, config.stage1, *common).run()
-    if "2" in stages and name == "bpmt":
-        ReconstructionStage("pair", *stage_args, config.stage2, *common).run()
-    if "ft" in stages:
-        FinetuneStage(*stage_args, config.finetune, *common).run()
+    ran = []
+    for stage in ("1", "2", "ft"):
+        if stage not in stages or (stage == "2" and name != "bpmt"):
+            continue
+        if stage != "1" and previous_stage(name, stage) not in ran:
+            start_from_previous_stage(name, stage, model, ckpt_dir, say)
+        if stage == "ft":
+            FinetuneStage(*stage_args, config.finetune, *common).run()
+        else:
+            part_or_pair = "part" if stage == "1" else "pair"
+            ReconstructionStage(part_or_pair, *stage_args, config.stage1 if stage == "1" else config.stage2,
+                                *common).run()
+        ran.append({"1": "stage1", "2": "stage2", "ft": "finetune"}[stage])
     return model
 
 
-def evaluate_test_split(model, data, device) -> dict:
-    """Test retrieval (gallery / probe) and closed-set accuracy, whichever the split defines."""
-    split, result = data.split, {}
-    if split.gallery and split.probe:
-        result["test"] = evaluate_model(model, data, split.gallery, split.probe, device)
-    if split.test:
-        result["closed_set_accuracy"] = closed_set(model, data, split.test, device)
+def evaluate_trained(model, config: TrainConfig, data, device) -> dict:
+    """Everything reported for one finetuned model: test retrieval under every configured protocol (overall and
+    per probe condition), the same on training subjects (the train-vs-test gap), and closed-set accuracy on test
+    and training sequences where the protocol has a closed set. Counts and 95% intervals come with each figure."""
+    split, evaluation, result = data.split, config.evaluation, {}
+    gallery, probe = test_retrieval_lists(data)
+    if gallery and probe:
+        result["test"] = evaluate_model(model, data, gallery, probe, device, evaluation)
+    if data.train_gallery and data.train_probe:
+        result["train"] = evaluate_model(model, data, data.train_gallery, data.train_probe, device, evaluation)
+    if split.test and config.finetune.ce_weight:
+        result["closed_set"] = {side: closed_set_result(*closed_set_predictions(model, data, indices, device))
+                                for side, indices in (("test", split.test), ("train", split.train))}
     return result
 
 
@@ -203,29 +335,32 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
     main = parallel.is_main
     say = print if main else (lambda *args: None)
     run_dir = Path(config.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-    data = prepare_data(config, say)
+        for path in checkpoint.remove_stale(ckpt_dir):
+            say(f"removed {path} (left by a killed save)")
+    data = prepare_data(config, run_dir, say, save_split=main)
     if parallel.enabled:
         say(f"data parallel: {parallel.world_size} ranks, device {device}")
     check_trainable(config, data, stages)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
-    ckpt_dir = run_dir / "checkpoints"
-    results = results_header(config, data, device, with_reference=main)
+    results = results_header(config, data, device)
 
     for name in config.models:
         started = time.perf_counter()
         model = train_model(name, config, data, device, log, ckpt_dir, stages, parallel)
-        result = evaluate_test_split(model, data, device) if "ft" in stages and main else {}
-        result["seconds"] = time.perf_counter() - started
-        results["models"][name] = result
-        log.write(model=name, stage="test", **{k: v for k, v in result.items() if k != "seconds"})
+        seconds = time.perf_counter() - started
+        # The test split is read here for the first time (early stopping saw only the validation split).
+        result = evaluate_trained(model, config, data, device) if "ft" in stages and main else {}
+        results["models"][name] = {**result, "seconds": seconds}
+        log.write(model=name, stage="test", **result)
 
     if main:
+        results["models"] = {REFERENCE: reference_metrics(config, data), **results["models"]}
         results["curves"] = train_vs_validation(run_dir / "metrics.jsonl")
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=jsonable))
+        checkpoint.atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=jsonable))
         (run_dir / "summary.md").write_text(summarise(results))
         plots = plot_run(run_dir)
         print(summarise(results))
@@ -234,26 +369,28 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
 
 
 def evaluate_run(run_dir: str | Path) -> dict:
-    """Rebuild data and split from the run's resolved config and evaluate each model's best (else last) weights."""
-    from . import checkpoint
-    from .config import from_dict
-
+    """Re-evaluate a finished run: its resolved config, its saved split (checked against the data) and each
+    model's kept best weights (the last finetune epoch's where the run had no validation split). The figures
+    equal those `train` wrote to results.json."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise ValueError(f"{run_dir} is not a run directory: no config.yaml")
-    config = from_dict(TrainConfig, yaml.safe_load(config_path.read_text()))
+    config = load_resolved_config(config_path)
     device = resolve_device(config.device)
-    data = prepare_data(config, say=lambda *args: None)
+    data = prepare_data(config, run_dir, say=lambda *args: None)
     results = results_header(config, data, device)
+    ckpt_dir = run_dir / "checkpoints"
     for name in config.models:
-        folder = (checkpoint.latest_checkpoint(run_dir / "checkpoints", f"{name}-best")
-                  or checkpoint.latest_checkpoint(run_dir / "checkpoints", f"{name}-finetune"))
+        folder = (checkpoint.latest_checkpoint(ckpt_dir, f"{name}-best")
+                  or checkpoint.latest_checkpoint(ckpt_dir, f"{name}-finetune"))
         if folder is None:
-            print(f"{name}: no finetuned checkpoint in {run_dir}")
-            continue
+            raise ValueError(f"{run_dir} has no finetuned {name} checkpoint ({name}-best or {name}-finetune in "
+                             f"{ckpt_dir})")
         model = new_model(name, config, data, device)
         checkpoint.load_weights(folder, model)
-        results["models"][name] = evaluate_test_split(model, data, device)
+        print(f"{name}: weights from {folder}")
+        results["models"][name] = evaluate_trained(model, config, data, device)
+    results["models"] = {REFERENCE: reference_metrics(config, data), **results["models"]}
     print(summarise(results))
     return results

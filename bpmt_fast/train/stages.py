@@ -133,6 +133,11 @@ class Stage:
         steps = self.batches_per_epoch()
         scheduler = warmup_cosine(optimizer, self.config.warmup_epochs * steps, self.config.epochs * steps)
         state = {"epoch": 0, "done": False, "best": None, "since_best": 0}
+        # Dropout draws of a fresh stage depend on (seed, stage, rank) only, not on whether the earlier stages ran
+        # in this process or were loaded from their checkpoints: a run resumed between stages stays the same run.
+        stage_number = ("stage1", "stage2", "finetune").index(self.stage_key)
+        torch.manual_seed(int(np.random.SeedSequence([self.run_config.seed, stage_number, self.parallel.rank])
+                              .generate_state(1)[0]))
         folder = checkpoint.latest_checkpoint(self.ckpt_dir, self.checkpoint_name)
         if folder is not None:
             state = checkpoint.load_checkpoint(folder, self.model)
@@ -142,10 +147,12 @@ class Stage:
                 return state
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])  # dropout continues exactly as without the kill
-            self.say(f"resuming after epoch {state['epoch']}")
+            notice = self.parallel.restore_rng(state["rng"])  # each rank's dropout continues as without the kill
+            self.say(f"resuming after epoch {state['epoch']} from {folder}" + (f"; {notice}" if notice else ""))
         self.log.forget_after(self.name, self.stage_key, state["epoch"])
         self.train_model = self.parallel.wrap(self.model, self.device)
+        if not self.has_validation():
+            self.say(self.without_validation)
         for epoch in range(state["epoch"], self.config.epochs):
             started = time.perf_counter()
             train = self.train_epoch(epoch, optimizer, scheduler)
@@ -156,7 +163,7 @@ class Stage:
             stop = self.update_best(state, val)
             state.update(epoch=epoch + 1, done=stop or epoch + 1 == self.config.epochs,
                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         torch_rng=torch.get_rng_state())
+                         rng=self.parallel.rng_states())
             if self.run_config.checkpoint_every and ((epoch + 1) % self.run_config.checkpoint_every == 0
                                                      or state["done"]):
                 self.save(state)
@@ -176,6 +183,12 @@ class Stage:
         if self.parallel.is_main:
             checkpoint.save_checkpoint(self.ckpt_dir, self.checkpoint_name, self.model, state, state["epoch"])
 
+    without_validation = "no validation split: every epoch is trained, the last epoch's weights are kept"
+
+    def has_validation(self) -> bool:
+        split = self.data.split
+        return bool(split.val or (split.val_gallery and split.val_probe))
+
     def update_best(self, state, val) -> bool:
         return False
 
@@ -183,6 +196,7 @@ class Stage:
         self.train_model = self.model  # drop the DDP replica
         for param in self.model.parameters():
             param.requires_grad = True
+            param.grad = None  # a later stage must not see this stage's last gradients (e.g. in its clipping norm)
 
 
 class ReconstructionStage(Stage):
@@ -286,7 +300,7 @@ class FinetuneStage(Stage):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config.grad_clip)
         optimizer.step()
         scheduler.step()
         return loss.detach(), loss_parts
@@ -308,9 +322,13 @@ class FinetuneStage(Stage):
         return record
 
     def _retrieval(self, gallery, probe) -> dict:
-        per_query = evaluate_model(self.model, self.data, gallery, probe, self.device)["all"]["per_query"]
-        return {"rank1": per_query["rank1"], "mAP": per_query["mAP"],
-                "retrieval": {"rank-1": per_query["rank1"], "mAP": per_query["mAP"]}}
+        """Rank-1 and mAP under the headline protocol (the first of `evaluation.protocols`)."""
+        evaluation = self.run_config.evaluation
+        headline = evaluate_model(self.model, self.data, gallery, probe, self.device, evaluation,
+                                  protocols=evaluation.protocols[:1])["all"][evaluation.protocols[0]]
+        name = evaluation.protocols[0]
+        return {"rank1": headline["rank1"], "mAP": headline["mAP"],
+                "retrieval": {f"rank-1 ({name})": headline["rank1"], f"mAP ({name})": headline["mAP"]}}
 
     @torch.no_grad()
     def validate(self, epoch):
@@ -325,23 +343,36 @@ class FinetuneStage(Stage):
             return {"rank1": accuracy, "score": accuracy, "retrieval": {"accuracy": accuracy}}
         return {}
 
+    without_validation = ("no validation split: early stopping is off (finetune.patience unused), every epoch is "
+                          "trained and the last epoch's weights are evaluated")
+
     def update_best(self, state, val) -> bool:
-        """Early stopping on the validation score; the best weights are kept separately."""
+        """Early stopping on the validation score; the best weights are kept separately (`<model>-best`).
+
+        Rank 0 decides and every rank follows: ranks that disagreed (validation figures can differ in the last bit
+        between GPUs) would stop at different epochs and hang the job."""
         if "score" not in val:
             return False
-        if state["best"] is None or val["score"] > state["best"]:
-            state["best"], state["since_best"] = val["score"], 0
+        improved = state["best"] is None or val["score"] > state["best"]
+        since_best = 0 if improved else state["since_best"] + 1
+        improved, since_best = self.parallel.decide_on_main([int(improved), since_best])
+        if improved:
+            state["best"] = val["score"]
             if self.parallel.is_main:
-                checkpoint.save_checkpoint(self.ckpt_dir, f"{self.name}-best", self.model, {"score": val["score"]}, 0)
-        else:
-            state["since_best"] += 1
-        return state["since_best"] >= self.config.patience
+                checkpoint.save_checkpoint(self.ckpt_dir, f"{self.name}-best", self.model,
+                                           {"score": val["score"], "epoch": state["epoch"] + 1}, state["epoch"] + 1)
+        state["since_best"] = since_best
+        return since_best >= self.config.patience
 
     def finish(self, state):
+        """Keep the best validation weights (the ones evaluated); without validation, the last epoch's."""
         super().finish(state)
         best = checkpoint.latest_checkpoint(self.ckpt_dir, f"{self.name}-best")
         if best is not None:
             checkpoint.load_weights(best, self.model)
+        elif self.has_validation():
+            raise ValueError(f"{self.name} finetune validated every epoch but no {self.name}-best checkpoint exists "
+                             f"in {self.ckpt_dir}")
 
 
 @torch.no_grad()
@@ -361,21 +392,29 @@ def _retrieval_set(features, meta) -> dict:
             "views": np.array([m["view"] for m in meta]), "conditions": np.array([m["condition"] for m in meta])}
 
 
-def evaluate_model(model, data: Datasets, gallery: list[int], probe: list[int], device) -> dict:
+def evaluate_model(model, data: Datasets, gallery: list[int], probe: list[int], device, evaluation,
+                   protocols=None) -> dict:
+    """Retrieval of `probe` against `gallery` under the named protocols (default: `evaluation.protocols`)."""
     gallery_set = _retrieval_set(*embed(model, data.subset(gallery), device))
     probe_set = _retrieval_set(*embed(model, data.subset(probe), device))
-    return evaluate_retrieval(probe_set, gallery_set)
+    return evaluate_retrieval(probe_set, gallery_set, protocols=protocols or evaluation.protocols,
+                              metric=evaluation.metric, ranks=evaluation.ranks)
 
 
 @torch.no_grad()
-def closed_set(model, data: Datasets, indices: list[int], device) -> float:
+def closed_set_predictions(model, data: Datasets, indices: list[int], device) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true classes (training-subject classes) of the sequences `indices`, un-augmented."""
     model.eval()
     predictions, labels = [], []
     for batch in eval_loader(data.subset(indices)):
         logits = model(batch["poses"].to(device), batch["lengths"].to(device))["training_feat"]["logits"]
         predictions.append(logits.argmax(1).cpu())
         labels += [data.label_map[s] for s in batch["subjects"]]
-    return closed_set_accuracy(torch.cat(predictions).numpy(), np.array(labels))
+    return torch.cat(predictions).numpy(), np.array(labels)
+
+
+def closed_set(model, data: Datasets, indices: list[int], device) -> float:
+    return closed_set_accuracy(*closed_set_predictions(model, data, indices, device))
 
 
 def build_model(name: str, model_config, num_classes: int):
