@@ -341,7 +341,8 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         for path in checkpoint.remove_stale(ckpt_dir):
             say(f"removed {path} (left by a killed save)")
-    data = prepare_data(config, run_dir, say, save_split=main)
+    # Rank 0 checks (or writes) split.json; the others build the same split from the same data and seed.
+    data = prepare_data(config, run_dir if main else None, say, save_split=True)
     if parallel.enabled:
         say(f"data parallel: {parallel.world_size} ranks, device {device}")
     check_trainable(config, data, stages)
