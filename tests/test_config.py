@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from bpmt_fast.cli import build_parser, main, train_config_from_args
 from bpmt_fast.data.sequence import PoseSequence
 from bpmt_fast.model.skeleton import FORMATS
-from bpmt_fast.train.config import (PROTOCOL_KEYS, SkeletonName, TrainConfig, from_dict, load_config,
-                                    load_resolved_config, parse_override, parse_overrides, protocol_keys, to_dict,
-                                    validate)
+from bpmt_fast.train.config import (PROTOCOL_KEYS, SkeletonName, TrainConfig, from_dict, has_validation,
+                                    load_config, load_resolved_config, parse_override, parse_overrides,
+                                    protocol_keys, to_dict, validate)
 from bpmt_fast.train.data import PROTOCOLS, make_split
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -496,6 +496,10 @@ def valid_configs(draw) -> dict:
     maybe(draw, values, "seed", st.integers(0, 1000))
     maybe(draw, values, "checkpoint_every", st.integers(0, 5))
     maybe(draw, values, "run_dir", st.from_regex(r"[a-z][a-z0-9/_-]{0,20}", fullmatch=True))
+    if not has_validation(load_config(overrides={k: values[k] for k in ("model", "data") if k in values}).data):
+        values.get("finetune", {}).pop("patience", None)  # early stopping is off: setting its patience is an error
+        if values.get("finetune") == {}:
+            del values["finetune"]
     return values
 
 
@@ -572,3 +576,15 @@ def test_an_unknown_key_anywhere_is_an_error_naming_it(values, section, name):
     with pytest.raises(ValueError) as error:
         load_config(overrides=put(values, path, 1))
     assert message_names(error, path) and "unknown config key" in str(error.value)
+
+
+@pytest.mark.parametrize("without, with_validation", [
+    ({"val_subjects": 0}, {"val_subjects": 2}),
+    ({"protocol": "camera"}, {"protocol": "camera", "camera": {"val_cameras": 1}}),
+    ({"protocol": "closed-set", "closed_set": {"val_fraction": 0.0}}, {"protocol": "closed-set"}),
+])
+def test_patience_without_a_validation_side_is_an_error(without, with_validation):
+    with pytest.raises(ValueError, match="config finetune.patience is not used: the split has no validation"):
+        load_config(overrides={"data": without, "finetune": {"patience": 3}})
+    load_config(overrides={"data": without})  # the default patience is fine: early stopping is simply off
+    assert load_config(overrides={"data": with_validation, "finetune": {"patience": 3}}).finetune.patience == 3

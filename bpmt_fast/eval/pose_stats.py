@@ -1,10 +1,10 @@
 """A non-learned reference for gait recognition: hand-made pose statistics + 1-nearest-neighbour.
 
 ``pose_statistics`` turns one pose sequence into a fixed-length feature vector (normalised mean pose, pose
-variability, bone lengths, joint speeds); ``nearest_neighbour_rank1`` scores probes against a gallery with
-Euclidean 1-NN on gallery-z-scored features. It is a floor that learned models must beat and the tool used to
-tune the difficulty of the synthetic dataset (``bpmt_fast.data.synthetic``). Full retrieval metrics live
-elsewhere.
+variability, bone lengths, joint speeds); ``reference_retrieval`` ranks a gallery for each probe by Euclidean
+distance between gallery-z-scored features and scores it under the named field protocols of
+``bpmt_fast.eval.metrics``. It is a floor that learned models must beat and the tool used to tune the difficulty
+of the synthetic dataset (``bpmt_fast.data.synthetic``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from ..model.skeleton import SkeletonFormat, get_format
 
-__all__ = ["pose_statistics", "nearest_neighbour_rank1", "reference_rank1"]
+__all__ = ["pose_statistics", "reference_features", "reference_retrieval", "reference_rank1", "zscore_by_gallery"]
 
 
 def _nan_stat(fn, x: np.ndarray, axis: int) -> np.ndarray:
@@ -70,40 +70,39 @@ def zscore_by_gallery(gallery: np.ndarray, probe: np.ndarray) -> tuple[np.ndarra
     return np.nan_to_num((gallery - mean) / std, nan=0.0), np.nan_to_num((probe - mean) / std, nan=0.0)
 
 
-def nearest_neighbour_rank1(gallery_feats: np.ndarray, gallery_labels: Sequence, probe_feats: np.ndarray,
-                            probe_labels: Sequence, gallery_views: Sequence | None = None,
-                            probe_views: Sequence | None = None) -> float:
-    """Rank-1 accuracy of Euclidean 1-NN on features z-scored with the gallery's mean and std.
+def reference_features(gallery: Sequence, probes: Sequence) -> tuple[dict, dict]:
+    """Gallery and probe retrieval sets (``features`` z-scored by the gallery, ``labels`` = subjects, ``views``,
+    ``conditions``) of two ``PoseSequence`` lists, as ``bpmt_fast.eval.metrics.evaluate_retrieval`` takes them."""
+    def features(seqs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-missing joints: nan statistics, neutral after z
+            feats = np.stack([pose_statistics(s.poses, s.skeleton) for s in seqs])
+        return {"features": feats, "labels": np.array([s.subject for s in seqs]),
+                "views": np.array([s.view for s in seqs]), "conditions": np.array([s.condition for s in seqs])}
 
-    nan features (and features constant over the gallery) contribute nothing. With views, gallery items of the
-    probe's own view are excluded; a probe left with no gallery item counts as a miss.
-    """
-    g = np.asarray(gallery_feats, dtype=np.float64)
-    p = np.asarray(probe_feats, dtype=np.float64)
-    if g.ndim != 2 or p.ndim != 2 or g.shape[1] != p.shape[1]:
-        raise ValueError(f"nearest_neighbour_rank1: need (N, F) gallery and (M, F) probe features, "
-                         f"got {g.shape} and {p.shape}")
-    if len(p) == 0:
-        raise ValueError("nearest_neighbour_rank1: no probes")
-    gz, pz = zscore_by_gallery(g, p)
-    dist = (pz ** 2).sum(1)[:, None] + (gz ** 2).sum(1)[None, :] - 2 * pz @ gz.T  # (M, N)
-    if gallery_views is not None and probe_views is not None:
-        dist[np.asarray(probe_views)[:, None] == np.asarray(gallery_views)[None, :]] = np.inf
-    nearest = dist.argmin(axis=1)
-    has_gallery = np.isfinite(dist[np.arange(len(p)), nearest])
-    hit = (np.asarray(gallery_labels)[nearest] == np.asarray(probe_labels)) & has_gallery
-    return float(hit.mean())
+    gallery_set, probe_set = features(gallery), features(probes)
+    gallery_set["features"], probe_set["features"] = zscore_by_gallery(gallery_set["features"], probe_set["features"])
+    return gallery_set, probe_set
 
 
-def reference_rank1(sequences: Sequence, gallery_condition: str = "nm", exclude_same_view: bool = True) -> float:
-    """The reference protocol on ``PoseSequence``s: gallery = sequences of ``gallery_condition``, probes = the
-    rest, 1-NN on ``pose_statistics``; identical views excluded unless ``exclude_same_view`` is False."""
+def reference_retrieval(gallery: Sequence, probes: Sequence, protocols: Sequence[str] = ("cross-view",),
+                        **options) -> dict:
+    """Euclidean (or ``metric=``) 1-NN on ``reference_features``, scored under the named field protocols
+    (``bpmt_fast.eval.metrics.evaluate_retrieval``; ``options``: metric, ranks): ``{"all": {protocol: result},
+    <condition>: ...}``."""
+    from .metrics import evaluate_retrieval
+
+    gallery_set, probe_set = reference_features(gallery, probes)
+    return evaluate_retrieval(probe_set, gallery_set, protocols=protocols, **options)
+
+
+def reference_rank1(sequences: Sequence, gallery_condition: str = "nm", protocol: str = "cross-view") -> float:
+    """Rank-1 of the pose-statistics 1-NN reference with gallery = the ``gallery_condition`` sequences and probes =
+    the rest, under a named protocol: ``cross-view`` (CASIA-B: each probe view against each other gallery view,
+    the identical view excluded) or ``gait3d`` (nothing excluded: the probe's own view may match)."""
     gallery = [s for s in sequences if s.condition == gallery_condition]
     probes = [s for s in sequences if s.condition != gallery_condition]
     if not gallery or not probes:
         raise ValueError(f"reference_rank1: need gallery ({gallery_condition!r}) and probe sequences, got "
                          f"{len(gallery)} and {len(probes)}")
-    feats = lambda seqs: np.stack([pose_statistics(s.poses, s.skeleton) for s in seqs])  # noqa: E731
-    views = (lambda seqs: [s.view for s in seqs]) if exclude_same_view else (lambda seqs: None)
-    return nearest_neighbour_rank1(feats(gallery), [s.subject for s in gallery], feats(probes),
-                                   [s.subject for s in probes], views(gallery), views(probes))
+    return reference_retrieval(gallery, probes, (protocol,))["all"][protocol]["rank1"]

@@ -469,11 +469,23 @@ def unused_settings(config: TrainConfig) -> dict[str, str]:
     unused["model.num_classes"] = ("is set by the pipeline (the number of training subjects when finetune.ce_weight "
                                    "> 0, else 0)")
     unused["stage1.freeze_parts"] = "only applies to stage 2 (stage 1 trains the part encoders)"
+    if not has_validation(data):
+        unused["finetune.patience"] = ("is not used: the split has no validation side, so early stopping is off "
+                                       "(give the protocol validation subjects / cameras / sequences)")
     for key, weight in (("label_smoothing", "ce_weight"), ("triplet_margin", "triplet_weight"),
                         ("supcon_temperature", "supcon_weight")):
         if not getattr(finetune, weight):
             unused[f"finetune.{key}"] = f"is not used with finetune.{weight} 0"
     return unused
+
+
+def has_validation(data: DataConfig) -> bool:
+    """Whether the protocol's split has a validation side (what early stopping watches)."""
+    if data.protocol == "closed-set":
+        return data.closed_set.val_fraction > 0
+    if data.protocol == "camera" and not data.camera.open_set:
+        return data.camera.val_cameras > 0
+    return data.val_subjects > 0
 
 
 PROTOCOL_KEYS = ("data.test_subjects", "data.val_subjects", "data.closed_set", "data.camera", "data.cross_condition")

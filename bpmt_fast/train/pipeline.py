@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,8 @@ import torch
 import yaml
 
 from bpmt_fast.data.splits import compare_split_records, split_record
-from bpmt_fast.eval.metrics import closed_set_result, distance_matrix, evaluate_retrieval
-from bpmt_fast.eval.pose_stats import pose_statistics, zscore_by_gallery
+from bpmt_fast.eval.metrics import closed_set_result, distance_matrix
+from bpmt_fast.eval.pose_stats import reference_features, reference_retrieval
 
 from . import checkpoint
 from .config import TrainConfig, load_resolved_config, to_dict
@@ -29,28 +28,18 @@ REFERENCE = "pose-stats 1-NN (reference)"
 
 def reference_metrics(config: TrainConfig, data) -> dict:
     """The non-learned floor, on the same test sequences and under the same protocols as the models: 1-NN on
-    pose statistics z-scored by the gallery (closed set: by the training sequences)."""
-    result, (gallery, probe) = {}, test_retrieval_lists(data)
-
-    def features(indices):
-        seqs = [data.sequences[i] for i in indices]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            feats = np.stack([pose_statistics(s.poses, s.skeleton) for s in seqs])
-        labels = np.array([data.eval_label_map[s.subject] for s in seqs])
-        return {"features": feats, "labels": labels, "views": np.array([s.view for s in seqs]),
-                "conditions": np.array([s.condition for s in seqs])}
-
-    if gallery and probe:
-        gallery_set, probe_set = features(gallery), features(probe)
-        gallery_set["features"], probe_set["features"] = zscore_by_gallery(gallery_set["features"],
-                                                                           probe_set["features"])
-        evaluation = config.evaluation
-        result["test"] = evaluate_retrieval(probe_set, gallery_set, protocols=evaluation.protocols,
-                                            metric=evaluation.metric, ranks=evaluation.ranks)
-        if data.split.test:  # closed set: the class of the nearest training sequence
-            nearest = distance_matrix(probe_set["features"], gallery_set["features"], evaluation.metric).argmin(1)
-            result["closed_set"] = {"test": closed_set_result(gallery_set["labels"][nearest], probe_set["labels"])}
+    pose statistics z-scored by the gallery (closed set: the class of the nearest training sequence)."""
+    gallery, probe = test_retrieval_lists(data)
+    if not (gallery and probe):
+        return {}
+    evaluation = config.evaluation
+    gallery_seqs, probe_seqs = [data.sequences[i] for i in gallery], [data.sequences[i] for i in probe]
+    result = {"test": reference_retrieval(gallery_seqs, probe_seqs, evaluation.protocols, metric=evaluation.metric,
+                                          ranks=evaluation.ranks)}
+    if data.split.test:
+        gallery_set, probe_set = reference_features(gallery_seqs, probe_seqs)
+        nearest = distance_matrix(probe_set["features"], gallery_set["features"], evaluation.metric).argmin(1)
+        result["closed_set"] = {"test": closed_set_result(gallery_set["labels"][nearest], probe_set["labels"])}
     return result
 
 
