@@ -342,3 +342,34 @@ def test_warmup_cosine_schedule_at_its_key_steps():
     assert lrs[8] == pytest.approx(0.5)  # half way through the cosine
     assert lrs[12] == pytest.approx(0.0, abs=1e-12) and lrs[13] == pytest.approx(0.0, abs=1e-12)  # stays at 0
     assert np.all(np.diff(lrs[4:13]) <= 1e-12)
+
+
+# ------------------------------------------------------------------------------------ full reports
+
+
+def test_the_camera_protocol_reports_fully_in_both_modes(tmp_path):
+    """Closed set on held-out cameras (with validation cameras: early stopping works) and open set on unseen
+    subjects: each reports the reference row, test and training-side figures, counts and 95% intervals."""
+    data = {k: v for k, v in TINY["data"].items() if k not in ("test_subjects", "val_subjects")}
+    closed = run_pipeline(config_for(tmp_path / "closed", models=["baseline"], stages=["1", "ft"],
+                                     data={**data, "protocol": "camera", "camera": {"val_cameras": 1}}))
+    summary = (tmp_path / "closed" / "summary.md").read_text()
+    reference, model = closed["models"]["pose-stats 1-NN (reference)"], closed["models"]["baseline"]
+    for result in (reference, model):
+        test = result["closed_set"]["test"]
+        assert test["num_sequences"] > 0 and test["ci95"][0] <= test["accuracy"] <= test["ci95"][1]
+        reid = result["test"]["all"]["reid"]
+        assert reid["num_probes"] == test["num_sequences"] and len(reid["ci95"]["rank1"]) == 2
+    assert 0 <= model["closed_set"]["train"]["accuracy"] <= 1
+    assert "Closed-set accuracy" in summary and "pose-stats 1-NN (reference)" in summary
+    assert closed["curves"]["baseline"]["finetune"]["best_epoch"] >= 1  # validation cameras drive early stopping
+
+    open_set = run_pipeline(config_for(tmp_path / "open", models=["baseline"], stages=["1", "ft"],
+                                       data={**data, "protocol": "camera", "test_subjects": 3, "val_subjects": 2,
+                                             "camera": {"open_set": True}}))
+    split = json.loads((tmp_path / "open" / "split.json").read_text())
+    assert not set(split["subjects"]["train"]) & set(split["subjects"]["gallery"])  # unseen subjects
+    for name in ("pose-stats 1-NN (reference)", "baseline"):
+        assert "closed_set" not in open_set["models"][name]
+        assert open_set["models"][name]["test"]["all"]["reid"]["num_probes"] == len(split["lists"]["probe"])
+    assert "train" in open_set["models"]["baseline"]  # training-subject retrieval beside the test
