@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -18,7 +17,8 @@ from . import checkpoint
 from .config import TrainConfig, load_resolved_config, to_dict
 from .data import build_datasets, load_sequences, make_split
 from .distributed import SINGLE, close_parallel, init_parallel, resolve_device
-from .plots import plot_run, read_metrics
+from .plots import plot_run
+from .report import summarise, train_vs_validation
 from .stages import (FinetuneStage, MetricsLog, ReconstructionStage, build_model, closed_set_predictions,
                      evaluate_model, jsonable)
 
@@ -29,7 +29,7 @@ REFERENCE = "pose-stats 1-NN (reference)"
 def reference_metrics(config: TrainConfig, data) -> dict:
     """The non-learned floor, on the same test sequences and under the same protocols as the models: 1-NN on
     pose statistics z-scored by the gallery (closed set: the class of the nearest training sequence)."""
-    gallery, probe = test_retrieval_lists(data)
+    gallery, probe = retrieval_test_lists(data)
     if not (gallery and probe):
         return {}
     evaluation = config.evaluation
@@ -43,7 +43,7 @@ def reference_metrics(config: TrainConfig, data) -> dict:
     return result
 
 
-def test_retrieval_lists(data) -> tuple[list[int], list[int]]:
+def retrieval_test_lists(data) -> tuple[list[int], list[int]]:
     """(gallery, probe) of the test retrieval: the split's test gallery / probe; for closed-set protocols the
     training sequences are the gallery and the test sequences (unseen recordings or cameras) the probes."""
     split = data.split
@@ -66,128 +66,6 @@ def check_trainable(config: TrainConfig, data, stages: list[str]) -> None:
     if "ft" in stages and closed_set_lists and not config.finetune.ce_weight:
         raise ValueError(f"the {config.data.protocol} protocol scores {' and '.join(closed_set_lists)} by closed-set "
                          f"classification, which needs the classifier: set finetune.ce_weight > 0")
-
-
-def train_vs_validation(metrics_path: Path) -> dict:
-    """Per model, from metrics.jsonl: each reconstruction stage's last-epoch train / validation MSE, and the
-    finetune epoch early stopping kept (first best validation score) with train / validation rank-1 and mAP."""
-    records = read_metrics(metrics_path)
-    curves: dict = {}
-    for model in dict.fromkeys(r["model"] for r in records if "epoch" in r):
-        def at(stage, split, epoch=None):
-            rows = [r for r in records if r.get("model") == model and r.get("stage") == stage
-                    and r.get("split") == split and (epoch is None or r["epoch"] == epoch)]
-            return rows[-1] if rows else {}
-
-        entry = {}
-        for stage in ("stage1", "stage2"):
-            train = at(stage, "train")
-            if train:
-                entry[stage] = {"epoch": train["epoch"], "train": train["loss"],
-                                "val": at(stage, "val", train["epoch"]).get("loss")}
-        scored = [r for r in records if r.get("model") == model and r.get("stage") == "finetune"
-                  and r.get("split") == "val" and "score" in r]
-        if scored:
-            best = max(scored, key=lambda r: r["score"])  # max keeps the first of equal scores, as early stopping
-            train = at("finetune", "train", best["epoch"])
-            entry["finetune"] = {"best_epoch": best["epoch"], "epochs": scored[-1]["epoch"],
-                                 "train": {k: train.get(k) for k in ("rank1", "mAP")},
-                                 "val": {k: best.get(k) for k in ("rank1", "mAP")}}
-        curves[model] = entry
-    return curves
-
-
-def _pair(a, b) -> str:
-    cell = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-    return f"{cell(a)} / {cell(b)}"
-
-
-def _figure(result: dict | None, key: str, interval: bool = False) -> str:
-    """`0.512` or `0.512 [0.43, 0.60]` (95% interval) from a protocol or closed-set result; `-` when absent."""
-    if not result or result.get(key) is None:
-        return "-"
-    text = f"{result[key]:.3f}"
-    bounds = (result.get("ci95") or {}).get(key) if key != "accuracy" else result.get("ci95")
-    if interval and bounds is not None and all(np.isfinite(bounds)):
-        text += f" [{bounds[0]:.2f}, {bounds[1]:.2f}]"
-    return text
-
-
-PROTOCOL_NOTES = {
-    "reid": "gallery items of the probe's own subject in the probe's own camera / view removed (Gait3D / GREW / "
-            "Market-1501 ReID rule); probes left without a match are not scored",
-    "gait3d": "nothing removed (Gait3D's official evaluation: probe and gallery are disjoint sets)",
-    "cross-view": "each probe view against each other gallery view alone, misses counted, mean over the V-1 other "
-                  "views then over probe views (CASIA-B / OpenGait single-view gallery with the identical view "
-                  "excluded)",
-}
-
-
-def summarise(results: dict) -> str:
-    lines = ["# Run summary", ""]
-    lines.append(f"data: {results['data']}  ")
-    lines.append(f"split: {results['split']}  ")
-    lines.append(f"test retrieval: {results['test_retrieval']}  ")
-    lines.append(f"attention backend: {results['attn_backend']}, device: {results['device']}")
-    models = results["models"]
-    for protocol in results["protocols"]:
-        rows = [(name, r["test"]["all"][protocol]) for name, r in models.items() if "test" in r]
-        if not rows:
-            continue
-        lines += ["", f"Test retrieval, protocol `{protocol}`: {PROTOCOL_NOTES[protocol]}. 95% intervals: "
-                  "bootstrap over probes.", "",
-                  "| model | rank-1 [95% CI] | rank-5 | rank-10 | mAP [95% CI] | mINP | probes scored / all |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, res in rows:
-            probes = f"{res.get('num_scored', res['num_probes'])} / {res['num_probes']}"
-            lines.append(f"| {name} | {_figure(res, 'rank1', True)} | {_figure(res, 'rank5')} | "
-                         f"{_figure(res, 'rank10')} | {_figure(res, 'mAP', True)} | {_figure(res, 'mINP')} | "
-                         f"{probes} |")
-    headline = results["protocols"][0]
-    conditions = [c for c in next((r["test"] for r in models.values() if "test" in r), {}) if c != "all"]
-    if conditions:
-        lines += ["", f"Rank-1 per probe condition (`{headline}`):", "",
-                  "| model | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
-        for name, result in models.items():
-            test = result.get("test", {})
-            cells = [_figure(test[c][headline], "rank1") if c in test else "-" for c in conditions]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    closed = [(name, r["closed_set"]) for name, r in models.items() if "closed_set" in r]
-    if closed:
-        lines += ["", "Closed-set accuracy (95% Wilson interval; training side: the training sequences "
-                  "un-augmented):", "", "| model | test accuracy [95% CI] | test sequences | train accuracy |",
-                  "|---|---|---|---|"]
-        for name, res in closed:
-            test, train = res["test"], res.get("train")
-            lines.append(f"| {name} | {_figure(test, 'accuracy', True)} | {test['num_sequences']} | "
-                         f"{_figure(train, 'accuracy')} |")
-    gap = [(name, r) for name, r in models.items() if "train" in r and "test" in r]
-    if gap:
-        lines += ["", f"Train vs test retrieval (`{headline}`; training subjects measured like the test, gallery / "
-                  "probe drawn from as many training subjects as validation has):", "",
-                  "| model | rank-1 train / test | mAP train / test |", "|---|---|---|"]
-        for name, r in gap:
-            train, test = r["train"]["all"][headline], r["test"]["all"][headline]
-            lines.append(f"| {name} | {_pair(train['rank1'], test['rank1'])} | {_pair(train['mAP'], test['mAP'])} |")
-    if results.get("curves"):
-        lines += ["", "Train vs validation (training-subject retrieval is measured like validation, on as many "
-                  "subjects; reconstruction MSE is pooled over the masked frames of the last epoch):", "",
-                  "| model | stage 1 MSE train / val | stage 2 MSE train / val | finetune best epoch | "
-                  "rank-1 train / val | mAP train / val |", "|---|---|---|---|---|---|"]
-        for name, entry in results["curves"].items():
-            recon = [_pair(entry[s]["train"], entry[s]["val"]) if s in entry else "-" for s in ("stage1", "stage2")]
-            fine = entry.get("finetune")
-            if fine:
-                best = f"{fine['best_epoch']} of {fine['epochs']}"
-                rank1 = _pair(fine["train"]["rank1"], fine["val"]["rank1"])
-                mean_ap = _pair(fine["train"]["mAP"], fine["val"]["mAP"])
-            else:
-                best = rank1 = mean_ap = "-"
-            lines.append(f"| {name} | {recon[0]} | {recon[1]} | {best} | {rank1} | {mean_ap} |")
-    seconds = [f"{name} {r['seconds']:.0f} s" for name, r in models.items() if r.get("seconds") is not None]
-    if seconds:
-        lines += ["", "Training time: " + ", ".join(seconds)]
-    return "\n".join(lines) + "\n"
 
 
 def run_pipeline(config: TrainConfig, stages: list[str] | None = None) -> dict:
@@ -309,7 +187,7 @@ def evaluate_trained(model, config: TrainConfig, data, device) -> dict:
     per probe condition), the same on training subjects (the train-vs-test gap), and closed-set accuracy on test
     and training sequences where the protocol has a closed set. Counts and 95% intervals come with each figure."""
     split, evaluation, result = data.split, config.evaluation, {}
-    gallery, probe = test_retrieval_lists(data)
+    gallery, probe = retrieval_test_lists(data)
     if gallery and probe:
         result["test"] = evaluate_model(model, data, gallery, probe, device, evaluation)
     if data.train_gallery and data.train_probe:
