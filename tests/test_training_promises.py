@@ -119,15 +119,19 @@ def test_an_unfinished_earlier_stage_is_an_error(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------- best weights, eval, test split
 
 
-def falling_validation(monkeypatch):
-    """Validation scores 0.9, 0.5, 0.4, ...: the best epoch is the first, so the last epoch's weights differ."""
-    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2])
+def scripted_validation(monkeypatch, score_of_epoch):
+    """Finetune validation that scores epoch e (0-based) `score_of_epoch(e)`, whatever the weights."""
     original = FinetuneStage.validate
 
     def validate(self, epoch):
-        return {**original(self, epoch), "score": next(scores)}
+        return {**original(self, epoch), "score": score_of_epoch(epoch)}
 
     monkeypatch.setattr(FinetuneStage, "validate", validate)
+
+
+def falling_validation(monkeypatch):
+    """The best epoch is the first, so the last epoch's weights differ from the kept ones."""
+    scripted_validation(monkeypatch, lambda epoch: 0.9 - 0.1 * epoch)
 
 
 def test_the_best_weights_are_evaluated_and_eval_reproduces_results(tmp_path, monkeypatch):
@@ -216,6 +220,7 @@ def final_weights(run_dir) -> dict:
 
 
 def test_a_kill_at_any_file_operation_of_a_save_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, lambda epoch: 0.1 * epoch)  # every epoch is a new best: -best is replaced
     saved_after = []  # the operation count at the end of each save
     save = checkpoint.save_checkpoint
     with monkeypatch.context() as patch:
@@ -223,11 +228,13 @@ def test_a_kill_at_any_file_operation_of_a_save_resumes_to_the_same_weights(tmp_
         patch.setattr(checkpoint, "save_checkpoint", lambda *a: (save(*a), saved_after.append(counter.count))[0])
         run_pipeline(config_for(tmp_path / "straight", **KILL_RUN))
     straight = final_weights(tmp_path / "straight")
-    assert len(saved_after) >= 3 and saved_after[0] >= 8  # stage 1, then per finetune epoch a best and a last
+    # Saves: stage 1, then per finetune epoch the new best and the epoch's checkpoint.
+    assert len(saved_after) == 5 and saved_after[0] >= 8
     records = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
-    # Every operation of the first three saves: a stage-1 checkpoint, the first -best and the first finetune
-    # checkpoint (later saves repeat the same operations).
-    for kill_at in range(1, saved_after[2] + 1):
+    # Every operation of the stage-1 save and of the second -best and finetune saves: those replace an earlier
+    # checkpoint of the same name, so they also remove the old folder.
+    kills = [*range(1, saved_after[0] + 1), *range(saved_after[2] + 1, saved_after[4] + 1)]
+    for kill_at in kills:
         run_dir = tmp_path / f"killed-{kill_at}"
         with monkeypatch.context() as patch:
             KillAt(patch, kill_at)
