@@ -71,6 +71,8 @@ ModelName = Literal["bpmt", "baseline"]
 StageName = Literal["1", "2", "ft"]  # quote them in YAML: [1, 2, ft] reads as two integers and a string
 EvalProtocol = Literal["reid", "gait3d", "cross-view"]
 Metric = Literal["euclidean", "cosine"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+CompileMode = Literal["off", "default", "reduce-overhead"]
 SkeletonName = Literal[tuple(FORMATS)]  # the registry's names, so a new format needs no edit here
 
 
@@ -179,6 +181,21 @@ class EvaluationConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How the training step runs (not what it computes): precision, compilation, shapes, data loading."""
+
+    # auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere; fp16 adds a gradient scaler. Weights,
+    # optimizer state and losses stay fp32; evaluation embeddings are fp32.
+    precision: Precision = "auto"
+    compile: CompileMode = "off"  # torch.compile of the training model: off | default | reduce-overhead
+    # Batches are padded up to the smallest of these frame counts that holds their longest sequence (static shapes
+    # for compiled graphs); [] pads to the longest sequence of each batch. Values above data.max_frames are unused.
+    frame_buckets: list[int] = bounded([], "[1, inf)")
+    workers: int = bounded(0, "[0, inf)")  # data-loader worker processes for training batches (0: main process)
+    log_every: int = bounded(20, "[1, inf)")  # steps between progress-bar loss reads (each read waits for the GPU)
+
+
+@dataclass
 class TrainConfig:
     models: list[ModelName] = field(default_factory=lambda: ["bpmt", "baseline"])  # trained one after the other
     stages: list[StageName] = field(default_factory=lambda: ["1", "2", "ft"])
@@ -189,6 +206,7 @@ class TrainConfig:
     stage2: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    train: RuntimeConfig = field(default_factory=RuntimeConfig)
     seed: int = bounded(0, "[0, inf)")
     device: Device = "auto"
     run_dir: str = "runs/latest"
@@ -284,6 +302,12 @@ def _evaluation_rules(c: EvaluationConfig):
         yield from _duplicates(key, getattr(c, key))
 
 
+def _runtime_rules(c: RuntimeConfig):
+    yield from _duplicates("frame_buckets", c.frame_buckets)
+    if c.frame_buckets != sorted(c.frame_buckets):
+        yield "frame_buckets", f"must be ascending, got {c.frame_buckets}"
+
+
 def _train_rules(c: TrainConfig):
     for key in ("models", "stages"):
         yield from _not_empty(key, getattr(c, key))
@@ -297,7 +321,7 @@ def _train_rules(c: TrainConfig):
 _RULES = {DataConfig: _data_rules, ClosedSetConfig: _closed_set_rules, CameraConfig: _camera_rules,
           CrossConditionConfig: _cross_condition_rules, AugmentConfig: _augment_rules, PretrainConfig: _warmup_rule,
           FinetuneConfig: _finetune_rules, ModelConfig: _model_rules, EvaluationConfig: _evaluation_rules,
-          TrainConfig: _train_rules}
+          RuntimeConfig: _runtime_rules, TrainConfig: _train_rules}
 
 
 # ---------------------------------------------------------------------------------------- reading and checking
