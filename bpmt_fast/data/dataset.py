@@ -4,7 +4,7 @@ Typical training loader::
 
     dataset = PoseDataset(sequences, "coco17", transform=Compose([...]), max_frames=60)
     sampler = IdentityBatchSampler(dataset.labels, identities_per_batch=8, sequences_per_identity=4, seed=0)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_padded, num_workers=2)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_to_buckets([30, 60]), num_workers=2)
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
@@ -16,6 +16,7 @@ augmentation by position in the global batch), so this sampler always yields who
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Callable, Hashable, Iterator, Mapping, Sequence
@@ -29,7 +30,7 @@ from .sequence import PoseSequence
 from .transforms import check_poses
 from .transforms import normalise as normalise_poses
 
-__all__ = ["PoseDataset", "collate_padded", "IdentityBatchSampler"]
+__all__ = ["PoseDataset", "collate_padded", "collate_to_buckets", "frame_buckets", "IdentityBatchSampler"]
 
 
 def _check_seed(name: str, value) -> int:
@@ -155,17 +156,34 @@ class PoseDataset(Dataset):
         return self.get(index)
 
     def _clean(self, index: int, seq, where: str) -> np.ndarray:
-        """Checked (and normalised) poses of one sequence, computed once: they do not change between epochs."""
+        """Checked (and normalised) poses of one sequence, computed once: they do not change between epochs.
+
+        This is where the data path validates values: ``check_poses`` rejects NaN / inf (and bad shapes) in the
+        input, and the normalised result is checked again (a tiny torso scale could overflow float32), so every
+        pose the model receives is finite. The model does not re-check values in training.
+
+        The cache lives in this process. Worker processes get a copy of the dataset, so their own fills are
+        lost when the loader ends (``persistent_workers`` keeps them for one loader's life only); call
+        ``clean_all`` in the main process before starting workers so they inherit a full cache.
+        """
         if index not in self._cleaned:
             if self.normalise:
                 try:
                     poses = normalise_poses(seq.poses, self.skeleton, self.min_confidence)
                 except ValueError as exc:
                     raise ValueError(f"{where}: {exc}") from None
+                poses = check_poses(poses, f"{where} normalised poses")
             else:
                 poses = np.array(check_poses(seq.poses, f"{where} poses", skeleton=self.skeleton), dtype=np.float32)
             self._cleaned[index] = poses
         return self._cleaned[index]
+
+    def clean_all(self) -> None:
+        """Check and normalise every sequence now (once per dataset), so worker processes inherit the cache
+        instead of each recomputing it for every loader they serve."""
+        for index, seq in enumerate(self.sequences):
+            if index not in self._cleaned:
+                self._clean(index, seq, f"sequence {index} ({getattr(seq, 'sequence_id', '') or 'no id'})")
 
     def get(self, index: int, rng: np.random.Generator | None = None) -> dict:
         try:
@@ -203,15 +221,43 @@ class PoseDataset(Dataset):
         }
 
 
-def collate_padded(items: Sequence[dict]) -> dict:
-    """Stack items of different lengths into one padded batch.
+def _check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
+    """Buckets as an ascending tuple of distinct positive ints (a ValueError names what is wrong)."""
+    checked = []
+    for value in buckets:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise ValueError(f"frame buckets must be integers, got {value!r}") from None
+        if value < 1:
+            raise ValueError(f"frame buckets must be >= 1, got {value}")
+        checked.append(value)
+    if checked != sorted(set(checked)):
+        raise ValueError(f"frame buckets must be strictly ascending, got {list(buckets)}")
+    return tuple(checked)
 
-    Returns ``poses`` (B, Tmax, J, C) float32 with zeros after each sequence's end, ``lengths`` (B,) long,
-    ``labels`` (B,) long, and lists ``subjects``, ``views``, ``conditions``, ``sequence_ids``, ``indices``.
+
+def padded_frames(longest: int, buckets: Sequence[int] = ()) -> int:
+    """Frames a batch whose longest sequence has ``longest`` frames is padded to: the smallest bucket that
+    holds it; with no buckets, or one longer than every bucket, ``longest`` itself."""
+    return next((b for b in buckets if b >= longest), longest)
+
+
+def frame_buckets(buckets: Sequence[int], max_frames: int | None) -> list[int]:
+    """Training buckets from the configured ones: those below ``max_frames`` plus ``max_frames`` itself.
+
+    Training sequences are cropped to ``max_frames``, so with this last bucket every batch lands in a bucket
+    (the set of batch shapes is finite and known in advance). An empty configuration stays empty (pad each
+    batch to its longest sequence); ``max_frames=None`` (no crop) keeps the configured buckets as they are.
     """
-    items = list(items)
-    if not items:
-        raise ValueError("collate_padded got an empty batch")
+    buckets = list(_check_buckets(sorted(set(buckets))))
+    if not buckets or max_frames is None:
+        return buckets
+    return [b for b in buckets if b < max_frames] + [int(max_frames)]
+
+
+def _stack_item_poses(items: Sequence) -> list[torch.Tensor]:
+    """Every item's poses as a float32 tensor, after checking that items are dicts of matching (J, C)."""
     poses = []
     for i, item in enumerate(items):
         if not isinstance(item, Mapping) or "poses" not in item or "label" not in item:
@@ -223,13 +269,35 @@ def collate_padded(items: Sequence[dict]) -> dict:
             raise ValueError(f"batch item {i}: poses have joints x channels {tuple(p.shape[1:])}, item 0 has "
                              f"{tuple(poses[0].shape[1:])}")
         poses.append(p)
-    lengths = torch.tensor([p.shape[0] for p in poses], dtype=torch.long)
-    out = poses[0].new_zeros((len(poses), int(lengths.max()), *poses[0].shape[1:]))
+    return poses
+
+
+def collate_padded(items: Sequence[dict], buckets: Sequence[int] = ()) -> dict:
+    """Stack items of different lengths into one padded batch.
+
+    Returns ``poses`` (B, T, J, C) float32 with zeros after each sequence's end, ``lengths`` (B,) long,
+    ``labels`` (B,) long, lists ``subjects``, ``views``, ``conditions``, ``sequence_ids``, ``indices``, and
+    host ints ``max_length`` (longest real sequence) and ``total_frames`` (sum of the lengths), computed here
+    on the CPU so the model can lay out packed frames without reading ``lengths`` back from the GPU.
+
+    ``T`` is the longest sequence when ``buckets`` is empty, else the smallest bucket >= the longest sequence
+    (static shapes for compiled graphs); a batch longer than every bucket pads to its own longest. Use
+    ``frame_buckets`` to end the buckets at the crop length so that never happens in training.
+    """
+    items = list(items)
+    if not items:
+        raise ValueError("collate_padded got an empty batch")
+    poses = _stack_item_poses(items)
+    buckets = _check_buckets(buckets)  # a few ints: cheap next to the copy below
+    sizes = [p.shape[0] for p in poses]
+    out = poses[0].new_zeros((len(poses), padded_frames(max(sizes), buckets), *poses[0].shape[1:]))
     for i, p in enumerate(poses):
         out[i, : p.shape[0]] = p
     return {
         "poses": out,
-        "lengths": lengths,
+        "lengths": torch.tensor(sizes, dtype=torch.long),
+        "max_length": max(sizes),
+        "total_frames": sum(sizes),
         "labels": torch.tensor([int(item["label"]) for item in items], dtype=torch.long),
         "subjects": [item.get("subject", "") for item in items],
         "views": [item.get("view", "") for item in items],
@@ -237,6 +305,12 @@ def collate_padded(items: Sequence[dict]) -> dict:
         "sequence_ids": [item.get("sequence_id", "") for item in items],
         "indices": [item.get("index", -1) for item in items],
     }
+
+
+def collate_to_buckets(buckets: Sequence[int] = ()) -> Callable[[Sequence[dict]], dict]:
+    """``collate_padded`` padding to ``buckets`` (checked: ascending positive ints). A ``functools.partial`` of
+    a module-level function, not a closure, so DataLoader worker processes can pickle it."""
+    return functools.partial(collate_padded, buckets=_check_buckets(buckets))
 
 
 class IdentityBatchSampler(Sampler):

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bpmt_fast.data.dataset import IdentityBatchSampler, PoseDataset, collate_padded
+from bpmt_fast.data.dataset import IdentityBatchSampler, PoseDataset, collate_to_buckets
+from bpmt_fast.data.dataset import frame_buckets  # noqa: F401  (the training loop builds its buckets from here)
 from bpmt_fast.data.sequence import LoadReport, PoseSequence
 from bpmt_fast.data.splits import (Split, camera_split, closed_set_split, cross_condition_split, gallery_probe,
                                    subject_disjoint_split)
@@ -133,33 +134,62 @@ class KeyedItems(Dataset):
         return self.dataset.get(index, np.random.default_rng([self.dataset.seed, self.epoch, batch, position]))
 
 
-def keyed_loader(dataset: PoseDataset, global_batches: list[list[int]], epoch: int,
-                 parallel: Parallel = SINGLE) -> DataLoader:
-    """This rank's slice of every global batch (batches smaller than the world size are skipped)."""
+def _loader(dataset: Dataset, workers: int, pin_memory: bool, buckets, **batching) -> DataLoader:
+    """A DataLoader padding to `buckets`, with `workers` processes (0: the main process) and pinned batches.
+
+    Workers get a copy of the dataset, so its cleaned poses are computed here first (once per dataset) and
+    inherited, rather than recomputed by every worker of every per-epoch loader. Workers persist for the
+    loader's life, which keeps their prefetch queue full across its batches.
+    """
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if workers:
+        base = dataset.dataset if isinstance(dataset, KeyedItems) else dataset
+        if isinstance(base, PoseDataset):
+            base.clean_all()
+    return DataLoader(dataset, collate_fn=collate_to_buckets(buckets), num_workers=workers,
+                      pin_memory=pin_memory, persistent_workers=workers > 0, **batching)
+
+
+def keyed_loader(dataset: PoseDataset, global_batches: list[list[int]], epoch: int, parallel: Parallel = SINGLE,
+                 *, workers: int = 0, pin_memory: bool = False, buckets: typing.Sequence[int] = ()) -> DataLoader:
+    """This rank's slice of every global batch (batches smaller than the world size are skipped).
+
+    Batches pad their frames to `buckets` (see `collate_padded`; `frame_buckets` builds them from the config).
+    Items are keyed by position (`KeyedItems`), so `workers` changes where batches are built, never what they
+    hold: 0 or N workers give the same batches and augmentations. Pin memory when training on CUDA.
+    """
     batches = [parallel.shard([(int(index), number, position) for position, index in enumerate(batch)])
                for number, batch in enumerate(global_batches) if len(batch) >= parallel.world_size]
-    return DataLoader(KeyedItems(dataset, epoch), batch_sampler=batches, collate_fn=collate_padded)
+    return _loader(KeyedItems(dataset, epoch), workers, pin_memory, buckets, batch_sampler=batches)
 
 
-def shuffled_loader(dataset: PoseDataset, batch_size: int, seed: int, epoch: int,
-                    parallel: Parallel = SINGLE) -> DataLoader:
-    """Random batches for the reconstruction stages; the order is a function of (seed, epoch) only."""
+def shuffled_loader(dataset: PoseDataset, batch_size: int, seed: int, epoch: int, parallel: Parallel = SINGLE,
+                    *, workers: int = 0, pin_memory: bool = False, buckets: typing.Sequence[int] = ()) -> DataLoader:
+    """Random batches for the reconstruction stages; the order is a function of (seed, epoch) only.
+    `workers`, `pin_memory`, `buckets`: see `keyed_loader`."""
     order = np.random.default_rng([seed, epoch]).permutation(len(dataset)).tolist()
-    return keyed_loader(dataset, [order[i:i + batch_size] for i in range(0, len(order), batch_size)], epoch, parallel)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return keyed_loader(dataset, batches, epoch, parallel, workers=workers, pin_memory=pin_memory, buckets=buckets)
 
 
 def identity_loader(dataset: PoseDataset, identities: int, per_identity: int, seed: int, epoch: int,
-                    parallel: Parallel = SINGLE) -> DataLoader:
-    """P x K batches (IdentityBatchSampler); the global batch must split evenly over the ranks."""
+                    parallel: Parallel = SINGLE, *, workers: int = 0, pin_memory: bool = False,
+                    buckets: typing.Sequence[int] = ()) -> DataLoader:
+    """P x K batches (IdentityBatchSampler); the global batch must split evenly over the ranks.
+    `workers`, `pin_memory`, `buckets`: see `keyed_loader`."""
     if (identities * per_identity) % parallel.world_size:
         raise ValueError(f"the global batch of {identities} x {per_identity} = {identities * per_identity} sequences "
                          f"does not split evenly over {parallel.world_size} ranks")
     sampler = IdentityBatchSampler(dataset.labels, identities, per_identity, seed=seed)
-    return keyed_loader(dataset, sampler.global_batches(epoch), epoch, parallel)
+    return keyed_loader(dataset, sampler.global_batches(epoch), epoch, parallel, workers=workers,
+                        pin_memory=pin_memory, buckets=buckets)
 
 
-def eval_loader(dataset: PoseDataset, batch_size: int = 64) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_padded)
+def eval_loader(dataset: PoseDataset, batch_size: int = 64, *, workers: int = 0, pin_memory: bool = False,
+                buckets: typing.Sequence[int] = ()) -> DataLoader:
+    """Batches in dataset order (evaluation: no augmentation, centre crop), padded to `buckets`."""
+    return _loader(dataset, workers, pin_memory, buckets, batch_size=batch_size, shuffle=False)
 
 
 def frame_mask_for(batch: dict, parts: int, ratio: float, seed: int, epoch: int) -> torch.Tensor:
