@@ -1,4 +1,4 @@
-"""Command line: `bpmt-fast backends | train | eval | demo | bench | gpu-check`."""
+"""Command line: `bpmt-fast backends | train | eval | demo | bench | gpu-check | compare`."""
 from __future__ import annotations
 
 import argparse
@@ -204,6 +204,34 @@ def add_bench_parser(commands) -> None:
     report.set_defaults(run=cmd_bench_report)
 
 
+def protocol_arg(name: str) -> str:
+    """argparse type: a test retrieval protocol name, else the list of valid ones."""
+    from bpmt_fast.train.config import EvalProtocol
+
+    valid = typing.get_args(EvalProtocol)
+    if name not in valid:
+        raise argparse.ArgumentTypeError(f"unknown protocol {name!r}; valid: {', '.join(valid)}")
+    return name
+
+
+def cmd_compare(args) -> int:
+    from bpmt_fast.train.compare import run_compare
+
+    run_compare(args.run_dirs, out=args.out, protocol=args.protocol)
+    return 0
+
+
+def add_compare_parser(commands) -> None:
+    compare = commands.add_parser("compare", help="finished runs side by side: attention backend, precision, "
+                                                  "compile, seq/s per stage, peak memory, test rank-1 / mAP "
+                                                  "(compare.md and compare.png)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding results.json")
+    compare.add_argument("--out", default="compare", help="folder for compare.md and compare.png (default: compare)")
+    compare.add_argument("--protocol", type=protocol_arg, metavar="NAME",
+                         help="test protocol of the rank-1 / mAP columns (default: each run's first)")
+    compare.set_defaults(run=cmd_compare)
+
+
 def cmd_gpu_check(args) -> int:
     from bpmt_fast.bench.gpu_check import run_gpu_check
 
@@ -259,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
     add_bench_parser(commands)
     add_gpu_check_parser(commands)
+    add_compare_parser(commands)
     return parser
 
 
