@@ -121,13 +121,53 @@ class AttentionBackend:
     # ---- entry points: padding content is ignored and padded outputs are zero ----
     def padded(self, q, k, v, q_lengths=None, kv_lengths=None, scale=None, causal=False):
         """q `(B, Nq, H, D)`, k/v `(B, Nk, H, D)` -> `(B, Nq, H, Dv)`."""
-        q, k, v = layout.zero_padding(q, q_lengths), layout.zero_padding(k, kv_lengths), layout.zero_padding(v, kv_lengths)
+        q = layout.zero_padding(q, q_lengths)
+        k, v = layout.zero_padding(k, kv_lengths), layout.zero_padding(v, kv_lengths)
         out = self._padded(q, k, v, q_lengths, kv_lengths, scale, causal)
         return layout.zero_padding(out, q_lengths)
 
     def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=None, causal=False):
         """Packed q `(Tq, H, D)`, k/v `(Tk, H, D)`; segment i of q attends to segment i of k/v."""
         return self._varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal)
+
+    # ---- the model's entry point: one layout per forward, fused projections ----
+    @classmethod
+    def packs_natively(cls) -> bool:
+        """True when the native layout is packed varlen (`_varlen` overridden, `_padded` not)."""
+        return cls._varlen is not AttentionBackend._varlen and cls._padded is AttentionBackend._padded
+
+    @classmethod
+    def wants_packed_layout(cls, device_type: str) -> bool:
+        """Whether the model should build packing offsets / indices for calls on `device_type`."""
+        return cls.packs_natively()
+
+    def attend(self, q, kv, layout_: layout.PackedLayout, scale=None):
+        """Attention over the padded sequences described by `layout_` (built once per forward).
+
+        q `(S, N, H, D)` with kv `(S, N, 2, H, D)` (keys, values), or q None with kv `(S, N, 3, H, D)` (queries,
+        keys, values): fused projections, so a packing backend gathers each projection once. Padding content is
+        ignored. -> `(S, N, H, Dv)`, zero in the padding. No host sync when the layout was built with host ints.
+        """
+        if self.packs_natively():
+            return self._attend_packed(q, kv, layout_, scale)
+        return self._attend_padded(q, kv, layout_, scale)
+
+    def _attend_packed(self, q, kv, layout_, scale):
+        if not layout_.packed:  # built for padded backends: pack here (one host sync)
+            layout_ = _repacked(layout_)
+        fused = layout_.pack(kv)  # (total, F, H, D): one gather (or a view) for all fused projections
+        if q is None:
+            q, k, v = fused.unbind(1)  # (total, H, D) views
+        else:
+            q, (k, v) = layout_.pack(q), fused.unbind(1)
+        cu, longest = layout_.cu_seqlens, layout_.max_seqlen
+        return layout_.unpack(self._varlen(q, k, v, cu, cu, longest, longest, scale, False))  # (S, N, H, Dv)
+
+    def _attend_padded(self, q, kv, layout_, scale):
+        q, k, v = kv.unbind(2) if q is None else (q, *kv.unbind(2))  # (S, N, H, D) views
+        q, k, v = (layout_.zero_padding(x) for x in (q, k, v))
+        out = self._padded(q, k, v, layout_.lengths, layout_.lengths, scale, False)  # (S, N, H, Dv)
+        return layout_.zero_padding(out)
 
     # ---- native implementations: override at least one ----
     def _padded(self, q, k, v, q_lengths, kv_lengths, scale, causal):
@@ -150,6 +190,11 @@ class AttentionBackend:
 
     def __repr__(self) -> str:
         return f"<attention backend {self.NAME}>"
+
+
+def _repacked(padded: layout.PackedLayout) -> layout.PackedLayout:
+    """A padded-only layout with packing added: its per-sequence lengths, one group each."""
+    return layout.PackedLayout.from_lengths(padded.lengths, 1, padded.n)
 
 
 @functools.cache

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .common import (IdentityHead, ModelConfig, PartEncoder, check_pose_batch, model_output, reconstruction,
-                     valid_frames)
+from .common import (IdentityHead, ModelConfig, PartEncoder, attention_layout, check_pose_batch, host_length_stats,
+                     model_output, reconstruction, valid_frames)
 from .layers import GroupedLinear, masked_temporal_pool
 from .skeleton import get_format
 from .tokenizer import PartTokenizer
@@ -31,14 +31,22 @@ class Baseline(nn.Module):
         self.decoder = GroupedLinear(1, config.dim, self.tokenizer.feature_dim)
         self.head = IdentityHead(2 * config.dim, config)
 
-    def forward(self, poses, lengths=None, frame_mask=None, stage: str = "finetune") -> dict:
-        """poses `(B, T, J, C)`, lengths `(B,)`, frame_mask `(B, 1, T)` bool (True = masked frame)."""
+    def forward(self, poses, lengths=None, frame_mask=None, stage: str = "finetune", *, max_length: int | None = None,
+                total_length: int | None = None, check_values: bool | None = None) -> dict:
+        """poses `(B, T, J, C)`, lengths `(B,)`, frame_mask `(B, 1, T)` bool (True = masked frame).
+
+        `max_length`, `total_length`, `check_values`: as in BPMT.forward."""
         if stage not in BASELINE_STAGES:
             raise ValueError(f"the baseline has stages {', '.join(BASELINE_STAGES)}, got {stage!r}")
-        lengths = check_pose_batch(poses, lengths, frame_mask, self.skeleton.num_joints, self.config.in_channels, 1)
+        check_values = not self.training if check_values is None else check_values
+        lengths = check_pose_batch(poses, lengths, frame_mask, self.skeleton.num_joints, self.config.in_channels, 1,
+                                   check_values)
         batch, frames = poses.shape[:2]
+        backend = self.encoder.blocks[0].attn.backend
+        stats = host_length_stats(backend, lengths, frames, poses.device, max_length, total_length)
         valid = valid_frames(lengths, batch, frames, poses.device)
-        features = self.encoder(self.tokenizer(poses, lengths, frame_mask), lengths)  # (B, 1, T, d)
+        body_layout = attention_layout(backend, lengths, batch, 1, frames, poses.device, stats)
+        features = self.encoder(self.tokenizer(poses, lengths, frame_mask), body_layout)  # (B, 1, T, d)
         summary = {"lengths": valid.sum(1)}
         if stage == "part":
             target = self.tokenizer.part_features(torch.where(valid[:, :, None, None], poses, 0.0))

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 
 from .attention_blocks import CrossPartBlock
-from .common import (IdentityHead, ModelConfig, PartEncoder, check_pose_batch, model_output, reconstruction,
-                     valid_frames)
+from .common import (IdentityHead, ModelConfig, PartEncoder, attention_layout, check_pose_batch, host_length_stats,
+                     model_output, reconstruction, valid_frames)
 from .layers import GroupedLinear, masked_temporal_pool
 from .skeleton import PART_NAMES, get_format
 from .tokenizer import PartTokenizer
@@ -41,11 +41,11 @@ class CrossPartEncoder(nn.Module):
             CrossPartBlock(pairs, config.dim, config.heads, config.mlp_ratio, config.dropout, config.attn_backend)
             for _ in range(config.pair_layers))
 
-    def forward(self, parts: torch.Tensor, lengths=None) -> torch.Tensor:
-        """parts `(B, P, T, d)` -> `(B, Q, T, d)` for the Q ordered pairs."""
+    def forward(self, parts: torch.Tensor, layout=None) -> torch.Tensor:
+        """parts `(B, P, T, d)`, layout: PackedLayout of the B*Q pair sequences -> `(B, Q, T, d)`."""
         queries, keys = parts[:, self.query_parts], parts[:, self.key_parts]  # (B, Q, T, d) each
         for block in self.blocks:
-            queries = block(queries, keys, lengths)
+            queries = block(queries, keys, layout)
         return queries
 
 
@@ -72,23 +72,36 @@ class BPMT(nn.Module):
         self.register_buffer("pairs_per_part", torch.bincount(self.pair_encoder.query_parts, minlength=parts),
                              persistent=False)
 
-    def forward(self, poses, lengths=None, frame_mask=None, stage: str = "finetune") -> dict:
-        """poses `(B, T, J, C)`, lengths `(B,)`, frame_mask `(B, P, T)` bool (True = masked frame)."""
+    def forward(self, poses, lengths=None, frame_mask=None, stage: str = "finetune", *, max_length: int | None = None,
+                total_length: int | None = None, check_values: bool | None = None) -> dict:
+        """poses `(B, T, J, C)`, lengths `(B,)`, frame_mask `(B, P, T)` bool (True = masked frame).
+
+        `max_length` / `total_length`: `int(lengths.max())` / `int(lengths.sum())` as host ints (the collate has
+        lengths on the CPU): with them a packing attention backend runs the forward without a host sync; without,
+        it costs one. `check_values` (default: `not self.training`) runs the input value checks (see
+        check_pose_batch).
+        """
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+        check_values = not self.training if check_values is None else check_values
         lengths = check_pose_batch(poses, lengths, frame_mask, self.skeleton.num_joints, self.config.in_channels,
-                                   self.tokenizer.num_parts)
+                                   self.tokenizer.num_parts, check_values)
         batch, frames = poses.shape[:2]
+        backend = self.part_encoder.blocks[0].attn.backend
+        stats = host_length_stats(backend, lengths, frames, poses.device, max_length, total_length)
         valid = valid_frames(lengths, batch, frames, poses.device)
         tokens = self.tokenizer(poses, lengths, frame_mask)  # (B, P, T, d)
-        parts = self.part_encoder(tokens, lengths)  # (B, P, T, d)
+        parts_layout = attention_layout(backend, lengths, batch, self.tokenizer.num_parts, frames, poses.device,
+                                        stats)  # shared by every part self-attention call
+        parts = self.part_encoder(tokens, parts_layout)  # (B, P, T, d)
         summary = {"lengths": valid.sum(1)}
         if stage == "part":
             target = self.tokenizer.part_features(torch.where(valid[:, :, None, None], poses, 0.0))
             recon = reconstruction(self.part_decoder(parts), target, frame_mask, valid, self.tokenizer.joint_valid)
             return model_output({"reconstruction": recon}, {}, **summary)
 
-        cross = self.pair_encoder(parts, lengths)  # (B, Q, T, d)
+        pairs_layout = attention_layout(backend, lengths, batch, len(self.pairs), frames, poses.device, stats)
+        cross = self.pair_encoder(parts, pairs_layout)  # (B, Q, T, d)
         if stage == "pair":  # each ordered pair (a, b) reconstructs its query part a
             target = self.tokenizer.part_features(torch.where(valid[:, :, None, None], poses, 0.0))
             query_parts = self.pair_encoder.query_parts

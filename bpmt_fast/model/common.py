@@ -7,7 +7,10 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from .attention_blocks import PartTransformerBlock
+from bpmt_fast.attention import layout
+from bpmt_fast.attention.layout import PackedLayout
+
+from .attention_blocks import PartTransformerBlock, wants_packed_layout
 from .layers import GlobalBatchNorm1d, GroupedLayerNorm
 from .skeleton import FORMATS
 
@@ -32,8 +35,15 @@ class ModelConfig:
     attn_backend: str | None = None  # None: env BPMT_ATTN_BACKEND, else auto
 
 
-def check_pose_batch(poses, lengths, frame_mask, num_joints: int, in_channels: int, num_parts: int):
-    """Validate a model input batch; returns lengths, or None when every sequence is full length."""
+def check_pose_batch(poses, lengths, frame_mask, num_joints: int, in_channels: int, num_parts: int,
+                     check_values: bool = True):
+    """Validate a model input batch; returns lengths (None when the value checks find every sequence full).
+
+    Shape and dtype checks are free and always run. The value checks (lengths in [1, T], no NaN/inf in valid
+    frames) read tensors back to the host, a sync per forward: they run only with `check_values` (the models
+    pass `not self.training` unless told otherwise) and never while torch.compile traces. Training batches come
+    from the data path, which validates and normalises every pose sequence once when it is loaded.
+    """
     if not isinstance(poses, torch.Tensor) or poses.dim() != 4:
         raise ValueError(f"poses must be a (B, T, J, C) tensor, got {getattr(poses, 'shape', type(poses))}")
     batch, frames, joints, channels = poses.shape
@@ -47,8 +57,15 @@ def check_pose_batch(poses, lengths, frame_mask, num_joints: int, in_channels: i
                          f"{frame_mask.dtype} {tuple(frame_mask.shape)}")
     if lengths is not None and lengths.shape != (batch,):
         raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
-    if torch.compiler.is_compiling():
+    if lengths is not None and (lengths.dtype.is_floating_point or lengths.dtype == torch.bool):
+        raise ValueError(f"lengths must be an integer tensor, got {lengths.dtype}")
+    if not check_values or torch.compiler.is_compiling():
         return lengths
+    return _check_pose_values(poses, lengths, frames)
+
+
+def _check_pose_values(poses, lengths, frames: int):
+    """The value checks of check_pose_batch (host syncs)."""
     if lengths is not None:
         low, high = int(lengths.min()), int(lengths.max())
         if low < 1 or high > frames:
@@ -59,6 +76,30 @@ def check_pose_batch(poses, lengths, frame_mask, num_joints: int, in_channels: i
     if not bool(torch.isfinite(valid).all()):
         raise ValueError("poses contain NaN or inf in valid frames; clean or mark them (confidence 0) first")
     return lengths
+
+
+def attention_layout(backend, lengths, batch: int, groups: int, frames: int, device,
+                     host_stats: tuple[int, int] | None) -> PackedLayout:
+    """The PackedLayout of one forward's B*groups sequences, built once and shared by every attention call.
+
+    `host_stats` = (max length, length sum) as host ints, or None when the backend needs no packing."""
+    if lengths is None:
+        return PackedLayout.full(batch * groups, frames, device)
+    pack = host_stats is not None
+    max_len, length_sum = host_stats if pack else (None, None)
+    return PackedLayout.from_lengths(lengths.to(device), groups, frames, max_len, length_sum, pack=pack)
+
+
+def host_length_stats(backend, lengths, frames: int, device, max_length: int | None,
+                      total_length: int | None) -> tuple[int, int] | None:
+    """(max length, length sum) host ints for packing layouts; None when `backend` does not pack on `device`.
+
+    Given by the caller (the collate knows lengths on the CPU) they cost nothing; else one host sync."""
+    if lengths is None or not wants_packed_layout(backend, device.type):
+        return None
+    if max_length is not None and total_length is not None:
+        return int(max_length), int(total_length)
+    return layout.host_length_stats(lengths)
 
 
 def valid_frames(lengths, batch: int, frames: int, device) -> torch.Tensor:
@@ -79,9 +120,10 @@ class PartEncoder(nn.Module):
             for _ in range(config.part_layers))
         self.norm = GroupedLayerNorm(groups, config.dim)
 
-    def forward(self, x, lengths=None):
+    def forward(self, x, layout=None):
+        """x `(B, G, N, d)`, layout: the forward's PackedLayout of the B*G sequences (or lengths / None)."""
         for block in self.blocks:
-            x = block(x, lengths)
+            x = block(x, layout)
         return self.norm(x)
 
 
@@ -94,7 +136,8 @@ class IdentityHead(nn.Module):
         # No bias: the BN-neck removes it and distances between embeddings cancel it.
         self.embed = nn.Linear(in_dim, config.embedding_dim, bias=False)
         self.neck = GlobalBatchNorm1d(config.embedding_dim)  # global-batch statistics under DDP
-        self.classifier = nn.Linear(config.embedding_dim, config.num_classes, bias=False) if config.num_classes else None
+        classes = config.num_classes
+        self.classifier = nn.Linear(config.embedding_dim, classes, bias=False) if classes else None
 
     def forward(self, pooled: torch.Tensor) -> dict:
         embeddings = self.embed(self.dropout(pooled))  # (B, E): metric losses use this
