@@ -5,7 +5,6 @@ child processes leave behind. The orchestration runs with an injected CPU device
 result."""
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import site
@@ -463,10 +462,10 @@ def test_first_sync_and_sync_sites_read_torchs_sync_debugging(monkeypatch):
         if len(calls) == 2:
             raise RuntimeError("called a synchronizing CUDA operation")
 
-    first = gpu_check.first_sync(step, iter(range(10)), contextlib.nullcontext)
+    first = gpu_check.first_sync(step, iter(range(10)))
     assert first["status"] == "sync" and first["step"] == 1 and "in step" in first["location"]
     assert modes == ["error", "default", "error", "default"]  # back to default after every step
-    assert gpu_check.first_sync(lambda batch: None, iter(range(10)), contextlib.nullcontext) is None
+    assert gpu_check.first_sync(lambda batch: None, iter(range(10))) is None
 
     def syncing():
         for _ in range(2):

@@ -570,7 +570,8 @@ SYNC_RUN = {
     "models": ["bpmt"],
     "data": {"synthetic": {"num_subjects": 12, "sequences_per_subject": 4, "min_frames": 30, "max_frames": 60},
              "max_frames": 60, "test_subjects": 0.25, "val_subjects": 0.0},
-    "finetune": {"epochs": 1, "warmup_epochs": 0, "identities_per_batch": 4, "sequences_per_identity": 2, "batches_per_epoch": 8},
+    "finetune": {"epochs": 1, "warmup_epochs": 0, "identities_per_batch": 4, "sequences_per_identity": 2,
+                 "batches_per_epoch": 8},
     "checkpoint_every": 0,
 }
 SYNC_WARMUP_STEPS, SYNC_STEPS = 2, 3
@@ -634,40 +635,32 @@ def sync_steps(backend: str, device: torch.device, folder: Path, run: dict = SYN
     model.train()
     optimizer = torch.optim.AdamW(stage.trainable_parameters(), lr=config.finetune.lr)
     scheduler = warmup_cosine(optimizer, 1, 100)
-    batches = endless(lambda epoch: identity_loader(data.train, config.finetune.identities_per_batch,
-                                                    config.finetune.sequences_per_identity, config.seed, epoch))
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    # Device batches: loading and the host-to-device copy belong to the data path, not to the step.
+    batches = map(stage.to_device, endless(lambda epoch: identity_loader(
+        data.train, config.finetune.identities_per_batch, config.finetune.sequences_per_identity, config.seed, epoch)))
     for _ in range(SYNC_WARMUP_STEPS):  # compiles kernels, allocates: outside the debug mode
-        with autocast():
-            stage.train_step(next(batches), optimizer, scheduler)
-    result = {"backend": backend, "autocast": "bf16" if use_bf16 else None, "steps": SYNC_STEPS}
+        stage.train_step(next(batches), optimizer, scheduler)
+    result = {"backend": backend, "autocast": stage.precision.name, "steps": SYNC_STEPS}
     if device.type != "cuda":
-        with autocast():
-            stage.train_step(next(batches), optimizer, scheduler)
+        stage.train_step(next(batches), optimizer, scheduler)
         return {**result, "status": "not checked", "reason": "sync debugging needs CUDA (the steps ran)"}
     torch.cuda.synchronize()
-    first = first_sync(lambda batch: stage.train_step(batch, optimizer, scheduler), batches, autocast)
+    first = first_sync(lambda batch: stage.train_step(batch, optimizer, scheduler), batches)
     batch = next(batches)
-
-    def one_step():
-        with autocast():
-            stage.train_step(batch, optimizer, scheduler)
-    result["sites"] = sync_sites(one_step)  # all of them, not only the first
+    result["sites"] = sync_sites(lambda: stage.train_step(batch, optimizer, scheduler))  # all, not only the first
     torch.cuda.synchronize()
     if first is None:
         return {**result, "status": "ok", "reason": f"{SYNC_STEPS} steps without a host sync"}
     return {**result, **first}
 
 
-def first_sync(step: Callable, batches, autocast) -> dict | None:
+def first_sync(step: Callable, batches) -> dict | None:
     """SYNC_STEPS steps under set_sync_debug_mode("error"): the first host sync raises; its place, or None."""
     for number in range(SYNC_STEPS):
         batch = next(batches)  # host-side loading is not part of the step
         torch.cuda.set_sync_debug_mode("error")
         try:
-            with autocast():
-                step(batch)
+            step(batch)
         except RuntimeError as error:
             if "synchroniz" not in str(error).lower():
                 raise

@@ -44,7 +44,9 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
     hardest_negative = torch.where(~same, dist, float("inf")).amin(1)
     valid = (same & ~eye).any(1) & (~same).any(1)  # anchors with at least one positive and one negative
     losses = F.relu(hardest_positive - hardest_negative + margin)
-    return losses[valid].mean() if valid.any() else embeddings.sum() * 0.0
+    # Mean over valid anchors (0 when there is none) without boolean indexing or a branch on a tensor: both
+    # would wait for the GPU every step.
+    return torch.where(valid, losses, 0.0).sum() / valid.sum().clamp(min=1)
 
 
 def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -57,12 +59,14 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
     positives = (labels[:, None] == labels[None, :]) & ~eye
     count = positives.sum(1)
     per_anchor = -torch.where(positives, log_prob, 0.0).sum(1) / count.clamp(min=1)
-    return per_anchor[count > 0].mean() if (count > 0).any() else embeddings.sum() * 0.0
+    has_positive = count > 0
+    return torch.where(has_positive, per_anchor, 0.0).sum() / has_positive.sum().clamp(min=1)
 
 
 def identity_loss(out: dict, labels: torch.Tensor, config) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of the finetune losses in `config` (FinetuneConfig); returns (loss, parts for logging)."""
-    feat = out["training_feat"]
+    """Weighted sum of the finetune losses in `config` (FinetuneConfig), computed in fp32 whatever the autocast
+    dtype of the embeddings; returns (loss, detached parts for logging, on the device)."""
+    feat = {k: None if v is None else v.float() for k, v in out["training_feat"].items()}
     parts = {}
     if config.triplet_weight:
         parts["triplet"] = config.triplet_weight * batch_hard_triplet_loss(feat["embeddings"], labels,
@@ -75,4 +79,5 @@ def identity_loss(out: dict, labels: torch.Tensor, config) -> tuple[torch.Tensor
                                                          label_smoothing=config.label_smoothing)
     if not parts:
         raise ValueError("finetune has no loss: set triplet_weight, supcon_weight or ce_weight above 0")
-    return sum(parts.values()), {k: v.item() for k, v in parts.items()}
+    # The parts stay on the device (detached): reading them here would wait for the GPU every step.
+    return sum(parts.values()), {k: v.detach() for k, v in parts.items()}

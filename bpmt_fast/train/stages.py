@@ -25,6 +25,7 @@ from . import checkpoint
 from .data import Datasets, eval_loader, frame_mask_for, identity_loader, shuffled_loader
 from .distributed import SINGLE, Parallel
 from .losses import identity_loss, reconstruction_error_per_group
+from .precision import resolve_precision
 
 
 VALIDATION_MASK_EPOCH = 10**6  # mask seed for validation, out of the range of training epochs
@@ -78,9 +79,6 @@ def group_names(model, stage: str) -> list[str]:
     return [f"{PART_NAMES[a]}<-{PART_NAMES[b]}" for a, b in model.pairs]
 
 
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
 
 class Stage:
     """Shared epoch loop with checkpoint / resume; subclasses define one training step and validation."""
@@ -92,8 +90,10 @@ class Stage:
         self.name, self.model, self.data, self.config = name, model, data, config
         self.run_config, self.device, self.log, self.ckpt_dir = run_config, device, log, ckpt_dir
         self.parallel = parallel
-        self.train_model = model  # the DDP replica while training under torchrun
+        self.train_model = model  # the DDP replica while training under torchrun, compiled when asked
         self.checkpoint_name = f"{name}-{self.stage_key}"
+        self.precision = resolve_precision(run_config.train.precision, device)
+        self.scaler = self.precision.scaler()
 
     def trained_modules(self) -> tuple[str, ...]:
         raise NotImplementedError
@@ -121,10 +121,35 @@ class Stage:
         bar.started, bar.sequences = time.perf_counter(), 0
         return bar
 
-    def show(self, bar, loss: float, batch: dict) -> None:
+    def show(self, bar, step: int, losses: torch.Tensor, batch: dict) -> None:
+        """Loss and throughput on the bar every `train.log_every` steps: `losses` (the running sum of step losses,
+        on the device) is read only then, since each read waits for the GPU."""
         bar.sequences += len(batch["lengths"]) * self.parallel.world_size
+        if (step + 1) % self.run_config.train.log_every:
+            return
         rate = bar.sequences / max(time.perf_counter() - bar.started, 1e-9)
-        bar.set_postfix(loss=f"{loss:.4f}", seq_per_s=f"{rate:.0f}", refresh=False)
+        bar.set_postfix(loss=f"{float(losses) / (step + 1):.4f}", seq_per_s=f"{rate:.0f}", refresh=False)
+
+    def optimizer_step(self, loss: torch.Tensor, optimizer, scheduler, grad_clip: float = 0.0) -> None:
+        """Backward and one optimizer step (fp16: through the gradient scaler), without reading anything back."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if grad_clip:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        scheduler.step()
+
+    def to_device(self, batch: dict) -> dict:
+        """The batch's tensors on the training device (asynchronous from pinned memory)."""
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
+
+    def compiled(self, model):
+        """`model` under torch.compile when `train.compile` asks for it (graphs reused thanks to frame buckets)."""
+        mode = self.run_config.train.compile
+        return model if mode == "off" else torch.compile(model, mode=None if mode == "default" else mode)
 
     def run(self) -> dict:
         self.prepare()
@@ -147,10 +172,11 @@ class Stage:
                 return state
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state.get("scaler", {}))
             notice = self.parallel.restore_rng(state["rng"])  # each rank's dropout continues as without the kill
             self.say(f"resuming after epoch {state['epoch']} from {folder}" + (f"; {notice}" if notice else ""))
         self.log.forget_after(self.name, self.stage_key, state["epoch"])
-        self.train_model = self.parallel.wrap(self.model, self.device)
+        self.train_model = self.compiled(self.parallel.wrap(self.model, self.device))
         if not self.has_validation():
             self.say(self.without_validation)
         for epoch in range(state["epoch"], self.config.epochs):
@@ -163,7 +189,7 @@ class Stage:
             stop = self.update_best(state, val)
             state.update(epoch=epoch + 1, done=stop or epoch + 1 == self.config.epochs,
                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         rng=self.parallel.rng_states())
+                         scaler=self.scaler.state_dict(), rng=self.parallel.rng_states())
             if self.run_config.checkpoint_every and ((epoch + 1) % self.run_config.checkpoint_every == 0
                                                      or state["done"]):
                 self.save(state)
@@ -216,32 +242,42 @@ class ReconstructionStage(Stage):
     def batches_per_epoch(self):
         return math.ceil(len(self.data.train) / self.config.batch_size)
 
-    def _forward(self, model, batch, epoch, seed):
-        batch = _to(batch, self.device)
+    def with_mask(self, batch: dict, epoch: int) -> dict:
+        """Adds the `(B, P, T)` frame mask, drawn on the host from (seed, epoch, sequence): the data path's job."""
         parts = self.model.tokenizer.num_parts
-        mask = frame_mask_for(batch, parts, self.config.mask_ratio, seed, epoch).to(self.device)
-        return model(batch["poses"], batch["lengths"], mask, stage=self.model_stage)["training_feat"]["reconstruction"]
+        return {**batch, "frame_mask": frame_mask_for(batch, parts, self.config.mask_ratio, self.run_config.seed,
+                                                      epoch)}
+
+    def reconstruct(self, model, batch: dict) -> dict:
+        """Forward of a device batch (with its frame mask) under the training precision; fp32 predictions."""
+        with self.precision.autocast():
+            recon = model(batch["poses"], batch["lengths"], batch["frame_mask"],
+                          stage=self.model_stage)["training_feat"]["reconstruction"]
+        return {**recon, "pred": recon["pred"].float()}
+
+    def train_step(self, batch: dict, optimizer, scheduler) -> torch.Tensor:
+        """One optimizer step on a device batch; returns `(2, G)` global error sums and weights (detached, on the
+        device). Reads nothing back to the host: `bpmt-fast gpu-check` runs it under CUDA sync debugging."""
+        group_sum, group_weight = reconstruction_error_per_group(self.reconstruct(self.train_model, batch))
+        totals = self.parallel.sum(torch.stack([group_sum, group_weight]).detach())  # (2, G) over all ranks
+        # Masked-frame mean over the global batch: this rank's error sum over the global count, times the world
+        # size because DDP averages the ranks' gradients (their average is the single-process one).
+        loss = group_sum.sum() / totals[1].sum().clamp(min=1) * self.parallel.world_size
+        self.optimizer_step(loss, optimizer, scheduler)
+        return totals
 
     def train_epoch(self, epoch, optimizer, scheduler):
         self.model.train()
         seed = self.run_config.seed
         loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch, self.parallel)
-        sums, weights = 0.0, 0.0
+        totals = 0.0
         bar = self.progress(loader, epoch)
-        for batch in bar:
-            recon = self._forward(self.train_model, batch, epoch, seed)
-            group_sum, group_weight = reconstruction_error_per_group(recon)  # (G,) each, this rank's slice
-            global_sum, global_weight = self.parallel.sum(torch.stack([group_sum, group_weight]).detach())
-            # Masked-frame mean over the global batch: this rank's error sum over the global count, times the
-            # world size because DDP averages the ranks' gradients (their average is the single-process one).
-            loss = group_sum.sum() / global_weight.sum().clamp(min=1) * self.parallel.world_size
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            sums, weights = sums + global_sum, weights + global_weight
-            self.show(bar, float(global_sum.sum() / global_weight.sum().clamp(min=1)), batch)
+        for step, batch in enumerate(bar):
+            step_totals = self.train_step(self.to_device(self.with_mask(batch, epoch)), optimizer, scheduler)
+            totals = totals + step_totals
+            self.show(bar, step, (totals[0].sum() / totals[1].sum().clamp(min=1)) * (step + 1), batch)
         # Pooled over the epoch's masked frames, as validation pools them: the two curves compare like with like.
+        sums, weights = totals
         return {"loss": float(sums.sum() / weights.sum().clamp(min=1)), "per_group": self._per_group(sums, weights)}
 
     @torch.no_grad()
@@ -253,8 +289,8 @@ class ReconstructionStage(Stage):
         sums, weights = 0.0, 0.0
         # One fixed mask per sequence for every epoch: validation curves compare like with like.
         for batch in eval_loader(self.data.subset(indices)):
-            recon = self._forward(self.model, batch, VALIDATION_MASK_EPOCH, self.run_config.seed)
-            group_sum, group_weight = reconstruction_error_per_group(recon)
+            batch = self.to_device(self.with_mask(batch, VALIDATION_MASK_EPOCH))
+            group_sum, group_weight = reconstruction_error_per_group(self.reconstruct(self.model, batch))
             sums, weights = sums + group_sum, weights + group_weight
         per_group = self._per_group(sums, weights)
         return {"loss": float(sums.sum() / weights.sum().clamp(min=1)), "per_group": per_group}
@@ -289,34 +325,27 @@ class FinetuneStage(Stage):
             sub_epoch += 1
 
     def train_step(self, batch: dict, optimizer, scheduler) -> tuple[torch.Tensor, dict]:
-        """One optimizer step on one P x K batch as the loader gives it (on the host); returns the loss (a detached
-        tensor on the device) and its named parts. `bpmt-fast gpu-check` runs it under CUDA sync debugging."""
-        batch = _to(batch, self.device)
-        feat = self.train_model(batch["poses"], batch["lengths"], stage="finetune")["training_feat"]
-        # Every rank computes the loss of the whole global batch (triplets need all of it).
+        """One optimizer step on one P x K device batch; returns the loss and its named parts (detached tensors on
+        the device). Reads nothing back to the host: `bpmt-fast gpu-check` runs it under CUDA sync debugging."""
+        with self.precision.autocast():
+            feat = self.train_model(batch["poses"], batch["lengths"], stage="finetune")["training_feat"]
+        # Every rank computes the loss of the whole global batch (triplets need all of it), in fp32.
         logits = None if feat["logits"] is None else gather(feat["logits"])
         out = {"training_feat": {"embeddings": gather(feat["embeddings"]), "logits": logits}}
         loss, loss_parts = identity_loss(out, gather(batch["labels"]), self.config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        self.optimizer_step(loss, optimizer, scheduler, self.config.grad_clip)
         return loss.detach(), loss_parts
 
     def train_epoch(self, epoch, optimizer, scheduler):
         self.model.train()
-        total, count, parts = 0.0, 0, {}
+        total, parts, steps = 0.0, {}, 0
         bar = self.progress(self._batches(epoch), epoch, self.batches_per_epoch())
-        for batch in bar:
-            loss, loss_parts = self.train_step(batch, optimizer, scheduler)
-            batch_loss = loss.item()
-            total, count = total + batch_loss, count + 1
-            self.show(bar, batch_loss, batch)
-            for key, value in loss_parts.items():
-                parts[key] = parts.get(key, 0.0) + value
-        record = {"loss": total / max(count, 1), **{k: v / max(count, 1) for k, v in parts.items()}}
+        for step, batch in enumerate(bar):
+            loss, loss_parts = self.train_step(self.to_device(batch), optimizer, scheduler)
+            total, steps = total + loss, step + 1  # device sums: read once per epoch (and every log_every steps)
+            parts = {key: parts.get(key, 0.0) + value for key, value in loss_parts.items()}
+            self.show(bar, step, total, batch)
+        record = {"loss": float(total) / max(steps, 1), **{k: float(v) / max(steps, 1) for k, v in parts.items()}}
         if self.data.train_gallery and self.data.train_probe:  # same measure as validation, training subjects
             record.update(self._retrieval(self.data.train_gallery, self.data.train_probe))
         return record
