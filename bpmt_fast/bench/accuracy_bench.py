@@ -39,7 +39,8 @@ QUICK_RUN = {
              "max_frames": 20, "test_subjects": 0.3, "val_subjects": 0.2},
     "stage1": {"epochs": 1, "batch_size": 16},
     "stage2": {"epochs": 1, "batch_size": 16},
-    "finetune": {"epochs": 1, "warmup_epochs": 0, "identities_per_batch": 4, "sequences_per_identity": 2, "batches_per_epoch": 2},
+    "finetune": {"epochs": 1, "warmup_epochs": 0, "identities_per_batch": 4, "sequences_per_identity": 2,
+                 "batches_per_epoch": 2},
 }
 FULL_RUN = {
     "models": ["bpmt", "baseline"],
@@ -77,7 +78,7 @@ def train_and_evaluate(name: str, config, data, device: torch.device, metrics_pa
     with tempfile.TemporaryDirectory(prefix="bpmt-bench-") as checkpoints:
         for model_name in config.models:
             started = time.perf_counter()
-            model = train_model(model_name, config, data, device, log, Path(checkpoints), ["1", "2", "ft"])
+            model, _ = train_model(model_name, config, data, device, log, Path(checkpoints), ["1", "2", "ft"])
             headline = config.evaluation.protocols[0]
             test = evaluate_trained(model, config, data, device).get("test", {}).get("all", {}).get(headline) or \
                 {"rank1": NAN, "mAP": NAN}

@@ -18,6 +18,7 @@ from .config import TrainConfig, load_resolved_config, to_dict
 from .data import build_datasets, load_sequences, make_split
 from .distributed import SINGLE, close_parallel, init_parallel, resolve_device
 from .plots import plot_run
+from .precision import check_backends, resolve_precision
 from .report import summarise, train_vs_validation
 from .stages import (FinetuneStage, MetricsLog, ReconstructionStage, build_model, closed_set_predictions,
                      evaluate_model, jsonable)
@@ -123,6 +124,7 @@ def results_header(config: TrainConfig, data, device) -> dict:
         test = "none (the split has no test side)"
     return {"data": config.data.source, "split": split.describe().splitlines()[0], "test_retrieval": test,
             "protocols": list(config.evaluation.protocols), "device": str(device),
+            "precision": resolve_precision(config.train.precision, device).name, "compile": config.train.compile,
             "attn_backend": config.model.attn_backend or default_backend_name(), "models": {}}
 
 
@@ -160,26 +162,32 @@ def train_model(name: str, config: TrainConfig, data, device, log, ckpt_dir: Pat
                 parallel=SINGLE):
     """A fresh model `name` (seeded: the same initial weights on every rank and for every backend) through the
     requested stages; stage 2 is BPMT's only. A stage whose predecessor is not run here starts from the
-    predecessor's kept checkpoint (see `start_from_previous_stage`)."""
+    predecessor's kept checkpoint (see `start_from_previous_stage`). Returns the model and, per stage that trained
+    here, its speed and memory (`throughput.StageMeter.summary`)."""
     say = print if parallel.is_main else (lambda *args: None)
     torch.manual_seed(config.seed)
     model = new_model(name, config, data, device)
+    check_backends(model, resolve_precision(config.train.precision, device), config.model.dim // config.model.heads,
+                   config.model.heads)
     stage_args = (name, model, data)
     common = (config, device, log, ckpt_dir, parallel)
-    ran = []
+    ran, speed = [], {}
     for stage in ("1", "2", "ft"):
         if stage not in stages or (stage == "2" and name != "bpmt"):
             continue
         if stage != "1" and previous_stage(name, stage) not in ran:
             start_from_previous_stage(name, stage, model, ckpt_dir, say)
         if stage == "ft":
-            FinetuneStage(*stage_args, config.finetune, *common).run()
+            runner = FinetuneStage(*stage_args, config.finetune, *common)
         else:
             part_or_pair = "part" if stage == "1" else "pair"
-            ReconstructionStage(part_or_pair, *stage_args, config.stage1 if stage == "1" else config.stage2,
-                                *common).run()
-        ran.append({"1": "stage1", "2": "stage2", "ft": "finetune"}[stage])
-    return model
+            runner = ReconstructionStage(part_or_pair, *stage_args,
+                                         config.stage1 if stage == "1" else config.stage2, *common)
+        runner.run()
+        ran.append(runner.stage_key)
+        if runner.speed is not None and runner.speed.get("steps"):
+            speed[runner.stage_key] = runner.speed
+    return model, speed
 
 
 def evaluate_trained(model, config: TrainConfig, data, device) -> dict:
@@ -218,11 +226,11 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
 
     for name in config.models:
         started = time.perf_counter()
-        model = train_model(name, config, data, device, log, ckpt_dir, stages, parallel)
+        model, speed = train_model(name, config, data, device, log, ckpt_dir, stages, parallel)
         seconds = time.perf_counter() - started
         # The test split is read here for the first time (early stopping saw only the validation split).
         result = evaluate_trained(model, config, data, device) if "ft" in stages and main else {}
-        results["models"][name] = {**result, "seconds": seconds}
+        results["models"][name] = {**result, "seconds": seconds, "speed": speed}
         log.write(model=name, stage="test", **result)
 
     if main:

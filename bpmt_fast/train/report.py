@@ -68,7 +68,8 @@ def summarise(results: dict) -> str:
     lines.append(f"data: {results['data']}  ")
     lines.append(f"split: {results['split']}  ")
     lines.append(f"test retrieval: {results['test_retrieval']}  ")
-    lines.append(f"attention backend: {results['attn_backend']}, device: {results['device']}")
+    lines.append(f"attention backend: {results['attn_backend']}, device: {results['device']}, precision: "
+                 f"{results.get('precision', '-')}, compile: {results.get('compile', '-')}")
     models = results["models"]
     for protocol in results["protocols"]:
         rows = [(name, r["test"]["all"][protocol]) for name, r in models.items() if "test" in r]
@@ -124,7 +125,27 @@ def summarise(results: dict) -> str:
             else:
                 best = rank1 = mean_ap = "-"
             lines.append(f"| {name} | {recon[0]} | {recon[1]} | {best} | {rank1} | {mean_ap} |")
+    lines += speed_lines(results)
     seconds = [f"{name} {r['seconds']:.0f} s" for name, r in models.items() if r.get("seconds") is not None]
     if seconds:
         lines += ["", "Training time: " + ", ".join(seconds)]
     return "\n".join(lines) + "\n"
+
+
+def speed_lines(results: dict) -> list[str]:
+    """The speed and memory table: per model and stage, sequences/s and step time (medians over the steps after
+    warm-up) and peak memory, measured by the training loop itself."""
+    rows = [(name, stage, figures) for name, r in results["models"].items()
+            for stage, figures in (r.get("speed") or {}).items()]
+    if not rows:
+        return []
+    kind = rows[0][2].get("memory_kind", "")
+    lines = ["", f"Speed and memory ({results.get('precision', '-')} precision, compile "
+             f"{results.get('compile', '-')}; medians over the steps after warm-up; memory: {kind}):", "",
+             "| model | stage | steps | seq/s | step ms (median / p90) | peak memory MiB |", "|---|---|---|---|---|---|"]
+    cell = lambda value, digits: "-" if value is None else f"{value:.{digits}f}"  # noqa: E731
+    for name, stage, f in rows:
+        lines.append(f"| {name} | {stage} | {f.get('steps', '-')} | {cell(f.get('seq_per_s'), 0)} | "
+                     f"{cell(f.get('step_ms'), 1)} / {cell(f.get('step_ms_p90'), 1)} | "
+                     f"{cell(f.get('peak_memory_mb'), 0)} |")
+    return lines

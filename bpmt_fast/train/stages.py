@@ -22,10 +22,11 @@ from bpmt_fast.model.skeleton import PART_NAMES
 from bpmt_fast.collectives import gather
 
 from . import checkpoint
-from .data import Datasets, eval_loader, frame_mask_for, identity_loader, shuffled_loader
+from .data import Datasets, eval_loader, frame_buckets, frame_mask_for, identity_loader, shuffled_loader
 from .distributed import SINGLE, Parallel
 from .losses import identity_loss, reconstruction_error_per_group
 from .precision import resolve_precision
+from .throughput import StageMeter
 
 
 VALIDATION_MASK_EPOCH = 10**6  # mask seed for validation, out of the range of training epochs
@@ -92,6 +93,7 @@ class Stage:
         self.parallel = parallel
         self.train_model = model  # the DDP replica while training under torchrun, compiled when asked
         self.checkpoint_name = f"{name}-{self.stage_key}"
+        self.speed: dict | None = None  # StageMeter summary of the steps this process ran (None: none ran)
         self.precision = resolve_precision(run_config.train.precision, device)
         self.scaler = self.precision.scaler()
 
@@ -141,6 +143,12 @@ class Stage:
         self.scaler.update()
         scheduler.step()
 
+    def loading(self) -> dict:
+        """Training loader options: worker processes, pinned memory on CUDA, frames padded to static buckets."""
+        runtime = self.run_config.train
+        return {"workers": runtime.workers, "pin_memory": self.device.type == "cuda",
+                "buckets": frame_buckets(runtime.frame_buckets, self.run_config.data.max_frames)}
+
     def to_device(self, batch: dict) -> dict:
         """The batch's tensors on the training device (asynchronous from pinned memory)."""
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
@@ -177,6 +185,7 @@ class Stage:
             self.say(f"resuming after epoch {state['epoch']} from {folder}" + (f"; {notice}" if notice else ""))
         self.log.forget_after(self.name, self.stage_key, state["epoch"])
         self.train_model = self.compiled(self.parallel.wrap(self.model, self.device))
+        self.meter = StageMeter(self.device)
         if not self.has_validation():
             self.say(self.without_validation)
         for epoch in range(state["epoch"], self.config.epochs):
@@ -202,6 +211,7 @@ class Stage:
                 self.say(f"early stop: no validation gain for {self.config.patience} epochs")
                 break
         self.parallel.barrier()  # rank 0's checkpoints are complete before any rank reads them
+        self.speed = self.meter.summary()
         self.finish(state)
         return state
 
@@ -269,11 +279,14 @@ class ReconstructionStage(Stage):
     def train_epoch(self, epoch, optimizer, scheduler):
         self.model.train()
         seed = self.run_config.seed
-        loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch, self.parallel)
+        loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch, self.parallel, **self.loading())
         totals = 0.0
         bar = self.progress(loader, epoch)
         for step, batch in enumerate(bar):
-            step_totals = self.train_step(self.to_device(self.with_mask(batch, epoch)), optimizer, scheduler)
+            device_batch = self.to_device(self.with_mask(batch, epoch))
+            self.meter.step_started()
+            step_totals = self.train_step(device_batch, optimizer, scheduler)
+            self.meter.step_finished(len(batch["lengths"]) * self.parallel.world_size)
             totals = totals + step_totals
             self.show(bar, step, (totals[0].sum() / totals[1].sum().clamp(min=1)) * (step + 1), batch)
         # Pooled over the epoch's masked frames, as validation pools them: the two curves compare like with like.
@@ -316,7 +329,7 @@ class FinetuneStage(Stage):
         while steps > 0:
             loader = identity_loader(self.data.train, self.config.identities_per_batch,
                                      self.config.sequences_per_identity, self.run_config.seed,
-                                     epoch * 1000 + sub_epoch, self.parallel)
+                                     epoch * 1000 + sub_epoch, self.parallel, **self.loading())
             for batch in loader:
                 if steps == 0:
                     break
@@ -341,7 +354,10 @@ class FinetuneStage(Stage):
         total, parts, steps = 0.0, {}, 0
         bar = self.progress(self._batches(epoch), epoch, self.batches_per_epoch())
         for step, batch in enumerate(bar):
-            loss, loss_parts = self.train_step(self.to_device(batch), optimizer, scheduler)
+            device_batch = self.to_device(batch)
+            self.meter.step_started()
+            loss, loss_parts = self.train_step(device_batch, optimizer, scheduler)
+            self.meter.step_finished(len(batch["lengths"]) * self.parallel.world_size)
             total, steps = total + loss, step + 1  # device sums: read once per epoch (and every log_every steps)
             parts = {key: parts.get(key, 0.0) + value for key, value in loss_parts.items()}
             self.show(bar, step, total, batch)
