@@ -38,6 +38,9 @@ class NoAttention(AttentionBackend):
     def padded(self, q, k, v, q_lengths=None, kv_lengths=None, scale=None, causal=False):
         return v  # (B, Nk, H, Dv)
 
+    def attend(self, q, kv, layout_, scale=None):
+        return kv[:, :, -1]  # the values of the fused (S, N, 2 or 3, H, D) projection: (S, N, H, Dv)
+
 
 def remove_attention(model: torch.nn.Module) -> None:
     """Swap the backend object every attention module resolved at construction."""
