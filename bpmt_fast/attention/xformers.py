@@ -37,8 +37,11 @@ class XformersBackend(AttentionBackend):
 
     def _varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal):
         ops = _xformers_ops()
+        # BlockDiagonalMask wants host lists: one read-back per call, shared when q and kv use one set of offsets
+        # (the model's calls: PackedLayout passes the same tensor for both).
         q_lengths = layout.lengths_from_cu_seqlens(cu_seqlens_q).tolist()
-        kv_lengths = layout.lengths_from_cu_seqlens(cu_seqlens_k).tolist()
+        same = cu_seqlens_k is cu_seqlens_q
+        kv_lengths = q_lengths if same else layout.lengths_from_cu_seqlens(cu_seqlens_k).tolist()
         bias = ops.fmha.attn_bias.BlockDiagonalMask.from_seqlens(q_lengths, kv_lengths)
         out = ops.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias, scale=scale)
         return out[0]
