@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 from bpmt_fast.attention import BACKENDS, AttentionInputs
 from bpmt_fast.model import BPMT, Baseline, ModelConfig
+from bpmt_fast.train.config import load_config
 from bpmt_fast.train.distributed import resolve_device
-from bpmt_fast.train.losses import masked_reconstruction_loss
+from bpmt_fast.train.stages import step_runner, warmup_cosine
 
 CONFIG = ModelConfig(dim=64, heads=4, part_layers=2, pair_layers=1, embedding_dim=64, num_classes=6)
 BATCH, FRAMES = 12, 48
@@ -30,26 +30,27 @@ def synthetic_batch(seed: int = 0, batch: int = BATCH, frames: int = FRAMES, num
 
 def train_steps(model_cls, backend: str, stage: str, steps: int, batch, config: ModelConfig = CONFIG,
                 losses: list | None = None, device: str | torch.device = "cpu") -> tuple[float, float]:
-    """Returns (final loss, ms per step) for a fresh, identically seeded model on `device`; every step's loss is
-    appended to `losses` when given."""
+    """Returns (final loss, ms per step) for a fresh, identically seeded model on `device`, trained with the
+    pipeline's own step (`stages.step_runner`, fp32 so exact backends can be compared with math); every step's
+    loss is appended to `losses` when given."""
+    device = torch.device(device)
     poses, lengths, labels, frame_mask = (x.to(device) for x in batch)
     torch.manual_seed(0)
     model = model_cls(ModelConfig(**{**config.__dict__, "attn_backend": backend, "dropout": 0.0})).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    mask = None if stage == "finetune" else frame_mask[:, : model.tokenizer.num_parts]
+    run_config = load_config(overrides={"device": device.type, "train": {"precision": "fp32"}})
+    runner = step_runner("bpmt" if model_cls is BPMT else "baseline", model, stage, run_config, device)
+    optimizer = torch.optim.AdamW(runner.trainable_parameters(), lr=1e-3)
+    scheduler = warmup_cosine(optimizer, 0, 10**9)
+    device_batch = {"poses": poses, "lengths": lengths, "labels": labels,
+                    "frame_mask": frame_mask[:, : model.tokenizer.num_parts]}
     start, loss = time.perf_counter(), None
     for _ in range(steps):
-        out = model(poses, lengths, mask, stage=stage)
-        if stage == "finetune":
-            loss = F.cross_entropy(out["training_feat"]["logits"], labels)
-        else:
-            loss = masked_reconstruction_loss(out["training_feat"]["reconstruction"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        out = runner.train_step(device_batch, optimizer, scheduler)
+        # finetune: (loss, parts); reconstruction: (2, G) error sums and weights of the masked frames
+        loss = float(out[0]) if stage == "finetune" else float(out[0].sum() / out[1].sum().clamp(min=1))
         if losses is not None:
-            losses.append(loss.item())
-    return loss.item(), (time.perf_counter() - start) * 1000 / steps
+            losses.append(loss)
+    return loss, (time.perf_counter() - start) * 1000 / steps
 
 
 def trainable_here(name: str) -> str | None:

@@ -14,7 +14,9 @@ from bpmt_fast.train.precision import check_backends, resolve_precision
 from bpmt_fast.train.stages import FinetuneStage, MetricsLog, ReconstructionStage, warmup_cosine
 from test_pipeline import TINY, tiny_config
 
-PACKAGE = str(Path(bpmt_fast.__file__).parent)
+import bpmt_fast.kernels
+
+PACKAGES = (str(Path(bpmt_fast.__file__).parent), str(Path(bpmt_fast.kernels.__file__).parent))  # ours
 
 
 # ------------------------------------------------------------------------------------------------ precision
@@ -66,7 +68,7 @@ def test_bf16_training_keeps_fp32_weights_and_records_the_precision(tmp_path):
 
 
 class HostReads:
-    """Records every host read of a tensor made by this package's code (not torch's own internals): `.item()`,
+    """Records every host read of a tensor made by our code (not torch's own internals): `.item()`,
     `.tolist()`, `bool()` / `int()` / `float()` of a tensor, `nonzero` and boolean-mask indexing. On a GPU each
     one waits for the device."""
 
@@ -96,12 +98,12 @@ class HostReads:
         if not self.active:
             return
         caller = sys._getframe(2)
-        if caller.f_code.co_filename.startswith(PACKAGE):
+        if caller.f_code.co_filename.startswith(PACKAGES):
             self.calls.append(f"{name} at {caller.f_code.co_filename}:{caller.f_lineno}")
 
 
-def stage_for(stage_cls, tmp_path, *args, **overrides):
-    config = tiny_config(tmp_path, models=["bpmt"], model={**TINY["model"], "attn_backend": "sdpa"}, **overrides)
+def stage_for(stage_cls, tmp_path, *args, backend="sdpa", **overrides):
+    config = tiny_config(tmp_path, models=["bpmt"], model={**TINY["model"], "attn_backend": backend}, **overrides)
     data = prepare_data(config, say=lambda *a: None)
     model = new_model("bpmt", config, data, torch.device("cpu"))
     section = config.finetune if stage_cls is FinetuneStage else config.stage1
@@ -113,13 +115,15 @@ def stage_for(stage_cls, tmp_path, *args, **overrides):
     return stage, data, config, optimizer, warmup_cosine(optimizer, 1, 10)
 
 
-@pytest.mark.parametrize("kind", ["reconstruction", "finetune"])
-def test_the_training_step_reads_nothing_back_to_the_host(tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize("kind, backend", [("reconstruction", "sdpa"), ("finetune", "sdpa"), ("finetune", "triton")])
+def test_the_training_step_reads_nothing_back_to_the_host(tmp_path, monkeypatch, kind, backend):
     """What `bpmt-fast gpu-check` checks on a GPU with set_sync_debug_mode("error"), as far as the CPU can: the
-    step path (forward, loss, backward, optimizer) never reads a tensor value on the host."""
+    step path (forward, loss, backward, optimizer) never reads a tensor value on the host. `triton` packs the
+    parts with the collate's host ints (max_length, total_frames)."""
     if kind == "finetune":
-        stage, data, config, optimizer, scheduler = stage_for(FinetuneStage, tmp_path)
-        batch = next(iter(identity_loader(data.train, 4, 2, seed=0, epoch=0)))
+        stage, data, config, optimizer, scheduler = stage_for(FinetuneStage, tmp_path, backend=backend)
+        batch = next(iter(identity_loader(data.train, 4, 2, seed=0, epoch=0, buckets=[24])))
+        assert isinstance(batch["max_length"], int) and isinstance(batch["total_frames"], int)
         prepared = stage.to_device(batch)
     else:
         stage, data, config, optimizer, scheduler = stage_for(ReconstructionStage, tmp_path, "part")

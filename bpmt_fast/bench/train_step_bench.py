@@ -5,20 +5,22 @@ An "attention removed" row swaps every attention call for one that returns v unc
 what the rest of the model costs, so (step - step without attention) bounds what any attention kernel can win.
 It exists only inside this suite and is never registered as a backend.
 
-On CUDA the step runs under bf16 / fp16 autocast (fp32 weights and AdamW state, the usual mixed precision); in
-fp32 without autocast. Sequences are full length (lengths=None): the packed-parts measurement of GPU.md.
+The step timed is the training pipeline's own (`Stage.train_step` through `stages.step_runner`): the same
+precision handling (bf16 / fp16 autocast with fp32 weights, AdamW state and losses; fp16 with a gradient
+scaler), compilation (`train.compile`), losses (finetune: batch-hard triplet + cross-entropy on P x K labels) and
+optimizer step as `bpmt-fast train`. Sequences are full length (lengths=None): the packed-parts measurement of
+GPU.md.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from bpmt_fast.attention import BACKENDS, AttentionBackend, AttentionInputs, AutoBackend
 from bpmt_fast.model import BPMT, Baseline, ModelConfig
-from bpmt_fast.train.losses import masked_reconstruction_loss
+from bpmt_fast.train.config import load_config
+from bpmt_fast.train.stages import step_runner, warmup_cosine
 
 from .common import (ATTENTION_REMOVED, ERROR, NAN, OK, OOM, SKIPPED, TIME_BUDGET_REASON, UNSUPPORTED, Settings,
                      error_text, say, select_backends, skip_reason)
@@ -56,42 +58,35 @@ def build_model(case: TrainCase, backend: str) -> torch.nn.Module:
     model = (BPMT if case.model == "bpmt" else Baseline)(config)
     if backend == ATTENTION_REMOVED:
         remove_attention(model)
-    # Train what the stage trains (as bpmt_fast.train.stages does): stage 2 leaves the part encoders fixed.
-    trained = model.STAGE_MODULES[case.stage]
-    for name, param in model.named_parameters():
-        param.requires_grad = any(name == m or name.startswith(m + ".") for m in trained)
     return model
 
 
-def make_batch(case: TrainCase, num_parts: int, device: torch.device, seed: int = 0):
+def make_batch(case: TrainCase, num_parts: int, device: torch.device, seed: int = 0) -> dict:
+    """A full-length device batch (lengths None): poses, P x K labels (4 per identity) and a frame mask."""
     generator = torch.Generator().manual_seed(seed)
     poses = torch.randn(case.batch, case.frames, 17, 3, generator=generator)  # (B, T, J, C), COCO-17
     poses[..., 2] = poses[..., 2].sigmoid()  # confidence in (0, 1)
-    labels = torch.randint(case.num_classes, (case.batch,), generator=generator)
+    labels = (torch.arange(case.batch) // 4) % case.num_classes  # (B,): triplets need K >= 2 per identity
     frame_mask = torch.rand(case.batch, num_parts, case.frames, generator=generator) < 0.4  # (B, P, T)
-    return poses.to(device), labels.to(device), frame_mask.to(device)
+    return {"poses": poses.to(device), "lengths": None, "labels": labels.to(device),
+            "frame_mask": frame_mask.to(device)}
 
 
-def make_step(model, forward, case: TrainCase, batch, autocast_dtype):
-    """One optimizer step as a closure; `forward` is the model or its compiled version."""
-    poses, labels, frame_mask = batch
-    mask = None if case.stage == "finetune" else frame_mask
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    device_type = poses.device.type
-    autocast = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
+def run_config(case: TrainCase, settings: Settings, mode: str):
+    """The training config whose step is timed: the pipeline's precision, compile mode and finetune losses."""
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[settings.dtype]
+    compile_mode = {"eager": "off", "compile": "default", "compile reduce-overhead": "reduce-overhead"}[mode]
+    return load_config(overrides={"device": settings.device.type, "train": {"precision": precision,
+                                                                            "compile": compile_mode}})
 
-    def step():
-        with autocast:
-            out = forward(poses, None, mask, stage=case.stage)["training_feat"]
-            if case.stage == "finetune":
-                loss = F.cross_entropy(out["logits"].float(), labels)
-            else:
-                loss = masked_reconstruction_loss(out["reconstruction"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
+
+def make_step(model, case: TrainCase, settings: Settings, mode: str):
+    """One optimizer step of the training pipeline itself (`Stage.train_step`) on a fixed batch, as a closure."""
+    stage = step_runner(case.model, model, case.stage, run_config(case, settings, mode), settings.device)
+    batch = make_batch(case, model.tokenizer.num_parts, settings.device)
+    optimizer = torch.optim.AdamW(stage.trainable_parameters(), lr=1e-4)
+    scheduler = warmup_cosine(optimizer, 0, 10**9)
+    return lambda: stage.train_step(batch, optimizer, scheduler)
 
 
 def mode_skip_reason(mode: str, settings: Settings) -> str | None:
@@ -123,7 +118,6 @@ def empty_row(case: TrainCase, backend: str, mode: str, settings: Settings) -> d
 
 def bench_one(case: TrainCase, backend: str, mode: str, settings: Settings) -> dict:
     attn_dtype = settings.dtype
-    autocast_dtype = None if settings.dtype == torch.float32 else settings.dtype
     row = empty_row(case, backend, mode, settings)
     if backend != ATTENTION_REMOVED:
         skip = skip_reason(backend, settings.device)
@@ -136,24 +130,20 @@ def bench_one(case: TrainCase, backend: str, mode: str, settings: Settings) -> d
     if skip_mode:
         return {**row, "status": SKIPPED, "reason": skip_mode}
 
-    model = forward = None
+    model = None
     try:
         model = build_model(case, backend).to(settings.device)
         model.train()
         if MODES[mode] is not None:
             torch._dynamo.reset()  # fresh caches: every model instance would otherwise count as a recompile
-            forward = torch.compile(model, mode=MODES[mode])
-        else:
-            forward = model
-        step = make_step(model, forward, case, make_batch(case, model.tokenizer.num_parts, settings.device),
-                         autocast_dtype)
+        step = make_step(model, case, settings, mode)
         warmup = COMPILE_WARMUP_STEPS if MODES[mode] is not None else 1
         result = measure(step, settings.device, quick=settings.quick, warmup=warmup)
     except Exception as error:  # noqa: BLE001 - any failure is a row, never a crash
         status = OOM if is_out_of_memory(error) else ERROR
         return {**row, "status": status, "reason": error_text(error)}
     finally:
-        del model, forward
+        del model
         free_memory(settings.device)
     return {**row, "status": OK, "median_ms": result.median_ms, "peak_mib": result.peak_mib,
             "sequences_per_s": case.batch / (result.median_ms * 1e-3)}

@@ -81,6 +81,14 @@ def group_names(model, stage: str) -> list[str]:
 
 
 
+def packing_sizes(batch: dict) -> dict:
+    """The host ints the collate computed (longest sequence, total frames): with them a packing attention backend
+    builds its layout without reading the lengths back from the GPU."""
+    if "max_length" not in batch:
+        return {}
+    return {"max_length": batch["max_length"], "total_length": batch["total_frames"]}
+
+
 class Stage:
     """Shared epoch loop with checkpoint / resume; subclasses define one training step and validation."""
 
@@ -261,8 +269,8 @@ class ReconstructionStage(Stage):
     def reconstruct(self, model, batch: dict) -> dict:
         """Forward of a device batch (with its frame mask) under the training precision; fp32 predictions."""
         with self.precision.autocast():
-            recon = model(batch["poses"], batch["lengths"], batch["frame_mask"],
-                          stage=self.model_stage)["training_feat"]["reconstruction"]
+            recon = model(batch["poses"], batch["lengths"], batch["frame_mask"], stage=self.model_stage,
+                          **packing_sizes(batch))["training_feat"]["reconstruction"]
         return {**recon, "pred": recon["pred"].float()}
 
     def train_step(self, batch: dict, optimizer, scheduler) -> torch.Tensor:
@@ -341,7 +349,8 @@ class FinetuneStage(Stage):
         """One optimizer step on one P x K device batch; returns the loss and its named parts (detached tensors on
         the device). Reads nothing back to the host: `bpmt-fast gpu-check` runs it under CUDA sync debugging."""
         with self.precision.autocast():
-            feat = self.train_model(batch["poses"], batch["lengths"], stage="finetune")["training_feat"]
+            feat = self.train_model(batch["poses"], batch["lengths"], stage="finetune",
+                                    **packing_sizes(batch))["training_feat"]
         # Every rank computes the loss of the whole global batch (triplets need all of it), in fp32.
         logits = None if feat["logits"] is None else gather(feat["logits"])
         out = {"training_feat": {"embeddings": gather(feat["embeddings"]), "logits": logits}}
@@ -471,3 +480,20 @@ def build_model(name: str, model_config, num_classes: int):
     if name == "baseline":
         return Baseline(config)
     raise ValueError(f"unknown model {name!r}; valid: bpmt, baseline")
+
+
+def step_runner(model_name: str, model, model_stage: str, run_config, device) -> Stage:
+    """A stage whose `train_step` runs outside a pipeline run (the train-step benchmark, the demo): no data set,
+    no run directory, but the same precision, compilation, losses and optimizer step as `bpmt-fast train`.
+
+    `model_stage`: "part" | "pair" | "finetune". Device batches: `poses`, `lengths` (or None) and `frame_mask`
+    `(B, P, T)` (reconstruction) or `labels` (finetune); optionally the collate's `max_length` / `total_frames`."""
+    log = MetricsLog(Path(), enabled=False)
+    if model_stage == "finetune":
+        stage = FinetuneStage(model_name, model, None, run_config.finetune, run_config, device, log, None)
+    else:
+        section = run_config.stage1 if model_stage == "part" else run_config.stage2
+        stage = ReconstructionStage(model_stage, model_name, model, None, section, run_config, device, log, None)
+    stage.prepare()
+    stage.train_model = stage.compiled(model)
+    return stage
