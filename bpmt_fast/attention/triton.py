@@ -7,16 +7,24 @@ fp32 accumulation and a deterministic backward. CUDA; CPU tensors only under the
 
 `TritonKernelBackend` holds what every backend of ours built on a Triton kernel module shares (availability,
 devices, dtypes); `flow-triton` builds on it too.
+
+The kernel launches run inside the custom op `bpmt_fast::varlen_attention_fwd` (autograd registered, calling
+`bpmt_fast::varlen_attention_bwd`), each with a fake implementation giving output shapes: `torch.compile` traces
+the model forward through them in one graph (an autograd.Function around Triton launches would break it).
+Eager runs the same launchers as `varlen_attention` with `check_values=False`.
 """
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from typing import ClassVar
 
 import torch
 
 from .base import AttentionBackend
+
+_VARLEN_MODULE = "bpmt_fast.kernels.varlen_attention"
 
 
 def _interpreting() -> bool:
@@ -41,6 +49,16 @@ class TritonKernelBackend(AttentionBackend):
     def kernels(cls):
         # Imported lazily: the kernel module imports triton, and triton.jit reads TRITON_INTERPRET at that moment.
         return importlib.import_module(cls.KERNEL_MODULE)
+
+    def __init__(self):
+        super().__init__()
+        # Resolved when the backend is made (outside any torch.compile trace: dynamo graph-breaks on
+        # importlib.import_module); None when unavailable, where `kernels()` then raises the import error.
+        self._kernel_module = self.kernels() if self.is_available() else None
+
+    def _kernels(self):
+        """The kernel module, without an import call in the traced code."""
+        return self._kernel_module if self._kernel_module is not None else self.kernels()
 
     @classmethod
     def unavailable_reason(cls):
@@ -79,8 +97,80 @@ class TritonBackend(TritonKernelBackend):
 
     def _varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal):
         # causal is always False here: SUPPORTS_CAUSAL = False makes `check` refuse causal calls first.
-        # check_values=False: the offsets were validated by `attention_varlen` or built from validated lengths
-        # by the base class, and re-reading them would cost a host sync per call.
-        return self.kernels().varlen_attention(
-            q, k, v, cu_seqlens_q.to(q.device, torch.int32), cu_seqlens_k.to(q.device, torch.int32),
-            int(max_seqlen_q), int(max_seqlen_k), scale=scale, check_values=False)
+        # What `varlen_attention(..., check_values=False)` does before its autograd.Function, then the custom op:
+        # no value checks (the offsets were validated by `attention_varlen` or built from validated lengths by the
+        # base class, and re-reading them would cost a host sync per call), identity kv_index.
+        kernels = self._kernels()
+        cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.to(q.device, torch.int32), cu_seqlens_k.to(q.device, torch.int32)
+        kernels._check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, None)
+        kv_index = torch.arange(cu_seqlens_q.numel() - 1, dtype=torch.int32, device=q.device)
+        max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
+        pack_rows = kernels._auto_pack_rows(q.shape[-1], v.shape[-1], max_seqlen_q, max_seqlen_k, q.dtype)
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be finite, got {scale}")
+        q, k, v = (kernels._last_dim_contiguous(x) for x in (q, k, v))
+        out, _ = varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k,
+                                      scale, pack_rows, True)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# custom ops around the launchers of bpmt_fast.kernels.varlen_attention
+# ---------------------------------------------------------------------------------------------------------------
+def _varlen_kernels():
+    # Lazy, as in `TritonKernelBackend.kernels`: importing triton.jit kernels reads TRITON_INTERPRET.
+    return importlib.import_module(_VARLEN_MODULE)
+
+
+@torch.library.custom_op("bpmt_fast::varlen_attention_fwd", mutates_args=())
+def varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, kv_index: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                         scale: float, pack_rows: bool, identity: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward launcher: q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)` (last dims contiguous) -> out
+    `(Tq, H, Dv)` in q's dtype and the logsumexp `(H, Tq)` float32 the backward reads. `identity` (kv_index is
+    0, 1, ...) is the backward's business; the max lengths are host ints sizing the launch grid."""
+    return _varlen_kernels().varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
+                                                  max_seqlen_k, scale, pack_rows)
+
+
+@varlen_attention_fwd.register_fake
+def _varlen_attention_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale,
+                               pack_rows, identity):
+    total_q, num_heads = q.shape[0], q.shape[1]
+    return (q.new_empty((total_q, num_heads, v.shape[-1])),
+            q.new_empty((num_heads, total_q), dtype=torch.float32))
+
+
+@torch.library.custom_op("bpmt_fast::varlen_attention_bwd", mutates_args=())
+def varlen_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         out: torch.Tensor, lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+                         kv_index: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, scale: float, pack_rows: bool,
+                         identity: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward launcher: dq, dk, dv (contiguous, the inputs' dtype) from the forward's out and lse."""
+    return _varlen_kernels().varlen_attention_bwd(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index,
+                                                  max_seqlen_q, max_seqlen_k, scale, pack_rows, identity)
+
+
+@varlen_attention_bwd.register_fake
+def _varlen_attention_bwd_fake(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
+                               max_seqlen_k, scale, pack_rows, identity):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the launcher
+
+
+def _varlen_setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale, pack_rows, identity = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index)
+    ctx.sizes = (max_seqlen_q, max_seqlen_k, scale, pack_rows, identity)
+
+
+def _varlen_backward(ctx, grad_out, grad_lse):
+    # grad_lse is ignored: lse is an internal of the backward, never differentiated by callers.
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index = ctx.saved_tensors
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()  # as the autograd.Function does
+    dq, dk, dv = varlen_attention_bwd(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, *ctx.sizes)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+varlen_attention_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)
