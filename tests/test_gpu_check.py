@@ -327,6 +327,7 @@ def test_parts_run_in_order_within_their_budgets(tmp_path):
              "launches": fake_part("launches", takes=70, clock=clock, seen=seen),  # budget 60: over
              "tests": fake_part("tests", "crash", takes=10, clock=clock, seen=seen),
              "sync": fake_part("sync", FAIL, clock=clock, seen=seen),
+             "train": fake_part("train", clock=clock, seen=seen),
              "bench": fake_part("bench", takes=1000, clock=clock, seen=seen),  # uses up everything
              "readme": fake_part("readme", clock=clock, seen=seen)}
     verdicts = gpu_check.run_gpu_check(tmp_path / "check", device="cpu", bench_out=tmp_path / "bench",
@@ -345,12 +346,12 @@ def test_parts_run_in_order_within_their_budgets(tmp_path):
     assert saved["finished"] and saved["device"] == "cpu" and saved["gpu_result"] is False
     assert saved["overall"] == FAIL  # the crashed tests part
     lines = (tmp_path / "check" / "verdict.txt").read_text().splitlines()
-    assert len(lines) == 6 and lines[3].startswith("sync      FAIL") and lines[3].endswith("[expected: known]")
+    assert len(lines) == 7 and lines[3].startswith("sync      FAIL") and lines[3].endswith("[expected: known]")
 
 
 def test_budgets_scale_and_the_bench_takes_what_is_left():
     budgets = gpu_check.part_budgets(900)
-    assert budgets["tests"] == 300 and budgets["env"] == 10
+    assert budgets["tests"] == 260 and budgets["env"] == 10 and budgets["train"] == 240
     order = list(gpu_check.PARTS)
     # The readme keeps its 5 s, plus the time a kill of the bench at its deadline may take.
     assert gpu_check.budget_for("bench", order, gpu_check.part_budgets(450), 300) == 295 - gpu_check.KILL_GRACE_S
@@ -362,7 +363,7 @@ def test_real_env_and_readme_parts_on_cpu_say_cpu(tmp_path):
     bench = tmp_path / "bench"
     bench.mkdir()
     shutil.copy(FIXTURE, bench / "results.json")
-    fakes = {name: fake_part(name) for name in ("launches", "tests", "sync", "bench")}
+    fakes = {name: fake_part(name) for name in ("launches", "tests", "sync", "train", "bench")}
     verdicts = gpu_check.run_gpu_check(tmp_path / "check", 60, device="cpu", bench_out=bench,
                                        readme=tmp_path / "README.md", parts=fakes)
     got = {v.part: v for v in verdicts}
@@ -498,3 +499,82 @@ def test_check_settings_survive_the_trip_to_a_child(tmp_path):
     check = Check(out=tmp_path, device="cpu", bench_out=tmp_path / "b", readme=None, launch_cases=[1, 2],
                   test_groups={"g": ["tests/test_x.py"]})
     assert Check.from_json(Path(check.save()).read_text()) == check
+
+
+# ---- part: train ----------------------------------------------------------------------------------------------
+def test_budgets_sum_to_the_default_total_and_every_part_has_one():
+    assert set(gpu_check.DEFAULT_BUDGETS) == set(gpu_check.PARTS)
+    assert sum(gpu_check.DEFAULT_BUDGETS.values()) == gpu_check.DEFAULT_TOTAL_S
+    assert sum(gpu_check.part_budgets(900).values()) == pytest.approx(900)
+    parts = list(gpu_check.PARTS)
+    assert parts.index("sync") < parts.index("train") < parts.index("bench")
+
+
+def test_gpu_speed_preset_loads_at_the_acceptance_shape():
+    from bpmt_fast.train.config import load_config
+
+    config = load_config(gpu_check.TRAIN_PRESET, ["train.precision=bf16", "train.compile=reduce-overhead"])
+    model = config.model
+    assert (model.dim, model.heads, model.part_layers, model.pair_layers) == (128, 8, 2, 1)
+    assert config.finetune.identities_per_batch * config.finetune.sequences_per_identity == 256
+    assert config.stage1.batch_size == config.stage2.batch_size == 256
+    assert config.data.max_frames == 60 and config.train.frame_buckets == [60] and config.models == ["bpmt"]
+    assert config.stage1.epochs == config.stage2.epochs == config.finetune.epochs == 1
+    training_subjects = config.data.synthetic["num_subjects"] * (1 - config.data.test_subjects)
+    assert training_subjects >= config.finetune.identities_per_batch  # a full P x K batch exists
+    # The CPU rehearsal's overrides are valid on top of it.
+    tiny = load_config(gpu_check.TRAIN_PRESET, ["device=cpu", "train.precision=fp32", "train.compile='off'",
+                                                *gpu_check.TRAIN_CPU_OVERRIDES])
+    assert tiny.train.compile == "off" and tiny.model.dim == 16
+
+
+def test_train_plan_orders_the_most_informative_runs_first():
+    check = Check(out=Path("unused"))
+    plan = gpu_check.train_plan(check)
+    assert [(r["backend"], r["compile"]) for r in plan][:4] == [
+        ("sdpa", "off"), ("sdpa", "reduce-overhead"), ("triton", "off"), ("triton", "reduce-overhead")]
+    assert {r["backend"] for r in plan} == set(gpu_check.TRAIN_BACKENDS)
+    assert all(r["precision"] == "bf16" and r["status"] in gpu_check.NOT_RUN for r in plan)
+    cpu = gpu_check.train_plan(Check(out=Path("unused"), device="cpu"))
+    assert [(r["backend"], r["compile"], r["precision"]) for r in cpu] == [("sdpa", "off", "fp32")]
+
+
+def test_train_verdict():
+    ok = {"backend": "sdpa", "compile": "off", "status": "ok", "step_ms": 12.5, "seq_per_s": 2048.0,
+          "peak_memory_mb": 900.0}
+    late = {"backend": "triton", "compile": "off", "status": "not run", "reason": "time budget"}
+    absent = {"backend": "xformers", "compile": "off", "status": "unavailable", "reason": "not installed"}
+    broken = {"backend": "triton", "compile": "reduce-overhead", "status": "error", "reason": "exit status 1"}
+    killed = {**late, "status": "timeout", "reason": "killed at its deadline"}
+    verdict = gpu_check.train_verdict([ok, absent], on_gpu=True)
+    assert verdict.status == PASS and "sdpa off: ok 12.5 ms/step, 2048 seq/s, 900 MiB" in verdict.reason
+    assert "xformers off: unavailable (not installed)" in verdict.reason
+    assert gpu_check.train_verdict([ok, late], True).status == TIMEOUT
+    assert gpu_check.train_verdict([ok, killed], True).status == TIMEOUT
+    assert gpu_check.train_verdict([ok, killed, broken], True).status == FAIL
+    assert gpu_check.train_verdict([late], True).status == TIMEOUT  # the budget left not even one run
+    assert gpu_check.train_verdict([ok], False).reason.startswith("CPU rehearsal")
+
+
+def test_train_part_cpu_rehearsal_runs_the_pipeline_and_compares(tmp_path):
+    """The real orchestration: `bpmt-fast train` in a child process (tiny model, fp32, eager, sdpa), results.json
+    read back, `bpmt-fast compare` over the finished run."""
+    check = Check(out=tmp_path, device="cpu")
+    started = time.monotonic()
+    verdict = gpu_check.part_train(check, time.monotonic() + 120)
+    assert time.monotonic() - started < 60
+    assert verdict.status == PASS, verdict.reason
+    report = json.loads((tmp_path / "train.json").read_text())
+    (row,) = report["runs"]
+    assert row["status"] == "ok" and row["backend"] == "sdpa" and row["compile"] == "off"
+    assert row["step_ms"] > 0 and row["seq_per_s"] > 0 and row["peak_memory_mb"] > 0 and row["seconds"] > 0
+    assert (tmp_path / "train" / "compare.md").is_file() and report["compare"].endswith("compare.md")
+    assert "sdpa-off" in (tmp_path / "train" / "compare.md").read_text()
+
+
+def test_train_part_out_of_time_starts_nothing(tmp_path):
+    check = Check(out=tmp_path, device="cpu")
+    verdict = gpu_check.part_train(check, time.monotonic())
+    assert verdict.status == TIMEOUT
+    (row,) = json.loads((tmp_path / "train.json").read_text())["runs"]
+    assert row["status"] == "not run" and row["reason"] == "time budget"

@@ -8,11 +8,16 @@ GPU time is rare and ends without warning, so the parts run in order of importan
   launches 60  every kernel specialization of `bpmt_fast.kernels.specializations.all_cases()` launched for real:
                `launch_case` (the exact launcher path, forward and backward), then the public functions under
                autograd against the references (softmax / flow) with the tests' tolerances: launches.json
-  tests   150  the backend and kernel tests under BPMT_REQUIRE_CUDA=1 (a skip of a backend that should run on
+  tests   130  the backend and kernel tests under BPMT_REQUIRE_CUDA=1 (a skip of a backend that should run on
                this machine fails), in parallel groups: tests/<group>.xml (junit) and .log, tests.json
   sync     30  finetune training steps (`FinetuneStage.train_step`) with the triton and sdpa backends, bf16
                autocast, under torch.cuda.set_sync_debug_mode("error"): the first host sync and where: sync.json
-  bench   180  `bench all` at full size with what is left of the budget: benchmarks/results/<date>-<gpu>/
+  train   120  the real training pipeline (`bpmt-fast train`, stages 1, 2, ft of one short epoch each) at the
+               acceptance shape of configs/gpu-speed.yaml (B=256, N=60, d=128, 8 heads), bf16, per available
+               backend (sdpa, triton, xformers, flow-triton) with compile off and reduce-overhead, one child
+               process each, most informative first; `bpmt-fast compare` over the finished runs:
+               train/<run>/, train/compare.md, train.json (finetune step ms, seq/s, peak memory per run)
+  bench   100  `bench all` at full size with what is left of the budget: benchmarks/results/<date>-<gpu>/
   readme    5  the README's GPU results section regenerated from those results (`bench report --readme`)
 
 Each part ends with one verdict, PASS / FAIL / SKIPPED (why) / TIMEOUT, printed and appended to verdict.txt;
@@ -54,9 +59,10 @@ from .common import error_text, say
 from .common import write_json_atomic as write_json
 
 PASS, FAIL, SKIPPED, TIMEOUT = "PASS", "FAIL", "SKIPPED", "TIMEOUT"
-PARTS = ("env", "launches", "tests", "sync", "bench", "readme")
+PARTS = ("env", "launches", "tests", "sync", "train", "bench", "readme")
 DEFAULT_TOTAL_S = 450.0
-DEFAULT_BUDGETS = {"env": 5, "launches": 60, "tests": 150, "sync": 30, "bench": 180, "readme": 5}  # seconds
+DEFAULT_BUDGETS = {"env": 5, "launches": 60, "tests": 130, "sync": 30, "train": 120, "bench": 100,
+                   "readme": 5}  # seconds, summing to DEFAULT_TOTAL_S
 ELASTIC_PART = "bench"  # takes what earlier parts left unused (less what later parts need)
 MIN_PART_S = 2.0  # a part with less time left than this is not started
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
@@ -74,6 +80,7 @@ TEST_GROUPS = {
     "models": ["tests/test_models.py"],
     "api": ["tests/test_attention_api.py"],
 }
+TRAIN_PRESET = SOURCE_ROOT / "configs" / "gpu-speed.yaml"
 SYNC_BACKENDS = ("sdpa", "triton")  # sdpa first: no kernels to compile, so it fits the budget
 MAX_LAUNCH_WORKERS = 16  # processes; each compiles its cases on one core
 
@@ -710,6 +717,142 @@ def sync_verdict(results: list[dict], on_gpu: bool) -> Verdict:
     return Verdict("sync", TIMEOUT if "not run" in statuses else PASS, "; ".join(texts))
 
 
+# ---- part: train ----------------------------------------------------------------------------------------------
+TRAIN_BACKENDS = ("sdpa", "triton", "xformers", "flow-triton")  # those available run, in this order
+TRAIN_COMPILE = ("off", "reduce-overhead")  # per backend: eager first, it needs no graph capture to measure
+# A run that is not the last may take this share of what is left: a hang or a slow compile in one run still
+# leaves time for the next (the runs are ordered by importance, so the first ones get the most).
+TRAIN_RUN_SHARE = 0.6
+# The CPU rehearsal: the preset's orchestration (three stages, evaluation, compare) at a size that takes seconds.
+TRAIN_CPU_OVERRIDES = (
+    "model.dim=16", "model.heads=2", "model.part_layers=1", "model.embedding_dim=16",
+    "data.synthetic.num_subjects=12", "data.synthetic.sequences_per_subject=4", "data.synthetic.min_frames=20",
+    "data.synthetic.max_frames=20", "data.max_frames=20", "train.frame_buckets=[20]", "stage1.batch_size=16",
+    "stage2.batch_size=16", "finetune.identities_per_batch=4", "finetune.sequences_per_identity=2",
+    "finetune.batches_per_epoch=2",
+)
+NOT_RUN = ("not run", "unavailable")  # row statuses of runs that were never started
+
+
+def train_plan(check: Check) -> list[dict]:
+    """The runs, most informative first: every available backend of TRAIN_BACKENDS in eager and reduce-overhead
+    mode (bf16); unavailable backends as rows that say why. The CPU rehearsal: sdpa, eager, fp32 only."""
+    from bpmt_fast.attention import BACKENDS
+
+    if not check.on_gpu:
+        return [{"backend": "sdpa", "compile": "off", "precision": "fp32", "status": "not run",
+                 "reason": "time budget"}]
+    rows = []
+    for backend in TRAIN_BACKENDS:
+        why = BACKENDS[backend].why_unavailable() if backend in BACKENDS else "not a registered backend"
+        for mode in TRAIN_COMPILE:
+            rows.append({"backend": backend, "compile": mode, "precision": "bf16",
+                         **({"status": "unavailable", "reason": why} if why else
+                            {"status": "not run", "reason": "time budget"})})
+    return rows
+
+
+def train_command(check: Check, row: dict, run_dir: Path) -> list[str]:
+    """`bpmt-fast train` of one run: the gpu-speed preset, stages 1, 2 and ft (ft needs their checkpoints)."""
+    overrides = [f"device={check.device}", f"train.precision={row['precision']}",
+                 f"train.compile='{row['compile']}'"]  # quoted: YAML reads a bare off as false
+    if not check.on_gpu:
+        overrides += TRAIN_CPU_OVERRIDES
+    return [*check.python, "-m", "bpmt_fast.cli", "train", "--config", str(TRAIN_PRESET), "--run-dir",
+            str(run_dir), "--attn-backend", row["backend"], *overrides]
+
+
+def finetune_speed(run_dir: Path) -> dict:
+    """The finetune stage's speed and memory from a finished run's results.json (BPMT)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    speed = results["models"]["bpmt"]["speed"]
+    finetune = speed["finetune"]
+    return {"step_ms": finetune["step_ms"], "seq_per_s": finetune["seq_per_s"],
+            "peak_memory_mb": finetune["peak_memory_mb"], "memory_kind": finetune.get("memory_kind"),
+            "speed": speed}
+
+
+def train_one(check: Check, row: dict, folder: Path, deadline: float) -> dict:
+    """Run one training run in a child process killed at `deadline`; the row with its outcome."""
+    import shutil
+
+    name = f"{row['backend']}-{row['compile']}"
+    run_dir, log = folder / name, folder / f"{name}.log"
+    shutil.rmtree(run_dir, ignore_errors=True)  # the pipeline resumes from a run dir: measure from scratch
+    started = time.monotonic()
+    (status,) = run_processes([(train_command(check, row, run_dir), log)], deadline, env=child_env(check),
+                              cwd=SOURCE_ROOT)
+    row = {**row, "seconds": round(time.monotonic() - started, 1), "run_dir": str(run_dir), "log": str(log)}
+    row.pop("reason", None)
+    if status is None:
+        return {**row, "status": "timeout", "reason": f"killed at its deadline; log: {log_tail(log, 1)}"}
+    if status != 0:
+        return {**row, "status": "error", "reason": f"exit status {status}: {log_tail(log)}"}
+    try:
+        return {**row, "status": "ok", **finetune_speed(run_dir)}
+    except (OSError, KeyError, ValueError) as error:
+        return {**row, "status": "error", "reason": f"finished without finetune speed in results.json: "
+                                                    f"{error_text(error)}"}
+
+
+def part_train(check: Check, deadline: float) -> Verdict:
+    if not TRAIN_PRESET.is_file():
+        return Verdict("train", SKIPPED, f"no preset {TRAIN_PRESET} (gpu-check runs from the source tree)")
+    stop = cooperative_deadline(deadline, time.monotonic())
+    folder = check.out / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = train_plan(check)
+    report = {"device": check.device, "preset": str(TRAIN_PRESET), "runs": rows}
+    write_json(check.out / "train.json", report)
+    pending = [i for i, row in enumerate(rows) if row["status"] not in ("unavailable",)]
+    for position, index in enumerate(pending):
+        left = stop - time.monotonic()
+        if left < MIN_PART_S:
+            break  # the rest stay "not run: time budget"
+        last = position == len(pending) - 1
+        rows[index] = train_one(check, rows[index], folder, stop if last else time.monotonic() + left * TRAIN_RUN_SHARE)
+        write_json(check.out / "train.json", report)
+    finished = [row["run_dir"] for row in rows if row["status"] == "ok"]
+    compared = None
+    if finished:
+        from bpmt_fast.train.compare import run_compare
+
+        try:
+            with open(folder / "compare.log", "w") as out, contextlib.redirect_stdout(out):
+                run_compare(finished, out=folder)
+            compared = str(folder / "compare.md")
+        except Exception as error:  # noqa: BLE001 - the runs' numbers stand without the table
+            report["compare_error"] = error_text(error)
+        report["compare"] = compared
+        write_json(check.out / "train.json", report)
+    verdict = train_verdict(rows, check.on_gpu)
+    if "compare_error" in report:
+        return Verdict("train", FAIL, f"bpmt-fast compare failed: {report['compare_error']}; {verdict.reason}")
+    return verdict
+
+
+def train_verdict(rows: list[dict], on_gpu: bool) -> Verdict:
+    """PASS when every attempted run finished, FAIL on an error, TIMEOUT when the budget cut a run or left one
+    out. Unavailable backends are listed, not counted."""
+    texts = []
+    for r in rows:
+        text = f"{r['backend']} {r['compile']}: {r['status']}"
+        if r["status"] == "ok":
+            text += f" {r['step_ms']:.1f} ms/step, {r['seq_per_s']:.0f} seq/s, {r['peak_memory_mb']:.0f} MiB"
+        elif r.get("reason"):
+            text += f" ({str(r['reason'])[:160]})"
+        texts.append(text)
+    reason = ("" if on_gpu else "CPU rehearsal, tiny model: ") + "; ".join(texts)
+    statuses = {r["status"] for r in rows}
+    if "error" in statuses:
+        return Verdict("train", FAIL, reason)
+    if statuses & {"timeout", "not run"}:
+        return Verdict("train", TIMEOUT, reason)
+    if "ok" not in statuses:
+        return Verdict("train", SKIPPED, reason or "no run planned")
+    return Verdict("train", PASS, reason)
+
+
 # ---- part: bench ----------------------------------------------------------------------------------------------
 BAD_ROWS = ("wrong", "error", "differs")
 
@@ -771,8 +914,8 @@ def sync_partial(check: Check) -> str | None:
 PARTIAL_SUMMARIES = {"bench": bench_partial, "sync": sync_partial}
 
 PART_FUNCTIONS: dict[str, Callable[[Check, float], Verdict]] = {
-    "env": part_env, "launches": part_launches, "tests": part_tests, "sync": part_sync, "bench": part_bench,
-    "readme": part_readme,
+    "env": part_env, "launches": part_launches, "tests": part_tests, "sync": part_sync, "train": part_train,
+    "bench": part_bench, "readme": part_readme,
 }
 ISOLATED = frozenset({"sync", "bench"})  # in a child process (launches and tests start their own)
 
