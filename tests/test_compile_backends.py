@@ -97,3 +97,27 @@ def test_cross_part_attention_compiles_fullgraph(backend):
     queries = torch.randn(batch, len(pairs), n, dim, device=DEVICE)
     keys = torch.randn(batch, len(pairs), n, dim, device=DEVICE)
     _assert_compiled_matches_eager(module, [queries, keys], _layout([6, 8], len(pairs), n))
+
+
+def test_the_whole_bpmt_training_forward_compiles_with_the_packed_triton_backend():
+    """The model forward as training runs it (packed layout from the collate's host ints, our Triton kernels as
+    custom ops) traces into one graph, and the compiled forward and backward equal eager."""
+    from bpmt_fast.model import BPMT, ModelConfig
+
+    torch.manual_seed(0)
+    model = BPMT(ModelConfig(dim=16, heads=2, part_layers=1, pair_layers=1, embedding_dim=8, num_classes=3,
+                             attn_backend="triton", dropout=0.0)).train()
+    poses, lengths = torch.randn(3, 9, 17, 3), torch.tensor([9, 4, 6])  # (B, T, J, C), (B,)
+
+    def embeddings(p, l):
+        return model(p, l, stage="finetune", max_length=9, total_length=19)["training_feat"]["embeddings"]
+
+    eager = embeddings(poses, lengths)
+    eager_grads = torch.autograd.grad(eager.square().sum(), list(model.parameters()), allow_unused=True)
+    compiled = torch.compile(embeddings, fullgraph=True, backend="aot_eager")(poses, lengths)
+    grads = torch.autograd.grad(compiled.square().sum(), list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(grads, eager_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
