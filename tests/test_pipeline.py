@@ -127,13 +127,13 @@ def test_every_stage_runs_every_attention_through_the_chosen_backend(tmp_path, m
     from bpmt_fast.attention.base import AttentionBackend
 
     used = collections.Counter()
-    original = AttentionBackend.padded
+    original = AttentionBackend.attend  # the model's entry point into every backend
 
     def counting(self, *args, **kwargs):
         used[self.NAME] += 1
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(AttentionBackend, "padded", counting)
+    monkeypatch.setattr(AttentionBackend, "attend", counting)
     run_pipeline(tiny_config(tmp_path, model={**TINY["model"], "attn_backend": backend}))
     assert set(used) == {backend} and used[backend] > 0
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
