@@ -67,7 +67,7 @@ def test_no_buckets_pads_to_the_longest_and_buckets_are_checked():
     batch = collate_padded(items([5, 11, 2]))
     assert batch["poses"].shape[1] == 11 and batch["max_length"] == 11 and batch["total_frames"] == 18
     for bad in ([16, 8], [8, 8], [0], [2.5]):
-        with pytest.raises(ValueError, match="frame buckets"):
+        with pytest.raises(ValueError, match="frame bucket"):
             collate_to_buckets(bad)
 
 
@@ -76,10 +76,14 @@ def test_bucket_collate_pickles_for_worker_processes():
     assert collate(items([9]))["poses"].shape[1] == 16
 
 
-@pytest.mark.parametrize("make", [
+# The two training loaders, as `make(data, epoch=..., **loader options)`.
+TRAINING_LOADERS = pytest.mark.parametrize("make", [
     lambda d, **kw: shuffled_loader(d.train, 5, seed=0, epoch=kw.pop("epoch"), **kw),
     lambda d, **kw: identity_loader(d.train, 2, 2, seed=0, epoch=kw.pop("epoch"), **kw),
 ], ids=["shuffled", "identity"])
+
+
+@TRAINING_LOADERS
 def test_every_training_batch_has_a_bucket_shape(data, make):
     for epoch in range(3):
         for batch in make(data, epoch=epoch, buckets=BUCKETS):
@@ -88,10 +92,7 @@ def test_every_training_batch_has_a_bucket_shape(data, make):
             assert batch["total_frames"] == int(batch["lengths"].sum())
 
 
-@pytest.mark.parametrize("make", [
-    lambda d, **kw: shuffled_loader(d.train, 5, seed=0, epoch=kw.pop("epoch"), **kw),
-    lambda d, **kw: identity_loader(d.train, 2, 2, seed=0, epoch=kw.pop("epoch"), **kw),
-], ids=["shuffled", "identity"])
+@TRAINING_LOADERS
 def test_workers_give_the_same_batches_as_the_main_process(data, make):
     for epoch in range(2):
         main = list(make(data, epoch=epoch, buckets=BUCKETS))

@@ -198,11 +198,8 @@ def test_sync_counter_sees_boolean_packing(sync_counter):
     assert sync_counter["bool mask __getitem__"] >= 1
 
 
-@pytest.mark.parametrize("name", ["triton", "flow-triton"])
-def test_bpmt_training_step_does_not_sync(name, sync_counter, monkeypatch):
-    """Training forward + backward with a packing backend and the collate's host ints: no host sync, no boolean
-    mask indexing in model or attention code, and one PackedLayout per group count (parts, part pairs)."""
-    _skip_unavailable(name)
+def layouts_built(monkeypatch) -> Counter:
+    """Counts PackedLayout constructions by number of sequences (B * groups)."""
     built = Counter()
     original_init = PackedLayout.__init__
 
@@ -211,6 +208,15 @@ def test_bpmt_training_step_does_not_sync(name, sync_counter, monkeypatch):
         original_init(self, sequences, *args, **kwargs)
 
     monkeypatch.setattr(PackedLayout, "__init__", counting_init)
+    return built
+
+
+@pytest.mark.parametrize("name", ["triton", "flow-triton"])
+def test_bpmt_training_step_does_not_sync(name, sync_counter, monkeypatch):
+    """Training forward + backward with a packing backend and the collate's host ints: no host sync, no boolean
+    mask indexing in model or attention code, and one PackedLayout per group count (parts, part pairs)."""
+    _skip_unavailable(name)
+    built = layouts_built(monkeypatch)
     model = BPMT(dataclasses.replace(TINY, attn_backend=name))
     lengths = torch.tensor([5, 2])
     poses = _poisoned((2, 5, 17, 3), lengths, requires_grad=False)
@@ -223,14 +229,7 @@ def test_bpmt_training_step_does_not_sync(name, sync_counter, monkeypatch):
 
 @pytest.mark.parametrize("model_cls, groups", [(BPMT, (5, 20)), (Baseline, (1,))])
 def test_one_layout_per_group_count_per_forward(model_cls, groups, monkeypatch):
-    built = Counter()
-    original_init = PackedLayout.__init__
-
-    def counting_init(self, sequences, *args, **kwargs):
-        built[sequences] += 1
-        original_init(self, sequences, *args, **kwargs)
-
-    monkeypatch.setattr(PackedLayout, "__init__", counting_init)
+    built = layouts_built(monkeypatch)
     config = dataclasses.replace(TINY, part_layers=3, pair_layers=2, attn_backend="math")
     model = model_cls(config)
     lengths = torch.tensor([6, 3, 4])

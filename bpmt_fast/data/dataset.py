@@ -223,15 +223,9 @@ class PoseDataset(Dataset):
 
 def _check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
     """Buckets as an ascending tuple of distinct positive ints (a ValueError names what is wrong)."""
-    checked = []
-    for value in buckets:
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise ValueError(f"frame buckets must be integers, got {value!r}") from None
-        if value < 1:
-            raise ValueError(f"frame buckets must be >= 1, got {value}")
-        checked.append(value)
+    checked = [_check_seed("a frame bucket", value) for value in buckets]
+    if 0 in checked:
+        raise ValueError("frame buckets must be >= 1, got 0")
     if checked != sorted(set(checked)):
         raise ValueError(f"frame buckets must be strictly ascending, got {list(buckets)}")
     return tuple(checked)
