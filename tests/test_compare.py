@@ -138,3 +138,11 @@ def test_same_directory_names_are_told_apart_by_path(tmp_path, capsys):
     runs = [write_run(parent, "run", {"bpmt": {"test": scores(0.5, 0.4)}}) for parent in (a, b)]
     main(["compare", *map(str, runs), "--out", str(tmp_path / "report")])
     assert set(table_rows(capsys.readouterr().out)) == {(str(runs[0]), "bpmt"), (str(runs[1]), "bpmt")}
+
+
+def test_the_resolved_precision_is_shown_not_auto(tmp_path, capsys):
+    run = write_run(tmp_path, "auto", {"bpmt": {"test": scores(0.5, 0.4)}}, train={"precision": "auto"})
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "precision": "bf16"}))  # what `train` resolved
+    assert main(["compare", str(run), "--out", str(tmp_path / "out")]) == 0
+    assert table_rows(capsys.readouterr().out)["auto", "bpmt"]["precision"] == "bf16"

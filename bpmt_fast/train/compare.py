@@ -96,7 +96,8 @@ def compare_rows(runs: list[Run], protocol: str | None = None) -> list[dict]:
             test = _get(result, "test", "all", chosen) if chosen else None
             rows.append({
                 "run": run.name, "model": model, "attn backend": run.results.get("attn_backend"),
-                "precision": _setting(_get(run.config, "train", "precision")),
+                # the precision the run resolved ("auto" -> bf16 / fp32), else the configured one (older runs)
+                "precision": run.results.get("precision") or _setting(_get(run.config, "train", "precision")),
                 "compile": _setting(_get(run.config, "train", "compile")),
                 "device": run.results.get("device"), "protocol": chosen,
                 **{f"{stage} seq/s": _get(speed, stage, "seq_per_s") for stage in STAGES},
