@@ -627,7 +627,7 @@ def sync_steps(backend: str, device: torch.device, folder: Path, run: dict = SYN
     from bpmt_fast.train.config import load_config
     from bpmt_fast.train.data import identity_loader
     from bpmt_fast.train.pipeline import new_model, prepare_data
-    from bpmt_fast.train.stages import FinetuneStage, MetricsLog, warmup_cosine
+    from bpmt_fast.train.stages import step_runner, warmup_cosine
 
     model = {**run.get("model", {}), "attn_backend": backend, "dropout": 0.0}
     config = load_config(overrides={**run, "model": model, "device": device.type, "run_dir": str(folder)})
@@ -635,9 +635,7 @@ def sync_steps(backend: str, device: torch.device, folder: Path, run: dict = SYN
         data = prepare_data(config)
     torch.manual_seed(0)
     model = new_model("bpmt", config, data, device)
-    stage = FinetuneStage("bpmt", model, data, config.finetune, config, device, MetricsLog(folder / "sync.jsonl"),
-                          folder / "checkpoints")
-    stage.prepare()
+    stage = step_runner("bpmt", model, "finetune", config, device)  # the pipeline's own step
     model.train()
     optimizer = torch.optim.AdamW(stage.trainable_parameters(), lr=config.finetune.lr)
     scheduler = warmup_cosine(optimizer, 1, 100)

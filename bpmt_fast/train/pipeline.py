@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from bpmt_fast.data.splits import compare_split_records, split_record
-from bpmt_fast.eval.metrics import closed_set_result, distance_matrix
-from bpmt_fast.eval.pose_stats import reference_features, reference_retrieval
+from bpmt_fast.eval.metrics import closed_set_result, distance_matrix, evaluate_retrieval
+from bpmt_fast.eval.pose_stats import reference_features
 
 from . import checkpoint
 from .config import TrainConfig, load_resolved_config, to_dict
@@ -35,10 +35,10 @@ def reference_metrics(config: TrainConfig, data) -> dict:
         return {}
     evaluation = config.evaluation
     gallery_seqs, probe_seqs = [data.sequences[i] for i in gallery], [data.sequences[i] for i in probe]
-    result = {"test": reference_retrieval(gallery_seqs, probe_seqs, evaluation.protocols, metric=evaluation.metric,
-                                          ranks=evaluation.ranks)}
+    gallery_set, probe_set = reference_features(gallery_seqs, probe_seqs)  # pose statistics, once
+    result = {"test": evaluate_retrieval(probe_set, gallery_set, protocols=evaluation.protocols,
+                                         metric=evaluation.metric, ranks=evaluation.ranks)}
     if data.split.test:
-        gallery_set, probe_set = reference_features(gallery_seqs, probe_seqs)
         nearest = distance_matrix(probe_set["features"], gallery_set["features"], evaluation.metric).argmin(1)
         result["closed_set"] = {"test": closed_set_result(gallery_set["labels"][nearest], probe_set["labels"])}
     return result

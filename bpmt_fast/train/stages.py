@@ -81,6 +81,11 @@ def group_names(model, stage: str) -> list[str]:
 
 
 
+def pooled(totals: torch.Tensor) -> torch.Tensor:
+    """Masked-frame mean reconstruction error from `(2, G)` error sums and weights."""
+    return totals[0].sum() / totals[1].sum().clamp(min=1)
+
+
 def packing_sizes(batch: dict) -> dict:
     """The host ints the collate computed (longest sequence, total frames): with them a packing attention backend
     builds its layout without reading the lengths back from the GPU."""
@@ -131,14 +136,14 @@ class Stage:
         bar.started, bar.sequences = time.perf_counter(), 0
         return bar
 
-    def show(self, bar, step: int, losses: torch.Tensor, batch: dict) -> None:
-        """Loss and throughput on the bar every `train.log_every` steps: `losses` (the running sum of step losses,
-        on the device) is read only then, since each read waits for the GPU."""
+    def show(self, bar, step: int, mean_loss, batch: dict) -> None:
+        """Loss and throughput on the bar every `train.log_every` steps: `mean_loss()` (the epoch's mean loss so far,
+        a device tensor) is computed and read only then, since each read waits for the GPU."""
         bar.sequences += len(batch["lengths"]) * self.parallel.world_size
         if (step + 1) % self.run_config.train.log_every:
             return
         rate = bar.sequences / max(time.perf_counter() - bar.started, 1e-9)
-        bar.set_postfix(loss=f"{float(losses) / (step + 1):.4f}", seq_per_s=f"{rate:.0f}", refresh=False)
+        bar.set_postfix(loss=f"{float(mean_loss()):.4f}", seq_per_s=f"{rate:.0f}", refresh=False)
 
     def optimizer_step(self, loss: torch.Tensor, optimizer, scheduler, grad_clip: float = 0.0) -> None:
         """Backward and one optimizer step (fp16: through the gradient scaler), without reading anything back."""
@@ -287,7 +292,8 @@ class ReconstructionStage(Stage):
     def train_epoch(self, epoch, optimizer, scheduler):
         self.model.train()
         seed = self.run_config.seed
-        loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch, self.parallel, **self.loading())
+        loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch, self.parallel,
+                                 **self.loading())
         totals = 0.0
         bar = self.progress(loader, epoch)
         for step, batch in enumerate(bar):
@@ -296,10 +302,10 @@ class ReconstructionStage(Stage):
             step_totals = self.train_step(device_batch, optimizer, scheduler)
             self.meter.step_finished(len(batch["lengths"]) * self.parallel.world_size)
             totals = totals + step_totals
-            self.show(bar, step, (totals[0].sum() / totals[1].sum().clamp(min=1)) * (step + 1), batch)
+            self.show(bar, step, lambda: pooled(totals), batch)
         # Pooled over the epoch's masked frames, as validation pools them: the two curves compare like with like.
         sums, weights = totals
-        return {"loss": float(sums.sum() / weights.sum().clamp(min=1)), "per_group": self._per_group(sums, weights)}
+        return {"loss": float(pooled(totals)), "per_group": self._per_group(sums, weights)}
 
     @torch.no_grad()
     def validate(self, epoch):
@@ -369,7 +375,7 @@ class FinetuneStage(Stage):
             self.meter.step_finished(len(batch["lengths"]) * self.parallel.world_size)
             total, steps = total + loss, step + 1  # device sums: read once per epoch (and every log_every steps)
             parts = {key: parts.get(key, 0.0) + value for key, value in loss_parts.items()}
-            self.show(bar, step, total, batch)
+            self.show(bar, step, lambda: total / steps, batch)
         record = {"loss": float(total) / max(steps, 1), **{k: float(v) / max(steps, 1) for k, v in parts.items()}}
         if self.data.train_gallery and self.data.train_probe:  # same measure as validation, training subjects
             record.update(self._retrieval(self.data.train_gallery, self.data.train_probe))
