@@ -142,7 +142,8 @@ def speed_lines(results: dict) -> list[str]:
     kind = rows[0][2].get("memory_kind", "")
     lines = ["", f"Speed and memory ({results.get('precision', '-')} precision, compile "
              f"{results.get('compile', '-')}; medians over the steps after warm-up; memory: {kind}):", "",
-             "| model | stage | steps | seq/s | step ms (median / p90) | peak memory MiB |", "|---|---|---|---|---|---|"]
+             "| model | stage | steps | seq/s | step ms (median / p90) | peak memory MiB |",
+             "|---|---|---|---|---|---|"]
     cell = lambda value, digits: "-" if value is None else f"{value:.{digits}f}"  # noqa: E731
     for name, stage, f in rows:
         lines.append(f"| {name} | {stage} | {f.get('steps', '-')} | {cell(f.get('seq_per_s'), 0)} | "
