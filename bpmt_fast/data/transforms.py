@@ -10,18 +10,22 @@ A joint is *missing* in a frame when its confidence is 0 (``normalise`` also tur
 ``min_confidence`` into a missing one). The rules every function here keeps:
 
 * ``normalise`` writes missing joints as all zeros (coordinates 0 and confidence 0), and they stay exactly 0
-  after centring and scaling.
+  after centring, rotating and scaling.
 * An augmentation never turns a missing joint into a present one and never changes a missing joint's values:
-  it only moves them (``Mirror`` swaps left and right joints, ``TemporalCrop`` / ``SpeedChange`` pick frames).
+  it only moves them (``Mirror`` swaps left and right joints, ``TemporalCrop`` / ``SpeedChange`` /
+  ``ReverseTime`` pick frames).
   Joints an augmentation itself makes missing (``PartMask``; ``SpeedChange`` where neither neighbouring
   frame has the joint) are written as all zeros. So poses that leave ``normalise`` with missing joints at 0
   still have them at 0 after any chain of augmentations.
-* Geometric augmentations (mirror, noise, rotation, scale) only touch present joints.
+* Geometric augmentations (mirror, noise, rotation, scale, random move) only touch present joints.
 
 Augmentations are small callables ``transform(poses, rng)`` where ``rng`` is a ``numpy.random.Generator``;
 given the same generator state they give the same result. ``Compose`` chains them, passing the same
 generator along. Geometric augmentations assume normalised poses: they mirror / rotate / scale about the
 origin, which ``normalise`` puts at the hip centre of every frame.
+
+Noise follows the GaitGraph / FastPoseGait naming: ``PointNoise`` moves every joint of every frame
+independently, ``JointNoise`` moves each joint by one offset for the whole sequence.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from ..model.skeleton import PART_NAMES, SkeletonFormat, get_format
 
 __all__ = [
     "BODY_HEIGHT_PER_TORSO",
+    "NORMALISATION_MODES",
     "check_poses",
     "normalise",
     "Transform",
@@ -41,16 +46,22 @@ __all__ = [
     "Mirror",
     "TemporalCrop",
     "SpeedChange",
+    "ReverseTime",
+    "PointNoise",
     "JointNoise",
     "PartMask",
     "RandomRotation3D",
     "RandomScale",
+    "RandomMove",
 ]
 
 # When no frame shows a shoulder and a hip, the scale falls back to the body height divided by this ratio
 # (standing height / shoulder-to-hip-centre distance of an adult, roughly), so the output stays in about
-# the same unit -- torso lengths -- as usual.
+# the same unit -- torso lengths -- as usual. ``normalise(mode="body")`` scales the body height to it.
 BODY_HEIGHT_PER_TORSO = 3.0
+
+# "hips": centre on the hips, scale by the torso; "body": also turn the spine upright, scale by the height.
+NORMALISATION_MODES = ("hips", "body")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,7 +102,7 @@ def check_poses(poses, name: str = "poses", *, skeleton: SkeletonFormat | None =
     return arr
 
 
-def _check_range(name: str, value, low=None, high=None, low_open=False) -> float:
+def _check_range(name: str, value, low=None, high=None, low_open=False, high_open=False) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -100,8 +111,8 @@ def _check_range(name: str, value, low=None, high=None, low_open=False) -> float
         raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
     return value
 
 
@@ -181,8 +192,64 @@ def _sequence_scale(xyz: np.ndarray, present: np.ndarray, skeleton: SkeletonForm
     return 1.0
 
 
-def normalise(poses, skeleton: str | SkeletonFormat, min_confidence: float = 0.05) -> np.ndarray:
-    """Centre every frame on the hips and scale the sequence to unit torso length; returns float32 (T, J, C).
+def _spine_direction(xyz: np.ndarray, present: np.ndarray, skeleton: SkeletonFormat) -> np.ndarray | None:
+    """The sequence's mean unit spine vector (shoulder midpoint minus hip midpoint), normalised to length 1.
+
+    Frames: those with both shoulders and both hips; if none of them has a non-zero spine, those with at
+    least one shoulder and one hip (a lone joint standing in for its midpoint). Frames whose spine has length
+    0 are skipped. None when no frame has a spine or the unit spines cancel out (mean length <= 1e-9)."""
+    hips, shoulders = skeleton.hips, skeleton.shoulders
+    s_centre, has_s = _pair_centre(xyz, present, shoulders)
+    h_centre, has_h = _pair_centre(xyz, present, hips)
+    full = present[:, list(hips + shoulders)].all(axis=1)
+    for frames in (full, has_s & has_h):
+        spine = s_centre[frames] - h_centre[frames]
+        length = np.linalg.norm(spine, axis=-1)
+        ok = length > 0
+        if ok.any():
+            mean = (spine[ok] / length[ok, None]).mean(axis=0)
+            norm = float(np.linalg.norm(mean))
+            # opposite spines that cancel give no direction: better no rotation than one set by rounding
+            return mean / norm if norm > 1e-9 else None
+    return None
+
+
+def _upright_rotation(spine: np.ndarray) -> np.ndarray:
+    """Rotation matrix (D, D) taking the unit vector ``spine`` onto up, (0, -1) or (0, -1, 0) (y points down).
+
+    2D: the rotation in the x-y plane. 3D: the minimal (Rodrigues) rotation, about the axis spine x up; a spine
+    pointing straight down turns half a turn about z (in the image plane, as in 2D)."""
+    if len(spine) == 2:
+        x, y = spine
+        return np.array([[-y, x], [-x, -y]])  # columns: where x and y go; maps (x, y) to (0, -1)
+    up = np.array([0.0, -1.0, 0.0])
+    v = np.cross(spine, up)  # = (z, 0, -x): exact, no cancellation
+    cos = float(spine @ up)
+    sin2 = float(v @ v)
+    if sin2 == 0.0:
+        return np.eye(3) if cos > 0 else np.diag([-1.0, -1.0, 1.0])
+    k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    # I + K + K^2 (1 - cos) / sin^2: the usual 1 / (1 + cos) loses precision for spines pointing nearly down
+    return np.eye(3) + k + (k @ k) * ((1.0 - cos) / sin2)
+
+
+def _body_height(y: np.ndarray, present: np.ndarray) -> float | None:
+    """Median vertical extent (max y - min y of present joints) over frames with at least half of the joints
+    present; if there are none or the median is not positive, over frames with >= 2 joints. None if neither
+    gives a positive median."""
+    count = present.sum(axis=1)
+    for frames in (2 * count >= present.shape[1], count >= 2):
+        if frames.any():
+            p = present[frames]
+            extent = np.where(p, y[frames], -np.inf).max(axis=1) - np.where(p, y[frames], np.inf).min(axis=1)
+            height = _positive_median(extent)
+            if height is not None:
+                return height
+    return None
+
+
+def normalise(poses, skeleton: str | SkeletonFormat, min_confidence: float = 0.05, mode: str = "hips") -> np.ndarray:
+    """Centre every frame on the hips and scale the sequence; returns float32 (T, J, C).
 
     * Joints with confidence < ``min_confidence`` (or 0) become missing: coordinates 0 and confidence 0.
       Present joints keep their confidence.
@@ -190,26 +257,59 @@ def normalise(poses, skeleton: str | SkeletonFormat, min_confidence: float = 0.0
       missing, the centre of the last earlier frame that had one; if no earlier frame had one, the mean of
       the sequence's hip centres. A sequence with no hip at all is centred per frame on the mean of the
       frame's present joints.
-    * Scale, one per sequence: the median torso length, i.e. the distance from the shoulder midpoint to the
-      hip midpoint over frames where both shoulders and both hips are present; else over frames with at least
-      one shoulder and one hip (a lone joint standing in for its midpoint); else the median body height (the
-      largest side of the present joints' bounding box) / ``BODY_HEIGHT_PER_TORSO``; else (nothing
+    * Torso scale, one per sequence: the median torso length, i.e. the distance from the shoulder midpoint to
+      the hip midpoint over frames where both shoulders and both hips are present; else over frames with at
+      least one shoulder and one hip (a lone joint standing in for its midpoint); else the median body height
+      (the largest side of the present joints' bounding box) / ``BODY_HEIGHT_PER_TORSO``; else (nothing
       measurable) 1.
     * Coordinates of missing joints are exactly 0 in the output.
 
-    The result is invariant (up to rounding) to translating the input or scaling it by a positive factor.
+    ``mode`` (one of ``NORMALISATION_MODES``):
+
+    * ``"hips"``: centre, then divide by the torso scale. The output is invariant (up to rounding) to
+      translating the input or scaling it by a positive factor.
+    * ``"body"`` (body-centred, after GPGait's human-oriented transformation): centre as above, then one
+      rotation for the whole sequence that turns the mean unit spine vector (shoulder midpoint minus hip
+      midpoint; frames with both shoulders and both hips, else frames with at least one of each, a lone joint
+      standing in for its midpoint; spines of length 0 skipped) onto up, which is -y in image coordinates: for 2D the rotation in the x-y
+      plane taking it to (0, -1), for 3D the minimal (Rodrigues) rotation taking it to (0, -1, 0). No spine
+      in any frame, or unit spines that cancel out: no rotation. Then one scale so that the body height --
+      the median over frames of the vertical extent (max y - min y) of the present joints, over frames with
+      at least half of the joints present, else (none of them, or a median of 0) over frames with >= 2
+      joints -- is ``BODY_HEIGHT_PER_TORSO``, i.e. about the torso units of ``"hips"``; no positive height:
+      the torso scale. For 2D poses with a spine the output is invariant (up to rounding) to rotating the
+      input about any point, scaling it by a positive factor and translating it; for 3D to translation and
+      scale, and rotating the input about the vertical (y) axis rotates the output the same way.
+
     Works for 2D (C=3) and 3D (C=4) poses. Computation is in float64. Pure: the input is not modified.
     """
     skeleton = get_format(skeleton)
     min_confidence = _check_range("min_confidence", min_confidence, low=0.0)
+    if not (isinstance(mode, str) and mode in NORMALISATION_MODES):
+        raise ValueError(f"unknown normalisation mode {mode!r}; valid modes: {', '.join(NORMALISATION_MODES)}")
     p = check_poses(poses, skeleton=skeleton).astype(np.float64)
     conf = p[..., -1]
     present = (conf > 0) & (conf >= min_confidence)
     xyz = np.where(present[..., None], p[..., :-1], 0.0)
     centre = _frame_centres(xyz, present, skeleton)
-    scale = _sequence_scale(xyz, present, skeleton, centre)
+    if mode == "hips":
+        scale = _sequence_scale(xyz, present, skeleton, centre)
+        coords = (xyz - centre[:, None, :]) / scale
+    else:
+        coords = xyz - centre[:, None, :]
+        # the spine is a difference of joints, so centring does not change it; the rotation is about the
+        # (new) origin, the hip centre of every frame
+        spine = _spine_direction(xyz, present, skeleton)
+        if spine is not None:
+            coords = coords @ _upright_rotation(spine).T
+        height = _body_height(coords[..., 1], present)
+        if height is not None:
+            scale = height / BODY_HEIGHT_PER_TORSO
+        else:
+            scale = _sequence_scale(xyz, present, skeleton, centre)  # no vertical extent: as in "hips"
+        coords = coords / scale
     out = np.empty(p.shape, dtype=np.float32)
-    out[..., :-1] = np.where(present[..., None], (xyz - centre[:, None, :]) / scale, 0.0)
+    out[..., :-1] = np.where(present[..., None], coords, 0.0)
     out[..., -1] = np.where(present, conf, 0.0)
     return out
 
@@ -339,18 +439,51 @@ class SpeedChange(Transform):
         return result.astype(np.float32)
 
 
-class JointNoise(Transform):
-    """Independent Gaussian noise (standard deviation ``std``, in normalised units) on the coordinates of
-    present joints; missing joints and confidences are unchanged."""
+class ReverseTime(Transform):
+    """With ``probability``, play the sequence backwards: exactly ``poses[::-1]``; otherwise unchanged.
+
+    With probability 1 no random number is drawn and ``rng`` may be None; otherwise one ``rng.random()`` is
+    drawn and the frames are reversed when it is < ``probability``."""
+
+    def __init__(self, probability: float = 0.5):
+        self.probability = _check_range("probability", probability, 0.0, 1.0)
+
+    def __call__(self, poses, rng: np.random.Generator | None = None) -> np.ndarray:
+        out = self._check(poses)
+        if self.probability < 1.0 and _check_rng(rng, "ReverseTime").random() >= self.probability:
+            return out
+        return out[::-1].copy()
+
+
+class PointNoise(Transform):
+    """Independent Gaussian noise (standard deviation ``std``, in normalised units) on every coordinate of
+    every present joint in every frame (GaitGraph's point noise); missing joints and confidences are
+    unchanged."""
 
     def __init__(self, std: float = 0.01):
         self.std = _check_range("std", std, 0.0)
 
     def __call__(self, poses, rng: np.random.Generator) -> np.ndarray:
         out = self._check(poses)
-        noise = _check_rng(rng, "JointNoise").normal(0.0, self.std, size=out[..., :-1].shape)
+        noise = _check_rng(rng, "PointNoise").normal(0.0, self.std, size=out[..., :-1].shape)
         present = out[..., -1:] > 0
         out[..., :-1] = np.where(present, out[..., :-1] + noise, out[..., :-1])
+        return out
+
+
+class JointNoise(Transform):
+    """One Gaussian offset per joint (standard deviation ``std``, in normalised units; drawn with shape
+    (J, C - 1)) added to that joint's coordinates in every frame where it is present (GaitGraph's joint
+    noise: a consistently misplaced keypoint); missing joints and confidences are unchanged."""
+
+    def __init__(self, std: float = 0.01):
+        self.std = _check_range("std", std, 0.0)
+
+    def __call__(self, poses, rng: np.random.Generator) -> np.ndarray:
+        out = self._check(poses)
+        offset = _check_rng(rng, "JointNoise").normal(0.0, self.std, size=out.shape[1:2] + (out.shape[2] - 1,))
+        present = out[..., -1:] > 0
+        out[..., :-1] = np.where(present, out[..., :-1] + offset, out[..., :-1])
         return out
 
 
@@ -413,4 +546,47 @@ class RandomScale(Transform):
         factor = np.float32(_check_rng(rng, "RandomScale").uniform(self.low, self.high))
         present = out[..., -1:] > 0
         out[..., :-1] = np.where(present, out[..., :-1] * factor, out[..., :-1])
+        return out
+
+
+class RandomMove(Transform):
+    """A small random similarity transform that drifts smoothly over the sequence (ST-GCN's random_move).
+
+    At ``keyframes`` evenly spaced times (the first and last frame included; one keyframe: constant) draw,
+    in this order, ``keyframes`` angles uniform in [-max_degrees, max_degrees], ``keyframes`` scale factors
+    uniform in [1 - max_scale, 1 + max_scale] and ``keyframes`` (x, y) shifts uniform in
+    [-max_shift, max_shift]; each is linearly interpolated to every frame, and the present joints of the
+    frame move to x' = s * R(angle) @ (x, y) + shift (R rotates counter-clockwise for angle > 0 in a y-up
+    frame, clockwise on screen). Only x and y change: z (3D) and confidences stay, missing joints are
+    untouched. All parameters 0 give back the input exactly. Rotation and scale are about the origin, the
+    hip centre of normalised poses.
+    """
+
+    def __init__(self, max_degrees: float = 10.0, max_scale: float = 0.1, max_shift: float = 0.1, keyframes: int = 4):
+        self.max_degrees = _check_range("max_degrees", max_degrees, 0.0, 180.0)
+        # scale factors 1 - max_scale must stay positive: a zero scale would collapse the pose
+        self.max_scale = _check_range("max_scale", max_scale, 0.0, 1.0, high_open=True)
+        self.max_shift = _check_range("max_shift", max_shift, 0.0)
+        if isinstance(keyframes, bool) or not isinstance(keyframes, (int, np.integer)) or keyframes < 1:
+            raise ValueError(f"keyframes must be an integer >= 1, got {keyframes!r}")
+        self.keyframes = int(keyframes)
+
+    def __call__(self, poses, rng: np.random.Generator) -> np.ndarray:
+        out = self._check(poses)
+        rng = _check_rng(rng, "RandomMove")
+        k = self.keyframes
+        angles = np.radians(rng.uniform(-self.max_degrees, self.max_degrees, k))
+        scales = rng.uniform(1.0 - self.max_scale, 1.0 + self.max_scale, k)
+        shifts = rng.uniform(-self.max_shift, self.max_shift, (k, 2))
+        # keyframes and frames on the same [0, 1] time axis, so a single frame (time 0) needs no special case
+        key_times, times = np.linspace(0.0, 1.0, k), np.linspace(0.0, 1.0, len(out))
+        angle = np.interp(times, key_times, angles)[:, None]
+        scale = np.interp(times, key_times, scales)[:, None]
+        dx = np.interp(times, key_times, shifts[:, 0])[:, None]
+        dy = np.interp(times, key_times, shifts[:, 1])[:, None]
+        x, y = out[..., 0].astype(np.float64), out[..., 1].astype(np.float64)
+        cos, sin = np.cos(angle), np.sin(angle)
+        present = out[..., -1] > 0
+        out[..., 0] = np.where(present, scale * (cos * x - sin * y) + dx, x)
+        out[..., 1] = np.where(present, scale * (sin * x + cos * y) + dy, y)
         return out
