@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from ..model.skeleton import SkeletonFormat, get_format
 from .sequence import PoseSequence
-from .transforms import check_poses
+from .transforms import NORMALISATION_MODES, check_poses
 from .transforms import normalise as normalise_poses
 
 __all__ = ["PoseDataset", "collate_padded", "collate_to_buckets", "frame_buckets", "IdentityBatchSampler"]
@@ -49,8 +49,9 @@ class PoseDataset(Dataset):
     Item ``i`` is a dict: ``poses`` float32 tensor ``(T, J, C)``, ``label`` int (``label_map[subject]``),
     ``subject``, ``view``, ``condition``, ``sequence_id`` (strings) and ``index`` (= i). Per item, in order:
 
-    1. ``normalise`` (default on; see ``bpmt_fast.data.transforms.normalise``) -- off only for poses that are
-       already normalised, so raw pixel coordinates never reach the model.
+    1. ``normalise`` (default on; see ``bpmt_fast.data.transforms.normalise``, ``normalisation`` picks its mode:
+       hips or body) -- off only for poses that are already normalised, so raw pixel coordinates never reach
+       the model.
     2. ``transform(poses, rng)`` if given (an augmentation, e.g. ``Compose([...])``).
     3. Sequences longer than ``max_frames`` are cropped to it: a random window when ``random_crop`` is true,
        the centre window otherwise. ``random_crop=None`` (default) means "random when a transform is given"
@@ -70,7 +71,7 @@ class PoseDataset(Dataset):
     def __init__(self, sequences: Sequence[PoseSequence], skeleton: str | SkeletonFormat,
                  transform: Callable | None = None, normalise: bool = True, max_frames: int | None = None,
                  label_map: Mapping[Hashable, int] | None = None, *, min_confidence: float = 0.05,
-                 random_crop: bool | None = None, seed: int = 0):
+                 random_crop: bool | None = None, seed: int = 0, normalisation: str = "hips"):
         self.sequences = list(sequences)
         if not self.sequences:
             raise ValueError("PoseDataset needs at least one sequence")
@@ -79,6 +80,9 @@ class PoseDataset(Dataset):
             raise ValueError(f"transform must be a callable transform(poses, rng), got {transform!r}")
         self.transform = transform
         self.normalise = bool(normalise)
+        if normalisation not in NORMALISATION_MODES:
+            raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATION_MODES)}")
+        self.normalisation = normalisation
         self.min_confidence = float(min_confidence)
         if max_frames is not None:
             max_frames = _check_seed("max_frames", max_frames)
@@ -169,7 +173,7 @@ class PoseDataset(Dataset):
         if index not in self._cleaned:
             if self.normalise:
                 try:
-                    poses = normalise_poses(seq.poses, self.skeleton, self.min_confidence)
+                    poses = normalise_poses(seq.poses, self.skeleton, self.min_confidence, self.normalisation)
                 except ValueError as exc:
                     raise ValueError(f"{where}: {exc}") from None
                 poses = check_poses(poses, f"{where} normalised poses")

@@ -12,6 +12,7 @@ from .common import (IdentityHead, ModelConfig, PartEncoder, attention_layout, c
                      model_output, reconstruction, valid_frames)
 from .layers import GroupedLinear, masked_temporal_pool
 from .skeleton import get_format
+from .streams import parent_index
 from .tokenizer import PartTokenizer
 
 BASELINE_STAGES = ("part", "finetune")
@@ -26,9 +27,9 @@ class Baseline(nn.Module):
         self.config = config = config or ModelConfig()
         self.skeleton = get_format(config.skeleton)
         self.tokenizer = PartTokenizer([tuple(range(self.skeleton.num_joints))], self.skeleton.num_joints,
-                                       config.in_channels, config.dim)
+                                       config.in_channels, config.dim, config.streams, parent_index(self.skeleton))
         self.encoder = PartEncoder(1, config)
-        self.decoder = GroupedLinear(1, config.dim, self.tokenizer.feature_dim)
+        self.decoder = GroupedLinear(1, config.dim, self.tokenizer.target_dim)
         self.head = IdentityHead(2 * config.dim, config)
 
     def forward(self, poses, lengths=None, frame_mask=None, stage: str = "finetune", *, max_length: int | None = None,

@@ -5,7 +5,11 @@ Three uses of one network, picked by `stage`:
 - "pair"     (stage 2): for each of the 10 part pairs, cross-part attention in both directions (20 ordered
                         pairs) over the stage-1 features reconstructs both parts' masked frames;
 - "finetune": stage-1 features plus the stage-2 cross-part features (kept, not thrown away) are pooled over
-              valid frames into an identity embedding and optional classifier.
+              valid frames into an identity embedding and optional classifier. With `inter_part_layers` > 0 the
+              part summaries also attend to each other (IIP-Transformer's inter-part attention: the part encoders
+              are its intra-part attention) and their output joins the pooled features.
+Stage "pair" also returns one projected, pooled feature per ordered pair (`pair_embeddings`) for the optional
+CLIP-style contrastive objective (bpmt_fast.train.losses.cross_part_contrastive_loss).
 Every part and every pair is a slice of a batch dimension: one attention call per layer covers them all.
 """
 from __future__ import annotations
@@ -18,8 +22,10 @@ import torch.nn as nn
 from .attention_blocks import CrossPartBlock
 from .common import (IdentityHead, ModelConfig, PartEncoder, attention_layout, check_pose_batch, host_length_stats,
                      model_output, reconstruction, valid_frames)
-from .layers import GroupedLinear, masked_temporal_pool
+from .attention_blocks import PartTransformerBlock
+from .layers import GroupedLayerNorm, GroupedLinear, masked_temporal_pool
 from .skeleton import PART_NAMES, get_format
+from .streams import parent_index
 from .tokenizer import PartTokenizer
 
 STAGES = ("part", "pair", "finetune")
@@ -49,11 +55,33 @@ class CrossPartEncoder(nn.Module):
         return queries
 
 
+class InterPartEncoder(nn.Module):
+    """IIP-style inter-part attention: each part's summary (its mean feature over valid frames, plus a learned part
+    embedding) attends to the other parts' summaries, one sequence of P tokens per walk."""
+
+    def __init__(self, parts: int, config: ModelConfig):
+        super().__init__()
+        self.part_embedding = nn.Parameter(torch.randn(parts, config.dim) * 0.02)  # (P, d)
+        self.blocks = nn.ModuleList(
+            PartTransformerBlock(1, config.dim, config.heads, config.mlp_ratio, config.dropout, config.attn_backend)
+            for _ in range(config.inter_part_layers))
+        self.norm = GroupedLayerNorm(1, config.dim)
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """features `(B, P, T, d)`, valid `(B, T)` -> `(B, P*d)`."""
+        count = valid.sum(1).clamp(min=1)[:, None, None].to(features.dtype)  # (B, 1, 1)
+        summaries = torch.where(valid[:, None, :, None], features, 0.0).sum(2) / count  # (B, P, d)
+        x = (summaries + self.part_embedding)[:, None]  # (B, 1, P, d): one group, P tokens, nothing padded
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x).flatten(1)
+
+
 class BPMT(nn.Module):
     # Modules each stage trains; the rest stay fixed (stage 2 may also train the stage-1 ones: train.stages).
     STAGE_MODULES = {"part": ("tokenizer", "part_encoder", "part_decoder"),
-                     "pair": ("pair_encoder", "pair_decoder"),
-                     "finetune": ("tokenizer.embed", "part_encoder", "pair_encoder", "head")}
+                     "pair": ("pair_encoder", "pair_decoder", "pair_projection"),
+                     "finetune": ("tokenizer.embed", "part_encoder", "pair_encoder", "inter_part", "head")}
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -61,13 +89,17 @@ class BPMT(nn.Module):
         self.skeleton = get_format(config.skeleton)
         part_joints = [self.skeleton.parts[name] for name in PART_NAMES]
         self.pairs = ordered_part_pairs(len(part_joints))
-        self.tokenizer = PartTokenizer(part_joints, self.skeleton.num_joints, config.in_channels, config.dim)
+        self.tokenizer = PartTokenizer(part_joints, self.skeleton.num_joints, config.in_channels, config.dim,
+                                       config.streams, parent_index(self.skeleton))
         parts = self.tokenizer.num_parts
         self.part_encoder = PartEncoder(parts, config)  # stage 1
-        self.part_decoder = GroupedLinear(parts, config.dim, self.tokenizer.feature_dim)
+        self.part_decoder = GroupedLinear(parts, config.dim, self.tokenizer.target_dim)
         self.pair_encoder = CrossPartEncoder(self.pairs, config)  # stage 2
-        self.pair_decoder = GroupedLinear(len(self.pairs), config.dim, self.tokenizer.feature_dim)
-        self.head = IdentityHead(parts * 2 * config.dim, config)  # finetune
+        self.pair_decoder = GroupedLinear(len(self.pairs), config.dim, self.tokenizer.target_dim)
+        self.pair_projection = GroupedLinear(len(self.pairs), config.dim, config.dim)  # stage 2 contrastive
+        self.inter_part = InterPartEncoder(parts, config) if config.inter_part_layers else None  # finetune
+        inter = parts * config.dim if config.inter_part_layers else 0
+        self.head = IdentityHead(parts * 2 * config.dim + inter, config)  # finetune
         # Each part is the query side of (P - 1) ordered pairs; their cross features are averaged into it.
         self.register_buffer("pairs_per_part", torch.bincount(self.pair_encoder.query_parts, minlength=parts),
                              persistent=False)
@@ -108,11 +140,16 @@ class BPMT(nn.Module):
             mask = None if frame_mask is None else frame_mask[:, query_parts]
             recon = reconstruction(self.pair_decoder(cross), target[:, query_parts], mask, valid,
                                    self.tokenizer.joint_valid[query_parts])
-            return model_output({"reconstruction": recon}, {}, **summary)
+            count = valid.sum(1).clamp(min=1)[:, None, None].to(cross.dtype)  # (B, 1, 1)
+            pair_pooled = torch.where(valid[:, None, :, None], cross, 0.0).sum(2) / count  # (B, Q, d)
+            projected = self.pair_projection(pair_pooled[:, :, None])[:, :, 0]  # (B, Q, d)
+            return model_output({"reconstruction": recon, "pair_embeddings": projected}, {}, **summary)
 
         cross_per_part = torch.zeros_like(parts).index_add(1, self.pair_encoder.query_parts, cross)
         fused = parts + cross_per_part / self.pairs_per_part[None, :, None, None]  # (B, P, T, d)
         pooled = masked_temporal_pool(fused, valid).flatten(1)  # (B, P*2d)
+        if self.inter_part is not None:
+            pooled = torch.cat([pooled, self.inter_part(fused, valid)], dim=1)  # (B, P*2d + P*d)
         head = self.head(pooled)
         return model_output({"embeddings": head["embeddings"], "logits": head["logits"]},
                             {"embeddings": head["normed"]}, **summary)

@@ -13,6 +13,7 @@ from bpmt_fast.attention.layout import PackedLayout
 from .attention_blocks import PartTransformerBlock, wants_packed_layout
 from .layers import GlobalBatchNorm1d, GroupedLayerNorm
 from .skeleton import FORMATS
+from .streams import STREAMS
 
 
 @dataclass
@@ -33,6 +34,10 @@ class ModelConfig:
     # >0 adds a classifier (cross-entropy) on top of the embedding; the training pipeline sets it
     num_classes: int = field(default=0, metadata={"range": "[0, inf)"})
     attn_backend: str | None = None  # None: env BPMT_ATTN_BACKEND, else auto
+    # per-joint input features the tokenizer embeds (bpmt_fast.model.streams): joints, bones, velocity, angles
+    streams: list[Literal[STREAMS]] = field(default_factory=lambda: ["joints"])
+    # finetune only: IIP-style inter-part attention over the P part summaries (0: off; BPMT only)
+    inter_part_layers: int = field(default=0, metadata={"range": "[0, inf)"})
 
 
 def check_pose_batch(poses, lengths, frame_mask, num_joints: int, in_channels: int, num_parts: int,
@@ -128,11 +133,15 @@ class PartEncoder(nn.Module):
 
 
 class IdentityHead(nn.Module):
-    """Pooled features -> identity embedding, BN-neck and optional classifier (OpenGait-style)."""
+    """Pooled features -> identity embedding, BN-neck and optional classifier (OpenGait-style).
+
+    No dropout between the pooled features and the BN-neck: dropout there shifts the variance (and, through the
+    max-pooling, the mean) the BN statistics are learned on, so eval-mode embeddings no longer match what the
+    classifier was trained on. On PsyMo that alone kept the training-side rank-1 at 0.6 and the cross-entropy near
+    uniform guessing (tests/test_models.py::test_identity_head_is_deterministic_in_training)."""
 
     def __init__(self, in_dim: int, config: ModelConfig):
         super().__init__()
-        self.dropout = nn.Dropout(config.dropout)
         # No bias: the BN-neck removes it and distances between embeddings cancel it.
         self.embed = nn.Linear(in_dim, config.embedding_dim, bias=False)
         self.neck = GlobalBatchNorm1d(config.embedding_dim)  # global-batch statistics under DDP
@@ -140,7 +149,7 @@ class IdentityHead(nn.Module):
         self.classifier = nn.Linear(config.embedding_dim, classes, bias=False) if classes else None
 
     def forward(self, pooled: torch.Tensor) -> dict:
-        embeddings = self.embed(self.dropout(pooled))  # (B, E): metric losses use this
+        embeddings = self.embed(pooled)  # (B, E): metric losses use this
         normed = self.neck(embeddings)  # (B, E): retrieval uses this
         logits = self.classifier(normed) if self.classifier is not None else None
         return {"embeddings": embeddings, "normed": normed, "logits": logits}

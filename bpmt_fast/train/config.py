@@ -62,6 +62,7 @@ import yaml
 from bpmt_fast.attention import BackendError, check_backend_name
 from bpmt_fast.data.loaders import SCHEMES
 from bpmt_fast.data.synthetic import SyntheticGaitConfig
+from bpmt_fast.data.transforms import NORMALISATION_MODES
 from bpmt_fast.model.common import ModelConfig
 from bpmt_fast.model.skeleton import FORMATS
 
@@ -72,6 +73,7 @@ StageName = Literal["1", "2", "ft"]  # quote them in YAML: [1, 2, ft] reads as t
 EvalProtocol = Literal["reid", "gait3d", "cross-view"]
 Metric = Literal["euclidean", "cosine"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Normalisation = Literal[NORMALISATION_MODES]
 CompileMode = Literal["off", "default", "reduce-overhead"]
 SkeletonName = Literal[tuple(FORMATS)]  # the registry's names, so a new format needs no edit here
 
@@ -127,15 +129,26 @@ class DataConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)  # camera protocol
     cross_condition: CrossConditionConfig = field(default_factory=CrossConditionConfig)  # cross-condition protocol
     lenient: bool = False  # file sources: skip (and report) corrupt files instead of failing
+    # hips: centre on the hips, scale to unit torso; body: also one rotation per sequence that makes the spine
+    # vertical and a rescale to a fixed body height (GPGait's human-oriented transformation; see normalise)
+    normalisation: Normalisation = "hips"
+    # extra unlabelled pose sources for the self-supervised stages 1 and 2 ("synthetic" or SCHEME:PATH, same
+    # skeleton and channels as data.source); sequences of the split's validation / test side never reach them
+    pretrain_sources: list[str] = field(default_factory=list)
     seed: int = bounded(0, "[0, inf)")  # split and synthetic data
 
 
 @dataclass
 class AugmentConfig:
-    mirror: float = bounded(0.5, "[0, 1]")  # probability of a left/right mirror
+    """Training augmentations (bpmt_fast.data.transforms), applied in this order after normalisation."""
+
     crop_min_fraction: float = bounded(0.7, "(0, 1]")  # temporal crop keeps at least this fraction of frames
     speed: tuple[float, float] = bounded((0.8, 1.25), "(0, inf)")  # speed-change factor range (low <= high)
-    joint_noise: float = bounded(0.01, "[0, inf)")  # std of Gaussian noise on normalised coordinates
+    reverse: float = bounded(0.0, "[0, 1]")  # probability of playing the walk backwards
+    mirror: float = bounded(0.5, "[0, 1]")  # probability of a left/right mirror
+    move: float = bounded(0.0, "[0, 1]")  # probability of a small smooth random move (rotation, scale, shift)
+    point_noise: float = bounded(0.01, "[0, inf)")  # std of Gaussian noise per joint and frame (normalised units)
+    joint_noise: float = bounded(0.0, "[0, inf)")  # std of one Gaussian offset per joint for the whole walk
     part_mask: float = bounded(0.1, "[0, 1]")  # probability to drop one whole part
 
 
@@ -150,6 +163,10 @@ class PretrainConfig:
     warmup_epochs: int = bounded(1, "[0, inf)")  # at most epochs
     mask_ratio: float = bounded(0.4, "(0, 1)")  # fraction of valid frames replaced by the mask token, per part
     freeze_parts: bool = True  # stage 2 only: keep the stage-1 encoders fixed while the pair blocks learn
+    # stage 2 only (BPMT): weight of the CLIP-style InfoNCE between the two directions of each part pair, beside
+    # reconstruction (0: off)
+    contrastive_weight: float = bounded(0.0, "[0, inf)")
+    contrastive_temperature: float = bounded(0.1, "(0, inf)")
 
 
 @dataclass
@@ -178,6 +195,12 @@ class EvaluationConfig:
     protocols: list[EvalProtocol] = field(default_factory=lambda: ["reid", "cross-view"])
     ranks: list[int] = bounded([1, 5, 10], "[1, inf)")  # rank-k accuracies reported
     metric: Metric = "euclidean"  # distance between embeddings
+    # false: the centre data.max_frames of each sequence; true: all its frames (up to max_frames, centre crop
+    # beyond), in consecutive chunks of at most chunk_frames whose embeddings / logits are averaged by length
+    all_frames: bool = False
+    max_frames: int = bounded(1000, "[1, inf)")
+    chunk_frames: int = bounded(0, "[0, inf)")  # 0: data.max_frames, the length the model trained on
+    flip: bool = False  # test-time augmentation: average with the left/right-mirrored sequence
 
 
 @dataclass
@@ -238,6 +261,12 @@ def _data_rules(c: DataConfig):
     if c.source != "synthetic" and not (sep and scheme.strip().lower() in SCHEMES and path.strip()):
         yield "source", (f"expected 'synthetic' or SCHEME:PATH with SCHEME one of {', '.join(SCHEMES)}, "
                          f"got {c.source!r}")
+    for i, source in enumerate(c.pretrain_sources):
+        scheme, sep, path = source.partition(":")
+        if source != "synthetic" and not (sep and scheme.strip().lower() in SCHEMES and path.strip()):
+            yield f"pretrain_sources[{i}]", (f"expected 'synthetic' or SCHEME:PATH with SCHEME one of "
+                                             f"{', '.join(SCHEMES)}, got {source!r}")
+    yield from _duplicates("pretrain_sources", c.pretrain_sources)
     yield from _subject_count_problems("test_subjects", c.test_subjects)
     yield from _subject_count_problems("val_subjects", c.val_subjects)
 
@@ -287,6 +316,8 @@ def _finetune_rules(c: FinetuneConfig):
 
 
 def _model_rules(c: ModelConfig):
+    yield from _not_empty("streams", c.streams)
+    yield from _duplicates("streams", c.streams)
     if c.dim % c.heads:
         yield "dim", f"{c.dim} is not divisible by heads ({c.heads})"
     if c.attn_backend is not None:
@@ -493,6 +524,13 @@ def unused_settings(config: TrainConfig) -> dict[str, str]:
     unused["model.num_classes"] = ("is set by the pipeline (the number of training subjects when finetune.ce_weight "
                                    "> 0, else 0)")
     unused["stage1.freeze_parts"] = "only applies to stage 2 (stage 1 trains the part encoders)"
+    for key in ("contrastive_weight", "contrastive_temperature"):
+        unused[f"stage1.{key}"] = "only applies to stage 2 (the objective pairs the two directions of a part pair)"
+    if not config.stage2.contrastive_weight:
+        unused["stage2.contrastive_temperature"] = "is not used with stage2.contrastive_weight 0"
+    if not config.evaluation.all_frames:
+        for key in ("max_frames", "chunk_frames"):
+            unused[f"evaluation.{key}"] = "is only read with evaluation.all_frames: true"
     if not has_validation(data):
         unused["finetune.patience"] = ("is not used: the split has no validation side, so early stopping is off "
                                        "(give the protocol validation subjects / cameras / sequences)")

@@ -1,6 +1,7 @@
 """From a data spec to split datasets and loaders."""
 from __future__ import annotations
 
+import hashlib
 import typing
 from dataclasses import dataclass, field
 
@@ -13,9 +14,10 @@ from bpmt_fast.data.dataset import frame_buckets  # noqa: F401  (the training lo
 from bpmt_fast.data.sequence import LoadReport, PoseSequence
 from bpmt_fast.data.splits import (Split, camera_split, closed_set_split, cross_condition_split, gallery_probe,
                                    subject_disjoint_split)
-from bpmt_fast.data.transforms import (Compose, JointNoise, Mirror, PartMask, SpeedChange, TemporalCrop)
+from bpmt_fast.data.transforms import (Compose, JointNoise, Mirror, PartMask, PointNoise, RandomMove, ReverseTime,
+                                       SpeedChange, TemporalCrop)
 
-from .config import AugmentConfig, DataConfig, Protocol
+from .config import AugmentConfig, DataConfig, EvaluationConfig, Protocol
 from .distributed import SINGLE, Parallel
 
 PROTOCOLS = typing.get_args(Protocol)  # data.protocol choices
@@ -30,6 +32,83 @@ def load_sequences(config: DataConfig) -> tuple[list[PoseSequence], LoadReport]:
     from bpmt_fast.data.loaders import load_dataset
 
     return load_dataset(config.source, lenient=config.lenient)
+
+
+# A synthetic pretraining source is generated with its own seed, so its walkers are not data.source's (synthetic)
+# subjects; pose fingerprints would catch a copy anyway (see pretraining_sequences).
+PRETRAIN_SYNTHETIC_SEED_OFFSET = 1000
+
+
+def load_pretrain_source(source: str, config: DataConfig) -> tuple[list[PoseSequence], LoadReport]:
+    """One entry of data.pretrain_sources: "synthetic" (the default generator) or SCHEME:PATH."""
+    if source == "synthetic":
+        from bpmt_fast.data.synthetic import generate_synthetic_dataset
+
+        sequences = generate_synthetic_dataset(seed=config.seed + PRETRAIN_SYNTHETIC_SEED_OFFSET)
+        return sequences, LoadReport(loaded=len(sequences))
+    from bpmt_fast.data.loaders import load_dataset
+
+    return load_dataset(source, lenient=config.lenient)
+
+
+def pose_fingerprint(poses) -> str:
+    """Identity of a pose array (shape and float32 bytes): the same walk under another path or name."""
+    array = np.ascontiguousarray(poses, dtype=np.float32)
+    return f"{array.shape}:{hashlib.sha1(array.tobytes()).hexdigest()}"
+
+
+@dataclass
+class PretrainingSet:
+    sequences: list  # the training split's sequences, then the extra sources' kept ones
+    kept: dict  # source -> sequences added
+    dropped: dict  # source -> {"held-out": n (a validation / test sequence), "duplicate": n (a training one)}
+
+    def describe(self) -> str:
+        if not self.kept:
+            return f"pretraining: the {len(self.sequences)} training sequences"
+        extra = "; ".join(f"{source}: +{count} (dropped {self.dropped[source]['held-out']} held-out, "
+                          f"{self.dropped[source]['duplicate']} duplicates)" for source, count in self.kept.items())
+        return f"pretraining: {len(self.sequences)} sequences = training split + {extra}"
+
+
+def pretraining_sequences(sequences, split: Split, config: DataConfig, load=load_pretrain_source) -> PretrainingSet:
+    """The unlabelled set of stages 1 and 2: the training split plus every data.pretrain_sources sequence that is
+    not on the split's held-out side.
+
+    A source sequence is dropped when its poses equal those of any validation / test sequence (pose fingerprint:
+    the same walk under any path), or, for data.source itself, when its sequence id is a held-out one; one equal to
+    a training sequence is a duplicate and dropped too. Sources must use data.skeleton and the same channels."""
+    train = [sequences[i] for i in split.train]
+    train_ids = set(split.train)
+    held_out = [seq for i, seq in enumerate(sequences) if i not in train_ids]
+    held_prints = {pose_fingerprint(seq.poses) for seq in held_out}
+    held_ids = {seq.sequence_id for seq in held_out if seq.sequence_id}
+    train_prints = {pose_fingerprint(seq.poses) for seq in train}
+    channels = train[0].poses.shape[-1] if train else None
+    result = PretrainingSet(list(train), {}, {})
+    for source in config.pretrain_sources:
+        loaded, _ = load(source, config)
+        # a synthetic source is generated with another seed: same ids as a synthetic data.source, other walkers
+        same_source = source != "synthetic" and source.strip() == config.source.strip()
+        dropped = {"held-out": 0, "duplicate": 0}
+        kept = 0
+        for seq in loaded:
+            skeleton = getattr(seq, "skeleton", config.skeleton)
+            if skeleton != config.skeleton or seq.poses.shape[-1] != channels:
+                raise ValueError(f"data.pretrain_sources {source!r}: {seq.sequence_id or seq.source} has skeleton "
+                                 f"{skeleton!r} with {seq.poses.shape[-1]} channels; data.source uses "
+                                 f"{config.skeleton!r} with {channels}")
+            fingerprint = pose_fingerprint(seq.poses)
+            if fingerprint in held_prints or (same_source and seq.sequence_id in held_ids):
+                dropped["held-out"] += 1
+            elif fingerprint in train_prints:
+                dropped["duplicate"] += 1
+            else:
+                train_prints.add(fingerprint)
+                result.sequences.append(seq)
+                kept += 1
+        result.kept[source], result.dropped[source] = kept, dropped
+    return result
 
 
 def _subjects(spec: float) -> int | float:
@@ -68,14 +147,34 @@ def make_split(sequences, config: DataConfig) -> Split:
 
 
 def augmentation(config: AugmentConfig, skeleton: str):
+    """The training augmentations, in AugmentConfig's order; those switched off (0) draw no random numbers."""
     steps = [TemporalCrop(config.crop_min_fraction), SpeedChange(*config.speed)]
+    if config.reverse:
+        steps.append(ReverseTime(config.reverse))
     if config.mirror:
         steps.append(Mirror(skeleton, probability=config.mirror))
+    if config.move:
+        steps.append(Sometimes(RandomMove(), config.move))
+    if config.point_noise:
+        steps.append(PointNoise(config.point_noise))
     if config.joint_noise:
         steps.append(JointNoise(config.joint_noise))
     if config.part_mask:
         steps.append(PartMask(skeleton, probability=config.part_mask))
     return Compose(steps)
+
+
+class Sometimes:
+    """Apply `transform` with `probability` (one draw from the generator per call)."""
+
+    def __init__(self, transform, probability: float):
+        self.transform, self.probability = transform, probability
+
+    def __call__(self, poses, rng):
+        return self.transform(poses, rng) if rng.random() < self.probability else poses
+
+    def __repr__(self) -> str:
+        return f"Sometimes({self.transform!r}, probability={self.probability})"
 
 
 @dataclass
@@ -86,9 +185,12 @@ class Datasets:
     label_map: dict  # training subjects -> class index (the classifier's classes)
     eval_label_map: dict  # every subject -> an integer label for retrieval metrics
     skeleton: str
-    max_frames: int
+    max_frames: int  # frames of an evaluated sequence: the centre crop, or the all-frames cap
     train_gallery: list[int]  # retrieval on as many training subjects as validation has: the generalisation gap
     train_probe: list[int]
+    pretrain: PoseDataset | None = None  # stages 1 and 2 (no labels): training split + pretraining sources
+    pretraining: PretrainingSet | None = None
+    normalisation: str = "hips"
     _subsets: dict = field(default_factory=dict, repr=False)
 
     def subset(self, indices: list[int]) -> PoseDataset:
@@ -98,21 +200,34 @@ class Datasets:
         if key not in self._subsets:
             self._subsets[key] = PoseDataset([self.sequences[i] for i in indices], self.skeleton,
                                              max_frames=self.max_frames, label_map=self.eval_label_map,
-                                             random_crop=False)
+                                             random_crop=False, normalisation=self.normalisation)
         return self._subsets[key]
 
 
-def build_datasets(sequences, split: Split, data: DataConfig, augment: AugmentConfig, seed: int) -> Datasets:
+def build_datasets(sequences, split: Split, data: DataConfig, augment: AugmentConfig, seed: int,
+                   evaluation: EvaluationConfig | None = None, pretraining: PretrainingSet | None = None) -> Datasets:
+    """Training, pretraining and evaluation datasets of a split. `pretraining` (see `pretraining_sequences`)
+    defaults to the training split alone; `evaluation.all_frames` evaluates up to `evaluation.max_frames` frames
+    instead of the centre `data.max_frames`."""
     train_sequences = [sequences[i] for i in split.train]
     label_map = {subject: i for i, subject in enumerate(sorted({s.subject for s in train_sequences}))}
-    train = PoseDataset(train_sequences, data.skeleton, transform=augmentation(augment, data.skeleton),
-                        max_frames=data.max_frames, label_map=label_map, seed=seed)
+    mode, transform = data.normalisation, augmentation(augment, data.skeleton)
+    train = PoseDataset(train_sequences, data.skeleton, transform=transform, max_frames=data.max_frames,
+                        label_map=label_map, seed=seed, normalisation=mode)
+    if pretraining is None or len(pretraining.sequences) == len(train_sequences):
+        pretrain = train
+    else:  # labels are not used by the reconstruction stages; every subject just needs one
+        subjects = sorted({s.subject for s in pretraining.sequences}, key=str)
+        pretrain = PoseDataset(pretraining.sequences, data.skeleton, transform=transform,
+                               max_frames=data.max_frames, label_map={s: i for i, s in enumerate(subjects)},
+                               seed=seed, normalisation=mode)
     eval_label_map = {subject: i for i, subject in enumerate(sorted({s.subject for s in sequences}))}
     count = len(split.subjects.get("val_gallery", [])) or 5
     chosen = set(np.random.default_rng([seed, 1]).permutation(sorted(label_map))[:count].tolist())
     train_gallery, train_probe = gallery_probe(sequences, [i for i in split.train if sequences[i].subject in chosen])
-    return Datasets(train, split, sequences, label_map, eval_label_map, data.skeleton, data.max_frames,
-                    train_gallery, train_probe)
+    eval_frames = evaluation.max_frames if evaluation is not None and evaluation.all_frames else data.max_frames
+    return Datasets(train, split, sequences, label_map, eval_label_map, data.skeleton, eval_frames,
+                    train_gallery, train_probe, pretrain, pretraining, mode)
 
 
 class KeyedItems(Dataset):

@@ -81,3 +81,19 @@ def identity_loss(out: dict, labels: torch.Tensor, config) -> tuple[torch.Tensor
         raise ValueError("finetune has no loss: set triplet_weight, supcon_weight or ce_weight above 0")
     # The parts stay on the device (detached): reading them here would wait for the GPU every step.
     return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
+
+
+def cross_part_contrastive_loss(pair_embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CLIP-style InfoNCE between the two directions of every part pair.
+
+    pair_embeddings `(B, Q, d)`: the pooled, projected stage-2 feature of each ordered pair, ordered as
+    `ordered_part_pairs` yields them ((a, b) then (b, a), so Q = 2U). For each unordered pair u, the walk's (a<-b)
+    feature must pick out the same walk's (b<-a) feature among the batch's walks, and the other way round
+    (symmetric cross-entropy over cosine similarities / temperature, as CLIP). Mean over the U pairs."""
+    batch, ordered, dim = pair_embeddings.shape
+    z = F.normalize(pair_embeddings.float(), dim=-1).reshape(batch, ordered // 2, 2, dim)  # (B, U, 2, d)
+    logits = torch.einsum("bud,cud->ubc", z[:, :, 0], z[:, :, 1]) / temperature  # (U, B, B): a<-b vs b<-a
+    target = torch.arange(batch, device=logits.device).repeat(ordered // 2)  # (U*B,)
+    forward = F.cross_entropy(logits.flatten(0, 1), target)
+    backward = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target)
+    return (forward + backward) / 2

@@ -15,13 +15,13 @@ from bpmt_fast.eval.pose_stats import reference_features
 
 from . import checkpoint
 from .config import TrainConfig, load_resolved_config, to_dict
-from .data import build_datasets, load_sequences, make_split
+from .data import build_datasets, load_sequences, make_split, pretraining_sequences
 from .distributed import SINGLE, close_parallel, init_parallel, resolve_device
 from .plots import plot_run
 from .precision import check_backends, resolve_precision
 from .report import summarise, train_vs_validation
 from .stages import (FinetuneStage, MetricsLog, ReconstructionStage, build_model, closed_set_predictions,
-                     evaluate_model, jsonable)
+                     evaluate_model, inference_options, jsonable)
 
 STAGE_NAMES = ("1", "2", "ft")
 REFERENCE = "pose-stats 1-NN (reference)"
@@ -107,7 +107,9 @@ def prepare_data(config: TrainConfig, run_dir: Path | None = None, say=print, sa
             checkpoint.atomic_write_text(path, json.dumps(record, indent=1))
         else:
             raise ValueError(f"{run_dir} has no {SPLIT_FILE}: it was not written by this version's `train`")
-    return build_datasets(sequences, split, config.data, config.augment, config.seed)
+    pretraining = pretraining_sequences(sequences, split, config.data)
+    say(pretraining.describe())
+    return build_datasets(sequences, split, config.data, config.augment, config.seed, config.evaluation, pretraining)
 
 
 def results_header(config: TrainConfig, data, device) -> dict:
@@ -125,6 +127,11 @@ def results_header(config: TrainConfig, data, device) -> dict:
     return {"data": config.data.source, "split": split.describe().splitlines()[0], "test_retrieval": test,
             "protocols": list(config.evaluation.protocols), "device": str(device),
             "precision": resolve_precision(config.train.precision, device).name, "compile": config.train.compile,
+            "inference": {"all_frames": config.evaluation.all_frames, "flip": config.evaluation.flip,
+                          "max_frames": data.max_frames,
+                          "chunk_frames": inference_options(config.evaluation, data).get("chunk_frames")},
+            "pretraining": {"sequences": len(data.pretrain.sequences), "sources": data.pretraining.kept,
+                            "dropped": data.pretraining.dropped} if data.pretraining else None,
             "attn_backend": config.model.attn_backend or default_backend_name(), "models": {}}
 
 
@@ -201,7 +208,8 @@ def evaluate_trained(model, config: TrainConfig, data, device) -> dict:
     if data.train_gallery and data.train_probe:
         result["train"] = evaluate_model(model, data, data.train_gallery, data.train_probe, device, evaluation)
     if split.test and config.finetune.ce_weight:
-        result["closed_set"] = {side: closed_set_result(*closed_set_predictions(model, data, indices, device))
+        result["closed_set"] = {side: closed_set_result(*closed_set_predictions(model, data, indices, device,
+                                                                                evaluation))
                                 for side, indices in (("test", split.test), ("train", split.train))}
     return result
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bpmt_fast.eval.inference import infer_batch
 from bpmt_fast.eval.metrics import closed_set_accuracy, evaluate_retrieval
 from bpmt_fast.model import BPMT, Baseline
 from bpmt_fast.model.skeleton import PART_NAMES
@@ -24,7 +25,7 @@ from bpmt_fast.collectives import gather
 from . import checkpoint
 from .data import Datasets, eval_loader, frame_buckets, frame_mask_for, identity_loader, shuffled_loader
 from .distributed import SINGLE, Parallel
-from .losses import identity_loss, reconstruction_error_per_group
+from .losses import cross_part_contrastive_loss, identity_loss, reconstruction_error_per_group
 from .precision import resolve_precision
 from .throughput import StageMeter
 
@@ -255,15 +256,23 @@ class ReconstructionStage(Stage):
         self.model_stage = model_stage
         self.stage_key = "stage1" if model_stage == "part" else "stage2"
         super().__init__(*args, **kwargs)
+        self.contrastive_sum = 0.0  # this epoch's summed contrastive term (a device tensor once a step ran)
 
     def trained_modules(self):
         modules = self.model.STAGE_MODULES[self.model_stage]
         if self.model_stage == "pair" and not self.config.freeze_parts:  # else: fixed stage-1 part encoders
             modules += ("tokenizer", "part_encoder")
+        if not self.contrastive:  # the projection only feeds the contrastive loss (DDP: no gradient, no training)
+            modules = tuple(m for m in modules if m != "pair_projection")
         return modules
 
+    @property
+    def contrastive(self) -> bool:
+        """Stage 2 with the CLIP-style cross-part objective beside reconstruction."""
+        return self.model_stage == "pair" and self.config.contrastive_weight > 0
+
     def batches_per_epoch(self):
-        return math.ceil(len(self.data.train) / self.config.batch_size)
+        return math.ceil(len(self.data.pretrain) / self.config.batch_size)
 
     def with_mask(self, batch: dict, epoch: int) -> dict:
         """Adds the `(B, P, T)` frame mask, drawn on the host from (seed, epoch, sequence): the data path's job."""
@@ -271,41 +280,57 @@ class ReconstructionStage(Stage):
         return {**batch, "frame_mask": frame_mask_for(batch, parts, self.config.mask_ratio, self.run_config.seed,
                                                       epoch)}
 
-    def reconstruct(self, model, batch: dict) -> dict:
-        """Forward of a device batch (with its frame mask) under the training precision; fp32 predictions."""
+    def forward_stage(self, model, batch: dict) -> dict:
+        """Forward of a device batch (with its frame mask) under the training precision: the model's
+        `training_feat`, reconstruction predictions in fp32."""
         with self.precision.autocast():
-            recon = model(batch["poses"], batch["lengths"], batch["frame_mask"], stage=self.model_stage,
-                          **packing_sizes(batch))["training_feat"]["reconstruction"]
-        return {**recon, "pred": recon["pred"].float()}
+            feat = model(batch["poses"], batch["lengths"], batch["frame_mask"], stage=self.model_stage,
+                         **packing_sizes(batch))["training_feat"]
+        recon = feat["reconstruction"]
+        return {**feat, "reconstruction": {**recon, "pred": recon["pred"].float()}}
+
+    def reconstruct(self, model, batch: dict) -> dict:
+        return self.forward_stage(model, batch)["reconstruction"]
 
     def train_step(self, batch: dict, optimizer, scheduler) -> torch.Tensor:
         """One optimizer step on a device batch; returns `(2, G)` global error sums and weights (detached, on the
-        device). Reads nothing back to the host: `bpmt-fast gpu-check` runs it under CUDA sync debugging."""
-        group_sum, group_weight = reconstruction_error_per_group(self.reconstruct(self.train_model, batch))
+        device); the contrastive term, when on, is added to `self.contrastive_sum`. Reads nothing back to the host:
+        `bpmt-fast gpu-check` runs it under CUDA sync debugging."""
+        feat = self.forward_stage(self.train_model, batch)
+        group_sum, group_weight = reconstruction_error_per_group(feat["reconstruction"])
         totals = self.parallel.sum(torch.stack([group_sum, group_weight]).detach())  # (2, G) over all ranks
         # Masked-frame mean over the global batch: this rank's error sum over the global count, times the world
         # size because DDP averages the ranks' gradients (their average is the single-process one).
         loss = group_sum.sum() / totals[1].sum().clamp(min=1) * self.parallel.world_size
+        if self.contrastive:  # over the whole global batch (other walks are the negatives), as the triplet loss
+            term = self.config.contrastive_weight * cross_part_contrastive_loss(
+                gather(feat["pair_embeddings"]), self.config.contrastive_temperature)
+            loss = loss + term
+            self.contrastive_sum = self.contrastive_sum + term.detach()
         self.optimizer_step(loss, optimizer, scheduler)
         return totals
 
     def train_epoch(self, epoch, optimizer, scheduler):
         self.model.train()
         seed = self.run_config.seed
-        loader = shuffled_loader(self.data.train, self.config.batch_size, seed, epoch, self.parallel,
+        # Stages 1 and 2 need no labels: they read the pretraining set (training split + data.pretrain_sources)
+        loader = shuffled_loader(self.data.pretrain, self.config.batch_size, seed, epoch, self.parallel,
                                  **self.loading())
-        totals = 0.0
+        totals, steps, self.contrastive_sum = 0.0, 0, 0.0
         bar = self.progress(loader, epoch)
         for step, batch in enumerate(bar):
             device_batch = self.to_device(self.with_mask(batch, epoch))
             self.meter.step_started()
             step_totals = self.train_step(device_batch, optimizer, scheduler)
             self.meter.step_finished(len(batch["lengths"]) * self.parallel.world_size)
-            totals = totals + step_totals
+            totals, steps = totals + step_totals, step + 1
             self.show(bar, step, lambda: pooled(totals), batch)
         # Pooled over the epoch's masked frames, as validation pools them: the two curves compare like with like.
         sums, weights = totals
-        return {"loss": float(pooled(totals)), "per_group": self._per_group(sums, weights)}
+        record = {"loss": float(pooled(totals)), "per_group": self._per_group(sums, weights)}
+        if self.contrastive:
+            record["contrastive"] = float(self.contrastive_sum) / max(steps, 1)
+        return record
 
     @torch.no_grad()
     def validate(self, epoch):
@@ -399,7 +424,7 @@ class FinetuneStage(Stage):
             record = self._retrieval(split.val_gallery, split.val_probe)
             return {**record, "score": record["mAP"]}
         if split.val:
-            accuracy = closed_set(self.model, self.data, split.val, self.device)
+            accuracy = closed_set(self.model, self.data, split.val, self.device, self.run_config.evaluation)
             return {"rank1": accuracy, "score": accuracy, "retrieval": {"accuracy": accuracy}}
         return {}
 
@@ -435,13 +460,22 @@ class FinetuneStage(Stage):
                              f"in {self.ckpt_dir}")
 
 
+def inference_options(evaluation, data: Datasets) -> dict:
+    """How evaluation runs a sequence through the model (bpmt_fast.eval.inference): whole sequences up to the
+    all-frames cap in chunks of `evaluation.chunk_frames` (0: the training crop length), and the flip average."""
+    if evaluation is None:
+        return {}
+    chunk = (evaluation.chunk_frames or data.train.max_frames) if evaluation.all_frames else None
+    return {"chunk_frames": chunk, "flip": evaluation.flip}
+
+
 @torch.no_grad()
-def embed(model, dataset, device) -> tuple[np.ndarray, list[dict]]:
-    model.eval()
+def embed(model, dataset, device, **options) -> tuple[np.ndarray, list[dict]]:
+    """Retrieval embeddings of a dataset's sequences; `options`: see `inference_options`."""
     features, meta = [], []
     for batch in eval_loader(dataset):
-        out = model(batch["poses"].to(device), batch["lengths"].to(device), stage="finetune")
-        features.append(out["inference_feat"]["embeddings"].float().cpu().numpy())
+        out = infer_batch(model, batch["poses"], batch["lengths"], device, **options)
+        features.append(out["embeddings"].numpy())
         meta += [{"label": int(l), "view": v, "condition": c}
                  for l, v, c in zip(batch["labels"], batch["views"], batch["conditions"])]
     return np.concatenate(features), meta
@@ -455,26 +489,29 @@ def _retrieval_set(features, meta) -> dict:
 def evaluate_model(model, data: Datasets, gallery: list[int], probe: list[int], device, evaluation,
                    protocols=None) -> dict:
     """Retrieval of `probe` against `gallery` under the named protocols (default: `evaluation.protocols`)."""
-    gallery_set = _retrieval_set(*embed(model, data.subset(gallery), device))
-    probe_set = _retrieval_set(*embed(model, data.subset(probe), device))
+    options = inference_options(evaluation, data)
+    gallery_set = _retrieval_set(*embed(model, data.subset(gallery), device, **options))
+    probe_set = _retrieval_set(*embed(model, data.subset(probe), device, **options))
     return evaluate_retrieval(probe_set, gallery_set, protocols=protocols or evaluation.protocols,
                               metric=evaluation.metric, ranks=evaluation.ranks)
 
 
 @torch.no_grad()
-def closed_set_predictions(model, data: Datasets, indices: list[int], device) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted and true classes (training-subject classes) of the sequences `indices`, un-augmented."""
-    model.eval()
+def closed_set_predictions(model, data: Datasets, indices: list[int], device,
+                           evaluation=None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true classes (training-subject classes) of the sequences `indices`, un-augmented, run as
+    `evaluation` says (see `inference_options`)."""
+    options = inference_options(evaluation, data)
     predictions, labels = [], []
     for batch in eval_loader(data.subset(indices)):
-        logits = model(batch["poses"].to(device), batch["lengths"].to(device))["training_feat"]["logits"]
-        predictions.append(logits.argmax(1).cpu())
+        logits = infer_batch(model, batch["poses"], batch["lengths"], device, **options)["logits"]
+        predictions.append(logits.argmax(1))
         labels += [data.label_map[s] for s in batch["subjects"]]
     return torch.cat(predictions).numpy(), np.array(labels)
 
 
-def closed_set(model, data: Datasets, indices: list[int], device) -> float:
-    return closed_set_accuracy(*closed_set_predictions(model, data, indices, device))
+def closed_set(model, data: Datasets, indices: list[int], device, evaluation=None) -> float:
+    return closed_set_accuracy(*closed_set_predictions(model, data, indices, device, evaluation))
 
 
 def build_model(name: str, model_config, num_classes: int):
