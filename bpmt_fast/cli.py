@@ -1,4 +1,4 @@
-"""Command line: `bpmt-fast backends | train | eval | demo | bench | gpu-check | compare`."""
+"""Command line: `bpmt-fast backends | train | eval | demo | bench | gpu-check | compare | ablation`."""
 from __future__ import annotations
 
 import argparse
@@ -214,6 +214,25 @@ def protocol_arg(name: str) -> str:
     return name
 
 
+def cmd_ablation(args) -> int:
+    from bpmt_fast.train.ablation import read_spec, run_ablation, write_table
+
+    if args.table_only:
+        write_table(read_spec(args.spec))
+    else:
+        run_ablation(args.spec, args.only)
+    return 0
+
+
+def add_ablation_parser(commands) -> None:
+    ablation = commands.add_parser("ablation", help="train every row of an ablation spec (a preset, then one element "
+                                                    "changed per row, over seeds) and write ablation.md")
+    ablation.add_argument("spec", help="ablation spec YAML, e.g. configs/ablation-psymo.yaml")
+    ablation.add_argument("--only", type=comma_list, metavar="ROW,ROW", help="train only these rows (by name)")
+    ablation.add_argument("--table-only", action="store_true", help="rebuild ablation.md from finished rows")
+    ablation.set_defaults(run=cmd_ablation)
+
+
 def cmd_compare(args) -> int:
     from bpmt_fast.train.compare import run_compare
 
@@ -288,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(commands)
     add_gpu_check_parser(commands)
     add_compare_parser(commands)
+    add_ablation_parser(commands)
     return parser
 
 

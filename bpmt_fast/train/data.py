@@ -193,14 +193,16 @@ class Datasets:
     normalisation: str = "hips"
     _subsets: dict = field(default_factory=dict, repr=False)
 
-    def subset(self, indices: list[int]) -> PoseDataset:
-        """Un-augmented, centre-cropped view of some sequences (validation / evaluation); built once per list, so
-        the sequences evaluated every epoch are checked and normalised once."""
-        key = tuple(indices)
+    def subset(self, indices: list[int], crop: bool = False) -> PoseDataset:
+        """Un-augmented view of some sequences (validation / evaluation): the evaluation frames (`max_frames`,
+        centred), or with `crop` the centre training-length window (the cheap per-epoch curves). Built once per
+        list, so the sequences evaluated every epoch are checked and normalised once."""
+        key = (tuple(indices), crop)
         if key not in self._subsets:
             self._subsets[key] = PoseDataset([self.sequences[i] for i in indices], self.skeleton,
-                                             max_frames=self.max_frames, label_map=self.eval_label_map,
-                                             random_crop=False, normalisation=self.normalisation)
+                                             max_frames=self.train.max_frames if crop else self.max_frames,
+                                             label_map=self.eval_label_map, random_crop=False,
+                                             normalisation=self.normalisation)
         return self._subsets[key]
 
 

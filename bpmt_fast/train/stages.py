@@ -340,7 +340,7 @@ class ReconstructionStage(Stage):
             return {}
         sums, weights = 0.0, 0.0
         # One fixed mask per sequence for every epoch: validation curves compare like with like.
-        for batch in eval_loader(self.data.subset(indices)):
+        for batch in eval_loader(self.data.subset(indices, crop=True)):
             batch = self.to_device(self.with_mask(batch, VALIDATION_MASK_EPOCH))
             group_sum, group_weight = reconstruction_error_per_group(self.reconstruct(self.model, batch))
             sums, weights = sums + group_sum, weights + group_weight
@@ -410,7 +410,7 @@ class FinetuneStage(Stage):
         """Rank-1 and mAP under the headline protocol (the first of `evaluation.protocols`)."""
         evaluation = self.run_config.evaluation
         headline = evaluate_model(self.model, self.data, gallery, probe, self.device, evaluation,
-                                  protocols=evaluation.protocols[:1])["all"][evaluation.protocols[0]]
+                                  protocols=evaluation.protocols[:1], per_epoch=True)["all"][evaluation.protocols[0]]
         name = evaluation.protocols[0]
         return {"rank1": headline["rank1"], "mAP": headline["mAP"],
                 "retrieval": {f"rank-1 ({name})": headline["rank1"], f"mAP ({name})": headline["mAP"]}}
@@ -424,7 +424,7 @@ class FinetuneStage(Stage):
             record = self._retrieval(split.val_gallery, split.val_probe)
             return {**record, "score": record["mAP"]}
         if split.val:
-            accuracy = closed_set(self.model, self.data, split.val, self.device, self.run_config.evaluation)
+            accuracy = closed_set(self.model, self.data, split.val, self.device)  # per-epoch measure: centre crop
             return {"rank1": accuracy, "score": accuracy, "retrieval": {"accuracy": accuracy}}
         return {}
 
@@ -487,11 +487,14 @@ def _retrieval_set(features, meta) -> dict:
 
 
 def evaluate_model(model, data: Datasets, gallery: list[int], probe: list[int], device, evaluation,
-                   protocols=None) -> dict:
-    """Retrieval of `probe` against `gallery` under the named protocols (default: `evaluation.protocols`)."""
-    options = inference_options(evaluation, data)
-    gallery_set = _retrieval_set(*embed(model, data.subset(gallery), device, **options))
-    probe_set = _retrieval_set(*embed(model, data.subset(probe), device, **options))
+                   protocols=None, per_epoch: bool = False) -> dict:
+    """Retrieval of `probe` against `gallery` under the named protocols (default: `evaluation.protocols`).
+
+    `per_epoch`: the training curves' cheap measure (centre training-length crop, no flip), whatever
+    `evaluation.all_frames` / `flip` say: those apply to the final evaluation."""
+    options = {} if per_epoch else inference_options(evaluation, data)
+    gallery_set = _retrieval_set(*embed(model, data.subset(gallery, crop=per_epoch), device, **options))
+    probe_set = _retrieval_set(*embed(model, data.subset(probe, crop=per_epoch), device, **options))
     return evaluate_retrieval(probe_set, gallery_set, protocols=protocols or evaluation.protocols,
                               metric=evaluation.metric, ranks=evaluation.ranks)
 
@@ -500,10 +503,10 @@ def evaluate_model(model, data: Datasets, gallery: list[int], probe: list[int], 
 def closed_set_predictions(model, data: Datasets, indices: list[int], device,
                            evaluation=None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and true classes (training-subject classes) of the sequences `indices`, un-augmented, run as
-    `evaluation` says (see `inference_options`)."""
+    `evaluation` says (see `inference_options`); without it, the per-epoch measure (centre crop, no flip)."""
     options = inference_options(evaluation, data)
     predictions, labels = [], []
-    for batch in eval_loader(data.subset(indices)):
+    for batch in eval_loader(data.subset(indices, crop=evaluation is None)):
         logits = infer_batch(model, batch["poses"], batch["lengths"], device, **options)["logits"]
         predictions.append(logits.argmax(1))
         labels += [data.label_map[s] for s in batch["subjects"]]
