@@ -1,6 +1,7 @@
 """Typed training configuration: dataclasses with commented defaults; YAML presets override them.
 
-A preset is a short diff of these defaults (it may extend another preset with ``base: other.yaml``); command-line
+A preset is a short diff of these defaults (it may extend other presets with ``base: other.yaml`` or
+``base: [a.yaml, b.yaml]``, merged in order); command-line
 ``key=value`` overrides go on top. Every value is checked when it is read, and every problem is a ``ValueError``
 whose message starts with ``config <full.key.path>``:
 
@@ -681,9 +682,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = values.pop("base", None)
     if base is None:
         return values
-    if not isinstance(base, str):
-        raise ValueError(f"config file {path}: base must be a file name, got {_shown(base)}")
-    return merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), values)
+    bases = base if isinstance(base, list) else [base]  # several: merged in order, later ones winning
+    if not bases or not all(isinstance(b, str) for b in bases):
+        raise ValueError(f"config file {path}: base must be a file name or a list of them, got {_shown(base)}")
+    merged: dict = {}
+    for name in bases:
+        merged = merge(merged, _read_yaml(path.parent / name, seen + (path.resolve(),)))
+    return merge(merged, values)
 
 
 def to_dict(config) -> dict:
