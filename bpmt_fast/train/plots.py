@@ -37,6 +37,17 @@ def _curves(records, model: str, stage: str, key: str):
     return curves
 
 
+def _cross_entropy(records, model: str):
+    """The finetune cross-entropy beside uniform guessing over the training identities (log K): how far the
+    classifier is from chance, i.e. whether training fits at all."""
+    curves = _curves(records, model, "finetune", "ce")
+    uniform = [(r["epoch"], r["ce_uniform"]) for r in records
+               if r.get("model") == model and r.get("stage") == "finetune" and "ce_uniform" in r]
+    if curves and uniform:
+        curves["ce"]["uniform guessing"] = uniform
+    return curves
+
+
 def _grid_plot(curves, title: str, path: Path, ylabel: str = "masked reconstruction MSE") -> Path | None:
     if not curves:
         return None
@@ -74,7 +85,8 @@ def plot_run(run_dir: Path) -> list[Path]:
              f"{model}_stage1_parts.png", "masked reconstruction MSE"),
             (_curves(records, model, "stage2", "per_group"), f"{model} stage 2: per-pair reconstruction",
              f"{model}_stage2_pairs.png", "masked reconstruction MSE"),
-            ({**_curves(records, model, "finetune", "loss"), **_curves(records, model, "finetune", "retrieval")},
+            ({**_curves(records, model, "finetune", "loss"), **_cross_entropy(records, model),
+              **_curves(records, model, "finetune", "retrieval")},
              f"{model} finetune", f"{model}_finetune.png", "loss / rank-1"),
         ]
         for curves, title, name, ylabel in plots:

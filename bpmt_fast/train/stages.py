@@ -402,6 +402,8 @@ class FinetuneStage(Stage):
             parts = {key: parts.get(key, 0.0) + value for key, value in loss_parts.items()}
             self.show(bar, step, lambda: total / steps, batch)
         record = {"loss": float(total) / max(steps, 1), **{k: float(v) / max(steps, 1) for k, v in parts.items()}}
+        if "ce" in record:  # uniform guessing over the training identities, for the curves (plots.py)
+            record["ce_uniform"] = self.config.ce_weight * math.log(self.data.train.num_classes)
         if self.data.train_gallery and self.data.train_probe:  # same measure as validation, training subjects
             record.update(self._retrieval(self.data.train_gallery, self.data.train_probe))
         return record
