@@ -163,9 +163,9 @@ def test_early_stopping_never_reads_the_test_split(tmp_path, monkeypatch):
     reads, phase = [], {"final": False}
     subset, evaluate = Datasets.subset, pipeline.evaluate_trained
 
-    def recording_subset(self, indices):
+    def recording_subset(self, indices, crop=False):
         reads.append((phase["final"], set(indices)))
-        return subset(self, indices)
+        return subset(self, indices, crop)
 
     def final_evaluation(*args):
         phase["final"] = True
