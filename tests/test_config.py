@@ -122,6 +122,17 @@ def test_skeleton_choices_are_the_registry():
     ({"evaluation": {"protocols": ["market"]}}, "evaluation.protocols[0]", "'reid', 'gait3d', 'cross-view'"),
     ({"evaluation": {"ranks": [0, 1]}}, "evaluation.ranks[0]", ">= 1"),
     ({"evaluation": {"metric": "cos"}}, "evaluation.metric", "'euclidean', 'cosine'"),
+    ({"model": {"streams": ["joints", "joints"]}}, "model.streams", "lists joints more than once"),
+    ({"model": {"streams": ["joints", "speed"]}}, "model.streams[1]", "'joints', 'bones', 'velocity', 'angles'"),
+    ({"model": {"streams": []}}, "model.streams", "must not be empty"),
+    ({"model": {"inter_part_layers": -1}}, "model.inter_part_layers", ">= 0"),
+    ({"data": {"normalisation": "foo"}}, "data.normalisation", "'hips', 'body'"),
+    ({"data": {"pretrain_sources": ["bad"]}}, "data.pretrain_sources[0]", "expected 'synthetic' or SCHEME:PATH"),
+    ({"data": {"pretrain_sources": ["synthetic", "synthetic"]}}, "data.pretrain_sources", "more than once"),
+    ({"augment": {"reverse": 1.5}}, "augment.reverse", "[0, 1]"),
+    ({"augment": {"move": -0.1}}, "augment.move", "[0, 1]"),
+    ({"stage2": {"contrastive_temperature": 0, "contrastive_weight": 1.0}}, "stage2.contrastive_temperature",
+     "> 0"),
     ({"models": []}, "models", "must not be empty"),
     ({"models": ["bpmt", "vit"]}, "models[1]", "expected one of 'bpmt', 'baseline'"),
     ({"stages": [1, "ft"]}, "stages[0]", "(quote it: '1')"),
@@ -195,6 +206,10 @@ def test_unused_protocol_messages():
     ({"finetune": {"ce_weight": 0, "label_smoothing": 0.2}}, "finetune.label_smoothing", "ce_weight 0"),
     ({"finetune": {"triplet_weight": 0, "triplet_margin": 0.3}}, "finetune.triplet_margin", "triplet_weight 0"),
     ({"finetune": {"supcon_temperature": 0.2}}, "finetune.supcon_temperature", "supcon_weight 0"),
+    ({"stage1": {"contrastive_weight": 0.5}}, "stage1.contrastive_weight", "only applies to stage 2"),
+    ({"stage2": {"contrastive_temperature": 0.2}}, "stage2.contrastive_temperature", "contrastive_weight 0"),
+    ({"evaluation": {"chunk_frames": 32}}, "evaluation.chunk_frames", "all_frames: true"),
+    ({"evaluation": {"max_frames": 500}}, "evaluation.max_frames", "all_frames: true"),
 ])
 def test_other_unused_settings_are_errors(overrides, key, reason):
     with pytest.raises(ValueError) as error:

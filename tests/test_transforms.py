@@ -627,7 +627,8 @@ def test_random_move_zero_parameters_and_single_frames():
     c, s = math.cos(angle), math.sin(angle)
     x, y = poses[0, p, 0].astype(np.float64), poses[0, p, 1].astype(np.float64)
     np.testing.assert_allclose(got[0, p, :2], np.stack([c * x - s * y, s * x + c * y], 1), atol=1e-6)
-    assert repr(RandomMove()) == "RandomMove(max_degrees=10.0, max_scale=0.1, max_shift=0.1, keyframes=4)"
+    assert repr(RandomMove()) == ("RandomMove(max_degrees=10.0, max_scale=0.1, max_shift=0.1, keyframes=4, "
+                                  "probability=1.0)")
     assert repr(ReverseTime()) == "ReverseTime(probability=0.5)"
     assert repr(JointNoise(0.02)) == "JointNoise(std=0.02)" and repr(PointNoise()) == "PointNoise(std=0.01)"
 
@@ -637,9 +638,25 @@ def test_random_move_rejects_bad_parameters():
                           ({"max_scale": 1.0}, "max_scale must be < 1"), ({"max_scale": -0.1}, "max_scale"),
                           ({"max_shift": -1}, "max_shift"), ({"max_shift": float("nan")}, "max_shift"),
                           ({"keyframes": 0}, "keyframes"), ({"keyframes": 2.5}, "keyframes"),
-                          ({"keyframes": True}, "keyframes"), ({"max_degrees": "x"}, "max_degrees")):
+                          ({"keyframes": True}, "keyframes"), ({"max_degrees": "x"}, "max_degrees"),
+                          ({"probability": 1.5}, "probability")):
         with pytest.raises(ValueError, match=match):
             RandomMove(**kwargs)
+
+
+def test_random_move_probability_draws_once_then_moves_or_not():
+    """One draw decides (moved when < probability), then the move draws as with probability 1: a sometimes-move
+    that drew its parameters before deciding, or decided the other way round, fails here."""
+    poses = normalised(34, frames=6, missing=0.3)  # float32, as the transforms return
+    for seed in range(20):
+        decide = np.random.default_rng(seed)
+        moves = decide.random() < 0.5
+        expected = RandomMove()(poses, decide) if moves else poses
+        np.testing.assert_array_equal(RandomMove(probability=0.5)(poses, np.random.default_rng(seed)), expected)
+    rng, reference = np.random.default_rng(1), np.random.default_rng(1)
+    np.testing.assert_array_equal(RandomMove(probability=0.0)(poses, rng), poses)
+    reference.random()
+    assert rng.random() == reference.random()  # exactly one number was drawn
 
 
 # ---- errors -----------------------------------------------------------------------------------------

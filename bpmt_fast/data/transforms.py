@@ -560,9 +560,13 @@ class RandomMove(Transform):
     frame, clockwise on screen). Only x and y change: z (3D) and confidences stay, missing joints are
     untouched. All parameters 0 give back the input exactly. Rotation and scale are about the origin, the
     hip centre of normalised poses.
+
+    ``probability`` < 1 moves only that often: one ``rng.random()`` is drawn first and the sequence is moved when
+    it is < ``probability`` (as ``ReverseTime``); with probability 1 that draw is skipped.
     """
 
-    def __init__(self, max_degrees: float = 10.0, max_scale: float = 0.1, max_shift: float = 0.1, keyframes: int = 4):
+    def __init__(self, max_degrees: float = 10.0, max_scale: float = 0.1, max_shift: float = 0.1, keyframes: int = 4,
+                 probability: float = 1.0):
         self.max_degrees = _check_range("max_degrees", max_degrees, 0.0, 180.0)
         # scale factors 1 - max_scale must stay positive: a zero scale would collapse the pose
         self.max_scale = _check_range("max_scale", max_scale, 0.0, 1.0, high_open=True)
@@ -570,10 +574,13 @@ class RandomMove(Transform):
         if isinstance(keyframes, bool) or not isinstance(keyframes, (int, np.integer)) or keyframes < 1:
             raise ValueError(f"keyframes must be an integer >= 1, got {keyframes!r}")
         self.keyframes = int(keyframes)
+        self.probability = _check_range("probability", probability, 0.0, 1.0)
 
     def __call__(self, poses, rng: np.random.Generator) -> np.ndarray:
         out = self._check(poses)
         rng = _check_rng(rng, "RandomMove")
+        if self.probability < 1.0 and rng.random() >= self.probability:
+            return out
         k = self.keyframes
         angles = np.radians(rng.uniform(-self.max_degrees, self.max_degrees, k))
         scales = rng.uniform(1.0 - self.max_scale, 1.0 + self.max_scale, k)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from bpmt_fast.model.skeleton import SkeletonFormat
 
@@ -29,14 +30,6 @@ def chunk_spans(length: int, chunk_frames: int | None) -> list[tuple[int, int]]:
         return [(0, length)]
     bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(length), -(-length // chunk_frames))])
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _pad(pieces: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(p) for p in pieces])
-    out = pieces[0].new_zeros(len(pieces), int(lengths.max()), *pieces[0].shape[1:])  # (N, T, J, C)
-    for i, piece in enumerate(pieces):
-        out[i, :len(piece)] = piece
-    return out, lengths
 
 
 @torch.no_grad()
@@ -59,7 +52,9 @@ def infer_batch(model, poses: torch.Tensor, lengths: torch.Tensor, device, chunk
     for mirrored in views:
         outputs = {"embeddings": [], "logits": []}
         for first in range(0, len(pieces), max_batch):
-            chunk, chunk_lengths = _pad(pieces[first:first + max_batch])
+            group = pieces[first:first + max_batch]
+            chunk = pad_sequence(group, batch_first=True)  # (N, T, J, C), zeros after each chunk's end
+            chunk_lengths = torch.tensor([len(piece) for piece in group])
             if mirrored:
                 chunk = mirror_poses(chunk, model.skeleton)
             out = model(chunk.to(device), chunk_lengths.to(device), stage="finetune")

@@ -23,7 +23,7 @@ from .attention_blocks import CrossPartBlock
 from .common import (IdentityHead, ModelConfig, PartEncoder, attention_layout, check_pose_batch, host_length_stats,
                      model_output, reconstruction, valid_frames)
 from .attention_blocks import PartTransformerBlock
-from .layers import GroupedLayerNorm, GroupedLinear, masked_temporal_pool
+from .layers import GroupedLayerNorm, GroupedLinear, masked_temporal_mean, masked_temporal_pool
 from .skeleton import PART_NAMES, get_format
 from .streams import parent_index
 from .tokenizer import PartTokenizer
@@ -69,8 +69,7 @@ class InterPartEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """features `(B, P, T, d)`, valid `(B, T)` -> `(B, P*d)`."""
-        count = valid.sum(1).clamp(min=1)[:, None, None].to(features.dtype)  # (B, 1, 1)
-        summaries = torch.where(valid[:, None, :, None], features, 0.0).sum(2) / count  # (B, P, d)
+        summaries = masked_temporal_mean(features, valid)  # (B, P, d)
         x = (summaries + self.part_embedding)[:, None]  # (B, 1, P, d): one group, P tokens, nothing padded
         for block in self.blocks:
             x = block(x)
@@ -140,8 +139,7 @@ class BPMT(nn.Module):
             mask = None if frame_mask is None else frame_mask[:, query_parts]
             recon = reconstruction(self.pair_decoder(cross), target[:, query_parts], mask, valid,
                                    self.tokenizer.joint_valid[query_parts])
-            count = valid.sum(1).clamp(min=1)[:, None, None].to(cross.dtype)  # (B, 1, 1)
-            pair_pooled = torch.where(valid[:, None, :, None], cross, 0.0).sum(2) / count  # (B, Q, d)
+            pair_pooled = masked_temporal_mean(cross, valid)  # (B, Q, d)
             projected = self.pair_projection(pair_pooled[:, :, None])[:, :, 0]  # (B, Q, d)
             return model_output({"reconstruction": recon, "pair_embeddings": projected}, {}, **summary)
 

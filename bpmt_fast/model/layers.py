@@ -83,10 +83,13 @@ def sinusoidal_positions(n: int, dim: int, device=None, dtype=torch.float32) -> 
     return table.to(dtype)
 
 
+def masked_temporal_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid frames: x `(B, G, N, d)`, valid `(B, N)` -> `(B, G, d)`."""
+    count = valid.sum(1).clamp(min=1)[:, None, None].to(x.dtype)  # (B, 1, 1)
+    return torch.where(valid[:, None, :, None], x, 0.0).sum(2) / count
+
+
 def masked_temporal_pool(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean and max over valid frames: x `(B, G, N, d)`, valid `(B, N)` -> `(B, G, 2d)`."""
-    mask = valid[:, None, :, None]  # (B, 1, N, 1)
-    count = valid.sum(1).clamp(min=1)[:, None, None].to(x.dtype)  # (B, 1, 1)
-    mean = torch.where(mask, x, 0.0).sum(2) / count
-    peak = torch.where(mask, x, torch.finfo(x.dtype).min).amax(2)
-    return torch.cat([mean, peak], dim=-1)
+    peak = torch.where(valid[:, None, :, None], x, torch.finfo(x.dtype).min).amax(2)
+    return torch.cat([masked_temporal_mean(x, valid), peak], dim=-1)

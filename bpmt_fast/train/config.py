@@ -257,16 +257,16 @@ def _not_empty(key: str, values: list):
         yield key, "must not be empty"
 
 
+def _source_problems(key: str, source: str):
+    scheme, sep, path = source.partition(":")
+    if source != "synthetic" and not (sep and scheme.strip().lower() in SCHEMES and path.strip()):
+        yield key, f"expected 'synthetic' or SCHEME:PATH with SCHEME one of {', '.join(SCHEMES)}, got {source!r}"
+
+
 def _data_rules(c: DataConfig):
-    scheme, sep, path = c.source.partition(":")
-    if c.source != "synthetic" and not (sep and scheme.strip().lower() in SCHEMES and path.strip()):
-        yield "source", (f"expected 'synthetic' or SCHEME:PATH with SCHEME one of {', '.join(SCHEMES)}, "
-                         f"got {c.source!r}")
+    yield from _source_problems("source", c.source)
     for i, source in enumerate(c.pretrain_sources):
-        scheme, sep, path = source.partition(":")
-        if source != "synthetic" and not (sep and scheme.strip().lower() in SCHEMES and path.strip()):
-            yield f"pretrain_sources[{i}]", (f"expected 'synthetic' or SCHEME:PATH with SCHEME one of "
-                                             f"{', '.join(SCHEMES)}, got {source!r}")
+        yield from _source_problems(f"pretrain_sources[{i}]", source)
     yield from _duplicates("pretrain_sources", c.pretrain_sources)
     yield from _subject_count_problems("test_subjects", c.test_subjects)
     yield from _subject_count_problems("val_subjects", c.val_subjects)

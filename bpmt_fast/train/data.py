@@ -79,6 +79,8 @@ def pretraining_sequences(sequences, split: Split, config: DataConfig, load=load
     the same walk under any path), or, for data.source itself, when its sequence id is a held-out one; one equal to
     a training sequence is a duplicate and dropped too. Sources must use data.skeleton and the same channels."""
     train = [sequences[i] for i in split.train]
+    if not config.pretrain_sources:  # nothing to screen: no fingerprints to compute at start-up
+        return PretrainingSet(train, {}, {})
     train_ids = set(split.train)
     held_out = [seq for i, seq in enumerate(sequences) if i not in train_ids]
     held_prints = {pose_fingerprint(seq.poses) for seq in held_out}
@@ -154,7 +156,7 @@ def augmentation(config: AugmentConfig, skeleton: str):
     if config.mirror:
         steps.append(Mirror(skeleton, probability=config.mirror))
     if config.move:
-        steps.append(Sometimes(RandomMove(), config.move))
+        steps.append(RandomMove(probability=config.move))
     if config.point_noise:
         steps.append(PointNoise(config.point_noise))
     if config.joint_noise:
@@ -162,19 +164,6 @@ def augmentation(config: AugmentConfig, skeleton: str):
     if config.part_mask:
         steps.append(PartMask(skeleton, probability=config.part_mask))
     return Compose(steps)
-
-
-class Sometimes:
-    """Apply `transform` with `probability` (one draw from the generator per call)."""
-
-    def __init__(self, transform, probability: float):
-        self.transform, self.probability = transform, probability
-
-    def __call__(self, poses, rng):
-        return self.transform(poses, rng) if rng.random() < self.probability else poses
-
-    def __repr__(self) -> str:
-        return f"Sometimes({self.transform!r}, probability={self.probability})"
 
 
 @dataclass
@@ -216,13 +205,11 @@ def build_datasets(sequences, split: Split, data: DataConfig, augment: AugmentCo
     mode, transform = data.normalisation, augmentation(augment, data.skeleton)
     train = PoseDataset(train_sequences, data.skeleton, transform=transform, max_frames=data.max_frames,
                         label_map=label_map, seed=seed, normalisation=mode)
-    if pretraining is None or len(pretraining.sequences) == len(train_sequences):
+    if pretraining is None or not any(pretraining.kept.values()):
         pretrain = train
-    else:  # labels are not used by the reconstruction stages; every subject just needs one
-        subjects = sorted({s.subject for s in pretraining.sequences}, key=str)
+    else:  # the reconstruction stages read no labels: the dataset's own subject numbering will do
         pretrain = PoseDataset(pretraining.sequences, data.skeleton, transform=transform,
-                               max_frames=data.max_frames, label_map={s: i for i, s in enumerate(subjects)},
-                               seed=seed, normalisation=mode)
+                               max_frames=data.max_frames, seed=seed, normalisation=mode)
     eval_label_map = {subject: i for i, subject in enumerate(sorted({s.subject for s in sequences}))}
     count = len(split.subjects.get("val_gallery", [])) or 5
     chosen = set(np.random.default_rng([seed, 1]).permutation(sorted(label_map))[:count].tolist())

@@ -85,13 +85,15 @@ def run_pipeline(config: TrainConfig, stages: list[str] | None = None) -> dict:
 SPLIT_FILE = "split.json"
 
 
-def prepare_data(config: TrainConfig, run_dir: Path | None = None, say=print, save_split: bool = False):
+def prepare_data(config: TrainConfig, run_dir: Path | None = None, say=print, save_split: bool = False,
+                 pretraining: bool = True):
     """Sequences -> split -> datasets, as the resolved config says (training and `evaluate_run` alike).
 
     With `run_dir`, the split is checked against the run's `split.json` (subject and sequence ids per side):
     data that no longer gives the saved split (a subject folder added, a file removed, another seed) is refused
     with the differences named, so a resumed or re-evaluated run never mixes training and test subjects.
-    `save_split` writes `split.json` when the run has none yet."""
+    `save_split` writes `split.json` when the run has none yet. `pretraining=False` skips loading
+    `data.pretrain_sources` (evaluation trains nothing)."""
     sequences, report = load_sequences(config.data)
     say(report)
     split = make_split(sequences, config.data)
@@ -107,9 +109,11 @@ def prepare_data(config: TrainConfig, run_dir: Path | None = None, say=print, sa
             checkpoint.atomic_write_text(path, json.dumps(record, indent=1))
         else:
             raise ValueError(f"{run_dir} has no {SPLIT_FILE}: it was not written by this version's `train`")
-    pretraining = pretraining_sequences(sequences, split, config.data)
-    say(pretraining.describe())
-    return build_datasets(sequences, split, config.data, config.augment, config.seed, config.evaluation, pretraining)
+    pretraining_set = pretraining_sequences(sequences, split, config.data) if pretraining else None
+    if pretraining_set is not None:
+        say(pretraining_set.describe())
+    return build_datasets(sequences, split, config.data, config.augment, config.seed, config.evaluation,
+                          pretraining_set)
 
 
 def results_header(config: TrainConfig, data, device) -> dict:
@@ -262,7 +266,7 @@ def evaluate_run(run_dir: str | Path) -> dict:
         raise ValueError(f"{run_dir} is not a run directory: no config.yaml")
     config = load_resolved_config(config_path)
     device = resolve_device(config.device)
-    data = prepare_data(config, run_dir, say=lambda *args: None)
+    data = prepare_data(config, run_dir, say=lambda *args: None, pretraining=False)
     results = results_header(config, data, device)
     ckpt_dir = run_dir / "checkpoints"
     for name in config.models:

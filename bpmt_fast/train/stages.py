@@ -426,7 +426,7 @@ class FinetuneStage(Stage):
             record = self._retrieval(split.val_gallery, split.val_probe)
             return {**record, "score": record["mAP"]}
         if split.val:
-            accuracy = closed_set(self.model, self.data, split.val, self.device)  # per-epoch measure: centre crop
+            accuracy = closed_set(self.model, self.data, split.val, self.device)
             return {"rank1": accuracy, "score": accuracy, "retrieval": {"accuracy": accuracy}}
         return {}
 
@@ -515,8 +515,9 @@ def closed_set_predictions(model, data: Datasets, indices: list[int], device,
     return torch.cat(predictions).numpy(), np.array(labels)
 
 
-def closed_set(model, data: Datasets, indices: list[int], device, evaluation=None) -> float:
-    return closed_set_accuracy(*closed_set_predictions(model, data, indices, device, evaluation))
+def closed_set(model, data: Datasets, indices: list[int], device) -> float:
+    """Closed-set accuracy under the per-epoch measure (validation)."""
+    return closed_set_accuracy(*closed_set_predictions(model, data, indices, device))
 
 
 def build_model(name: str, model_config, num_classes: int):
