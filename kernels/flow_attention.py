@@ -9,17 +9,43 @@ r = Nq / Nk (steps numbered as in the paper; the definition is `bpmt_fast.refere
     3. competition and allocation: allocation_i = sigmoid(sink_i * r), competition_j = softmax_j(source_j) * Nk
     4. out_i = gate_i phi(q_i) S,   gate_i = allocation_i incoming_i,   S = sum_j phi(k_j)^T (v_j competition_j)
 Steps 1-3 are per-token scalars from D-vectors; only step 4 has a D x Dv state. Every kernel that holds (a part
-of) a D x Dv state runs one program per (segment, head, Dv block): its columns dv0 .. dv0 + BLOCK_DV of S (and
-of dS or R), BLOCK_DV <= 32, so no program holds a 128 x 128 fp32 state. Quantities that sum over Dv are written
-per block into float32 workspaces and summed, in block order (deterministic, no atomics), by a dot-free "chain"
-kernel per (segment, head) that runs the scalar chain of the backward.
+of) a D x Dv state runs one program per (segment or chunk, head, Dv block): its columns dv0 .. dv0 + BLOCK_DV of
+S (and of dS or R), BLOCK_DV <= 32, so no program holds a 128 x 128 fp32 state. Quantities that sum over Dv are
+written per block into float32 workspaces and summed, in block order (deterministic, no atomics), by a dot-free
+"chain" kernel that runs the scalar chain of the backward.
 
-Non-causal forward (`flow_attention_fwd_kernel`, grid (S, H, Dv blocks)), looping over token blocks of BLOCK_N:
+Two non-causal paths compute the same function from the same per-range passes (`_phi_sum`, `_w_sum`,
+`_key_state`, `_write_out`, `_bwd_queries`, `_bwd_keys`, `_chain_*`: loops over rows lo .. hi of a segment):
+single pass (one program per segment loops over all of it: many short segments) and chunked (one program per
+chunk of a segment: a few long ones, else a 16384-token segment keeps 2 x H x NDV programs busy for its whole
+length). `use_chunked` picks one from host ints, never a sync: chunked when the longest segment is longer than
+`chunked_min_len` tokens (GPU 1024, interpreter 256), the longest being `max_seqlen` where the caller has it
+(`flow_attention_varlen` with check_values reads the offsets anyway) and otherwise the mean length
+cdiv(max(total_q, total_k), S), a lower bound (so the `flow-triton` backend, which passes no max_seqlen, keeps
+the single pass when a few long segments hide among many short ones; gait shapes, segments of tens to hundreds
+of tokens, always keep it). `chunked=True / False` forces a path. The causal path has no chunked variant.
+
+Non-causal forward, single pass (`flow_attention_fwd_kernel`, grid (S, H, Dv blocks)), looping over token blocks
+of BLOCK_N:
     pass 1 sums phi over queries and keys; pass 2 (queries) gives incoming_i and w_q; pass 3 (keys) gives
     outgoing_j, w_k, source_j and, in the same loop, e_j = exp(source_j), Z = sum_j e_j and this block's columns
     of sum_j phi(k_j)^T v_j e_j (the clamp bounds source_j, so the softmax needs no running max); pass 4 (queries)
     writes this block's output columns. Every block recomputes the cheap passes 1-3 (D-vectors and scalars).
     Saved for the backward: the four D-vectors (sum phi(q), sum phi(k), w_q, w_k), S and Z per (segment, head).
+Non-causal forward, chunked: segment s splits into cdiv(max(Nq_s, Nk_s), CHUNK) chunks of chunk_tokens tokens
+    (chunk c: queries and keys c CHUNK .. (c + 1) CHUNK, either side possibly empty); the work items, (segment,
+    chunk) pairs numbered segment by segment, come from a prefix sum over the chunk counts and a searchsorted on
+    the device (`_chunk_items`: item -> segment `(items,)`, segment -> first item `(S + 1,)`). Grids take the host
+    bound items = total_q // CHUNK + S (one offsets tensor for q and kv) or (total_q + total_k) // CHUNK + S;
+    programs past the real items return at once. Each sum over a segment is split into per-item float32 partials,
+    then summed per (segment, head) over its chunks in chunk order (deterministic, no atomics):
+      `flow_attention_chunk_vecs_kernel` (items, H), PHASE 0: sums of phi(q), phi(k) -> reduce;
+      the same, PHASE 1: parts of w_q, w_k -> reduce (`flow_attention_chunk_reduce_kernel`, (S, H): D-vector
+          slots of `(items, H, 4, D)` into the saved `(S, H, 4, D)`);
+      `flow_attention_chunk_fwd_kernel` (items, H, Dv blocks), PART 0 (keys): parts of z and of this block's
+          unnormalised state `(items, H, D, Dv)`, `(items, H)` -> `flow_attention_chunk_state_reduce_kernel`
+          ((S, H, Dv blocks): S = sum * Nk / z and Z, the same FlowState as the single pass);
+      the same, PART 1 (queries): this block's output columns.
 Non-causal backward, reverse order of the steps (per-token scalars recomputed, each one D-dot from the saved
     vectors, never stored):
     4. dS = sum_i (gate_i phi(q_i))^T dO_i; dg_i = dO_i · (phi(q_i) S)
@@ -34,6 +60,13 @@ Non-causal backward, reverse order of the steps (per-token scalars recomputed, e
          d phi(k_j)'s dS-part (v_j comp_j) dS^T), and the block's part of <dS, S>;
       b. `flow_attention_bwd_chain_kernel`, grid (S, H): the four passes of steps 3-1 over the summed partials
          (queries: d w_k; keys: d w_q, d sum phi(q); queries: dq, d sum phi(k); keys: dk).
+    Chunked (the forward's work items; either backward reads either forward's FlowState):
+      `flow_attention_chunk_bwd_state_kernel` (items, H, Dv blocks), PART 0 (queries): part a's query loop, its
+          dS part to `(items, H, D, Dv)` -> `flow_attention_chunk_state_reduce_kernel` (BACKWARD: dS `(S, H, D,
+          Dv)` and the blocks' parts of <dS, S>); PART 1 (keys): part a's key loop with that dS;
+      `flow_attention_chunk_bwd_chain_kernel` (items, H), PASS 1-4: part b's four passes, one launch each, the
+          D-vectors each pass sums (d w_k; d w_q and d sum phi(q); d sum phi(k)) reduced in between
+          (`flow_attention_chunk_reduce_kernel` into `(S, H, 4, D)`).
 
 Causal (self-attention, equal q/kv segments): every sum runs over j <= i and n_i = i + 1 rescales the flows
     (incoming and outgoing times n_i, conservation divided by n_i, no r, competition e_i / sum_{j<=i} e_j * n_i,
@@ -61,12 +94,21 @@ Layouts
     `(S + 1,)` offsets; query segment i pairs with key/value segment i. Backward workspaces (float32), with NDV =
     ceil(Dv / BLOCK_DV) Dv blocks: dg and d comp partials `(total, H, NDV)`, d phi(q) and d phi(k) partials
     `(total, H, NDV, D)`; non-causal <dS, S> partials `(S, H, NDV)`; causal gate/competition `(total, H, 2)`.
+    Chunked path, per work item (float32): D-vector partials `(items, H, 4, D)`, state or dS partials `(items, H,
+    D, Dv)`, z partials `(items, H)`; per segment: dS `(S, H, D, Dv)`, gradient D-vectors `(S, H, 4, D)`. At
+    B2 N16384 H8 D64 (self-attention: items = 32768 // 1024 + 2 = 34) the state partials are 4.5 MB, 13% of
+    q, k, v, out in fp16.
 
 Tiles (`_config`; one fixed config per head-dim class, nothing autotuned; D is the padded head dim)
     kernels with a D x Dv state: num_warps 8; BLOCK_DV = min(Dv, 32) (D64: 2 blocks, D128: 4); non-causal
       BLOCK_N 32 (16 at D or Dv 128); causal CHUNK 16;
     dot-free kernels (causal flows, chains): non-causal BLOCK_N 32 (D <= 32) / 16, causal CHUNK 16 (D <= 32) /
       8; 4 warps (8 at D128);
+    chunked non-causal path: chunks of chunk_tokens = 1024 (at N16384 H8 D64: 16 chunks x 2 Dv blocks x H per
+      segment, 256 programs per segment where the single pass has 16), chosen past chunked_min_len = 1024 tokens
+      (two chunks at least); its kernels take the tiles above (with a state: BLOCK_N, BLOCK_DV, 8 warps; vecs
+      and chain: the chain tiles; reduces: the chain warps, a (4, D) tile or the state block). The interpreter:
+      chunks of 64 tokens, chunked past 256 (the tests force chunked at small sizes);
     launch option maxnreg = the most registers per thread the block allows (255 up to 8 warps): without it ptxas
       capped some kernels at 128 registers and spilled; num_stages 1 (the loops run once or a few times).
 Precision (`_dot_precision`): every dot multiplies fp32 values into an fp32 accumulator; all other arithmetic is
@@ -86,15 +128,18 @@ Resources, compiled for sm80 and sm90 with triton 3.9 and 3.6 (`python -m bpmt_f
     (registers per thread / shared memory per block, over head dims, dtypes, archs and both tritons): fwd 174 /
     24,576 B, bwd_state 238 / 43,008 B, bwd_chain 165 / 4,096 B, causal_flows 119 / 4,096 B, causal_fwd 226 /
     26,624 B, causal_bwd_scan 251 / 34,816 B, causal_bwd_state 248 / 34,816 B, causal_bwd_chain 192 / 4,096 B
-    (the fp32 D128 scan and state kernels are the closest to the 255-register limit).
+    (the fp32 D128 scan and state kernels are the closest to the 255-register limit). The chunked path's kernels
+    are not in that report yet (`specializations.all_cases` has no chunked flow case).
     No GPU timings here: tile and warp choices were made for spill-free compiles, not measured speed.
 
 Limits
     fp32 / fp16 / bf16 inputs; D, Dv in 1..128 (tiles padded to a power of two >= 16 and masked); segments of
     length >= 1; causal needs equal q/kv segments. Memory per (segment, head): O(D x Dv) state plus float32
-    workspaces O(N (NDV D + NDV + 2)) in the backward (NDV <= 4); no per-token D x D (or D x Dv) state. One
-    program per (segment, head, Dv block) suits many short segments (parts x batch x heads); a few very long
-    segments leave most of the GPU idle. CPU only under the Triton interpreter.
+    workspaces O(N (NDV D + NDV + 2)) in the backward (NDV <= 4); no per-token D x D (or D x Dv) state; the
+    chunked path adds O(D x Dv) per chunk (Layouts). One program per (segment, head, Dv block) suits many short
+    segments (parts x batch x heads); a few very long segments take the chunked path, whose extra launches (7
+    forward, 10 backward, plus the item table's few torch ops) cost more than they give on short segments.
+    Without max_seqlen the choice sees only the mean length (above). CPU only under the Triton interpreter.
 
 Differences from the reference (`bpmt_fast.reference.flow`)
     Blocked summation order (rounding only), TF32 dot operands in fp16 / bf16 (above); the non-causal softmax uses
@@ -327,7 +372,242 @@ def _causal_flows(phi_q, phi_q_eps, phi_k, phi_k_eps, n, row_ok, sum_q, sum_k, w
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# non-causal kernels
+# non-causal: the passes over a token range (rows lo .. hi of a segment), shared by the single-pass kernels
+# (lo .. hi = the whole segment) and the chunked kernels (one chunk)
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _phi_sum(X, x0, lo, hi, stride_t, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
+    """sum_i phi(x_i) over rows lo .. hi of the segment that starts at token x0 `(BLOCK_D,)`."""
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        phi, _ = _load_phi(X, x0 + start, hi - start, stride_t, eps, BLOCK_N, BLOCK_D, D)
+        acc += tl.sum(phi, 0)
+    return acc
+
+
+@triton.jit
+def _w_sum(X, x0, lo, hi, stride_t, other_sum, eps_d, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+           D: tl.constexpr):
+    """Steps 1-2 on rows lo .. hi: sum_i phi(x_i) flow_i, flow_i = 1 / ((phi(x_i)+eps) · (other_sum + eps)).
+    x = q, other = sum phi(k): w_q (incoming flows); x = k, other = sum phi(q): w_k (outgoing) `(BLOCK_D,)`."""
+    offs_n = tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        phi, phi_eps = _load_phi(X, x0 + start, hi - start, stride_t, eps, BLOCK_N, BLOCK_D, D)
+        flow = _flow(1.0, _rowdot(phi_eps, other_sum + eps_d), start + offs_n < hi)  # (BLOCK_N,)
+        acc += tl.sum(phi * flow[:, None], 0)
+    return acc
+
+
+@triton.jit
+def _key_state(K, V, k0, lo, hi, stride_kt, stride_vt, n_dv, sum_q, w_q, eps_d, eps, WITH_WK: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, D: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr):
+    """Steps 1-3 on keys lo .. hi: (w_k's part if WITH_WK, else zeros), z's part sum_j e_j and this Dv block's
+    columns of sum_j phi(k_j)^T v_j e_j, e_j = exp(source_j) (the clamp bounds source_j: no running max)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    w_k = tl.zeros([BLOCK_D], tl.float32)
+    kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
+    z = _fp32_zero(BLOCK_N)
+    for start in range(lo, hi, BLOCK_N):
+        row_ok = start + offs_n < hi
+        phi_k, phi_k_eps = _load_phi(K, k0 + start, hi - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+        v = _load_rows(V, k0 + start, hi - start, stride_vt, n_dv, BLOCK_N, BLOCK_DV)
+        if WITH_WK:
+            outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
+            w_k += tl.sum(phi_k * outgoing[:, None], 0)
+        source = tl.minimum(tl.maximum(_rowdot(phi_k_eps, w_q + eps_d), -1.0), 1.0)
+        e = tl.where(row_ok, tl.exp(source), 0.0)
+        z += tl.sum(e, 0)
+        kv = _mm(tl.trans(phi_k), v * e[:, None], kv, DOT_PRECISION, DOT_K)
+    return w_k, z, kv
+
+
+@triton.jit
+def _write_out(Q, O, q0, lo, hi, stride_qt, stride_ot, n_dv, sum_k, w_k, kv, ratio, eps_d, eps,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, D: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr):
+    """Steps 2-4 on queries lo .. hi: conserved sink -> allocation, out_i = gate_i phi(q_i) S (this block)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start in range(lo, hi, BLOCK_N):
+        row_ok = start + offs_n < hi
+        phi_q, phi_q_eps = _load_phi(Q, q0 + start, hi - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
+        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
+        out = _mm(phi_q, kv, None, DOT_PRECISION, DOT_K) * (incoming * allocation)[:, None]
+        _store_rows(O, q0 + start, hi - start, stride_ot, n_dv, out, BLOCK_N, BLOCK_DV)
+
+
+@triton.jit
+def _bwd_queries(Q, DO, D_GATE, D_PHI_Q, q0, lo, hi, stride_qt, stride_dot, num_heads, n_dv, sum_k, w_k, kv,
+                 ratio, eps_d, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 D: tl.constexpr, NDV: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr):
+    """Backward step 4 on queries lo .. hi (this Dv block): writes the partials of dg_i and of d phi(q_i)'s
+    S-part gate_i dO_i S^T; returns this range's part of dS `(BLOCK_D, BLOCK_DV)`."""
+    offs_n = tl.arange(0, BLOCK_N)
+    d_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        row_ok = start + offs_n < hi
+        phi_q, phi_q_eps = _load_phi(Q, q0 + start, hi - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        do = _load_rows(DO, q0 + start, hi - start, stride_dot, n_dv, BLOCK_N, BLOCK_DV)
+        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
+        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
+        gate = incoming * allocation  # (BLOCK_N,): out_i = gate_i phi(q_i) S
+        d_gate = tl.sum(do * _mm(phi_q, kv, None, DOT_PRECISION, DOT_K), 1)
+        _store_tok(D_GATE, q0 + start, hi - start, num_heads * NDV, d_gate, BLOCK_N)
+        d_phi = _mm(do * gate[:, None], tl.trans(kv), None, DOT_PRECISION, DOT_K)  # (BLOCK_N, BLOCK_D)
+        _store_rows(D_PHI_Q, q0 + start, hi - start, num_heads * NDV * D, D, d_phi, BLOCK_N, BLOCK_D)
+        d_kv = _mm(tl.trans(phi_q * gate[:, None]), do, d_kv, DOT_PRECISION, DOT_K)
+    return d_kv
+
+
+@triton.jit
+def _bwd_keys(K, V, DV_OUT, D_COMP, D_PHI_K, k0, lo, hi, stride_kt, stride_vt, num_heads, n_dv, w_q, z, nk_f,
+              d_kv, eps_d, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              D: tl.constexpr, DV: tl.constexpr, NDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              DOT_K: tl.constexpr):
+    """Backward step 4 on keys lo .. hi, given the segment's dS (this block): dv (final) and the partials of
+    d comp_j = v_j · (phi(k_j) dS) and of d phi(k_j)'s dS-part (v_j comp_j) dS^T."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start in range(lo, hi, BLOCK_N):
+        row_ok = start + offs_n < hi
+        phi_k, phi_k_eps = _load_phi(K, k0 + start, hi - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+        v = _load_rows(V, k0 + start, hi - start, stride_vt, n_dv, BLOCK_N, BLOCK_DV)
+        source = tl.minimum(tl.maximum(_rowdot(phi_k_eps, w_q + eps_d), -1.0), 1.0)
+        competition = tl.where(row_ok, tl.exp(source) * (nk_f / z), 0.0)
+        d_x = _mm(phi_k, d_kv, None, DOT_PRECISION, DOT_K)  # (BLOCK_N, BLOCK_DV): d(v_j comp_j)
+        _store_tok(D_COMP, k0 + start, hi - start, num_heads * NDV, tl.sum(d_x * v, 1), BLOCK_N)
+        _store_rows(DV_OUT, k0 + start, hi - start, num_heads * DV, n_dv, d_x * competition[:, None],
+                    BLOCK_N, BLOCK_DV)
+        d_phi = _mm(v * competition[:, None], tl.trans(d_kv), None, DOT_PRECISION, DOT_K)
+        _store_rows(D_PHI_K, k0 + start, hi - start, num_heads * NDV * D, D, d_phi, BLOCK_N, BLOCK_D)
+
+
+@triton.jit
+def _chain_queries_1(Q, D_GATE, q0, lo, hi, stride_qt, num_heads, sum_k, w_k, ratio, eps_d, eps,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr, NDV: tl.constexpr):
+    """Chain, queries, first pass (rows lo .. hi): 3. d sink; returns 2. d w_k's part."""
+    offs_n = tl.arange(0, BLOCK_N)
+    d_wk = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        row_ok = start + offs_n < hi
+        phi_q, phi_q_eps = _load_phi(Q, q0 + start, hi - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        d_gate = _sum_parts_tok(D_GATE, q0 + start, hi - start, num_heads * NDV, BLOCK_N, NDV)
+        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
+        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
+        d_sink = d_gate * incoming * allocation * (1.0 - allocation) * ratio
+        d_wk += tl.sum(phi_q_eps * d_sink[:, None], 0)
+    return d_wk
+
+
+@triton.jit
+def _chain_keys_1(K, D_COMP, k0, lo, hi, stride_kt, num_heads, sum_q, w_q, z, nk_f, comp_dot, d_wk, eps_d, eps,
+                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr, NDV: tl.constexpr):
+    """Chain, keys, first pass (rows lo .. hi): 3. d source (softmax + clamp); returns the parts of 2. d w_q and
+    of 1. d sum phi(q) (through outgoing_j)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    d_wq = tl.zeros([BLOCK_D], tl.float32)
+    d_sum_q = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        row_ok = start + offs_n < hi
+        phi_k, phi_k_eps = _load_phi(K, k0 + start, hi - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+        d_comp = _sum_parts_tok(D_COMP, k0 + start, hi - start, num_heads * NDV, BLOCK_N, NDV)
+        outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
+        source = _rowdot(phi_k_eps, w_q + eps_d)
+        unclamped = row_ok & (source >= -1.0) & (source <= 1.0)
+        competition = tl.where(row_ok, tl.exp(tl.minimum(tl.maximum(source, -1.0), 1.0)) * (nk_f / z), 0.0)
+        d_source = tl.where(unclamped, competition * (d_comp - comp_dot / nk_f), 0.0)
+        d_wq += tl.sum(phi_k_eps * d_source[:, None], 0)
+        d_den_k = -_rowdot(phi_k, d_wk) * outgoing * outgoing  # d outgoing_j = phi(k_j) · d w_k, times -outgoing_j^2
+        d_sum_q += tl.sum(phi_k_eps * d_den_k[:, None], 0)
+    return d_wq, d_sum_q
+
+
+@triton.jit
+def _chain_queries_2(Q, DQ, D_GATE, D_PHI_Q, q0, lo, hi, stride_qt, num_heads, sum_k, w_k, ratio, d_wq, d_sum_q,
+                     eps_d, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+                     NDV: tl.constexpr):
+    """Chain, queries, second pass (rows lo .. hi): writes dq; returns the part of d sum phi(k) (through
+    incoming_i)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    d_sum_k = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        row_ok = start + offs_n < hi
+        phi_q, phi_q_eps = _load_phi(Q, q0 + start, hi - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+        d_gate = _sum_parts_tok(D_GATE, q0 + start, hi - start, num_heads * NDV, BLOCK_N, NDV)
+        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
+        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
+        d_sink = d_gate * incoming * allocation * (1.0 - allocation) * ratio
+        d_incoming = d_gate * allocation + _rowdot(phi_q, d_wq)
+        d_den_q = -d_incoming * incoming * incoming
+        d_sum_k += tl.sum(phi_q_eps * d_den_q[:, None], 0)
+        d_phi = _sum_parts_rows(D_PHI_Q, q0 + start, hi - start, num_heads * NDV * D, D, BLOCK_N, BLOCK_D, NDV)
+        d_phi += d_sink[:, None] * (w_k + eps_d)[None, :] + incoming[:, None] * d_wq[None, :]
+        d_phi += d_den_q[:, None] * (sum_k + eps_d)[None, :] + d_sum_q[None, :]
+        _store_rows(DQ, q0 + start, hi - start, num_heads * D, D, d_phi * phi_q * (1.0 - phi_q), BLOCK_N, BLOCK_D)
+    return d_sum_k
+
+
+@triton.jit
+def _chain_keys_2(K, DK, D_COMP, D_PHI_K, k0, lo, hi, stride_kt, num_heads, sum_q, w_q, z, nk_f, comp_dot, d_wk,
+                  d_sum_k, eps_d, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+                  NDV: tl.constexpr):
+    """Chain, keys, second pass (rows lo .. hi): writes dk."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start in range(lo, hi, BLOCK_N):
+        row_ok = start + offs_n < hi
+        phi_k, phi_k_eps = _load_phi(K, k0 + start, hi - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+        d_comp = _sum_parts_tok(D_COMP, k0 + start, hi - start, num_heads * NDV, BLOCK_N, NDV)
+        outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
+        source = _rowdot(phi_k_eps, w_q + eps_d)
+        unclamped = row_ok & (source >= -1.0) & (source <= 1.0)
+        competition = tl.where(row_ok, tl.exp(tl.minimum(tl.maximum(source, -1.0), 1.0)) * (nk_f / z), 0.0)
+        d_source = tl.where(unclamped, competition * (d_comp - comp_dot / nk_f), 0.0)
+        d_den_k = -_rowdot(phi_k, d_wk) * outgoing * outgoing
+        d_phi = _sum_parts_rows(D_PHI_K, k0 + start, hi - start, num_heads * NDV * D, D, BLOCK_N, BLOCK_D, NDV)
+        d_phi += d_source[:, None] * (w_q + eps_d)[None, :] + outgoing[:, None] * d_wk[None, :]
+        d_phi += d_den_k[:, None] * (sum_q + eps_d)[None, :] + d_sum_k[None, :]
+        _store_rows(DK, k0 + start, hi - start, num_heads * D, D, d_phi * phi_k * (1.0 - phi_k), BLOCK_N, BLOCK_D)
+
+
+@triton.jit
+def _i64(x):
+    """x as int64 (tensor or, as loop indices are under the interpreter, a Python int): offsets past 2^31."""
+    return x + tl.full([], 0, tl.int64)
+
+
+@triton.jit
+def _load_state_block(KV, pid, dv0, n_dv, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_DV: tl.constexpr):
+    """Columns dv0 .. dv0 + BLOCK_DV of the (pid)th D x Dv float32 state `(BLOCK_D, BLOCK_DV)`, zero outside."""
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    pid = _i64(pid)  # (items x heads) x D x Dv can pass 2^31 when many short segments are chunked
+    return tl.load(KV + pid * D * DV + offs_d[:, None] * DV + (dv0 + offs_dv)[None, :],
+                   mask=(offs_d[:, None] < D) & (offs_dv[None, :] < n_dv), other=0.0)
+
+
+@triton.jit
+def _store_state_block(KV, pid, dv0, n_dv, x, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_DV: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    pid = _i64(pid)
+    tl.store(KV + pid * D * DV + offs_d[:, None] * DV + (dv0 + offs_dv)[None, :], x,
+             mask=(offs_d[:, None] < D) & (offs_dv[None, :] < n_dv))
+
+
+@triton.jit
+def _sum_s_dot(S_DOT, pid, NDV: tl.constexpr):
+    """<dS, S> from its NDV per-block parts, in block order."""
+    acc = tl.load(S_DOT + pid * NDV)
+    for b in tl.static_range(1, NDV):
+        acc += tl.load(S_DOT + pid * NDV + b)
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# non-causal kernels, single pass: one program per (segment, head, Dv block) loops over the whole segment
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
 def flow_attention_fwd_kernel(
@@ -350,53 +630,19 @@ def flow_attention_fwd_kernel(
     K += head * stride_kh
     V += head * stride_vh + dv0
     O += head * DV + dv0  # O is contiguous (total_q, H, DV)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     eps_d = tl.where(offs_d < D, eps, 0.0)  # (BLOCK_D,): eps on real dims only
 
-    # sums of phi over the segment
-    sum_q = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(0, n_q, BLOCK_N):
-        phi_q, _ = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
-        sum_q += tl.sum(phi_q, 0)
-    sum_k = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(0, n_k, BLOCK_N):
-        phi_k, _ = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
-        sum_k += tl.sum(phi_k, 0)
-
-    # 1. incoming flow of each sink, and w_q = sum_i phi(q_i) incoming_i
-    w_q = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(0, n_q, BLOCK_N):
-        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
-        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), start + offs_n < n_q)  # (BLOCK_N,)
-        w_q += tl.sum(phi_q * incoming[:, None], 0)
-
-    # 1.-3. on the keys: outgoing flow, w_k, conserved source -> exp, and the unnormalised state (this block)
-    w_k = tl.zeros([BLOCK_D], tl.float32)
-    kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)  # sum_j phi(k_j)^T v_j e_j
-    z = _fp32_zero(BLOCK_N)  # sum_j e_j
-    for start in range(0, n_k, BLOCK_N):
-        row_ok = start + offs_n < n_k
-        phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
-        v = _load_rows(V, k_start + start, n_k - start, stride_vt, n_dv, BLOCK_N, BLOCK_DV)
-        outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
-        w_k += tl.sum(phi_k * outgoing[:, None], 0)
-        source = tl.minimum(tl.maximum(_rowdot(phi_k_eps, w_q + eps_d), -1.0), 1.0)
-        e = tl.where(row_ok, tl.exp(source), 0.0)  # no max-subtraction needed: source in [-1, 1]
-        z += tl.sum(e, 0)
-        kv = _mm(tl.trans(phi_k), v * e[:, None], kv, DOT_PRECISION, DOT_K)
-    # 3. competition_j = e_j / z * Nk folded into the state
-    kv = kv * (n_k.to(tl.float32) / z)
-    ratio = n_q.to(tl.float32) / n_k.to(tl.float32)
-
-    # 2.-4. on the queries: conserved sink -> allocation, output
-    for start in range(0, n_q, BLOCK_N):
-        row_ok = start + offs_n < n_q
-        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
-        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
-        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
-        out = _mm(phi_q, kv, None, DOT_PRECISION, DOT_K) * (incoming * allocation)[:, None]
-        _store_rows(O, q_start + start, n_q - start, num_heads * DV, n_dv, out, BLOCK_N, BLOCK_DV)
+    sum_q = _phi_sum(Q, q_start, 0, n_q, stride_qt, eps, BLOCK_N, BLOCK_D, D)
+    sum_k = _phi_sum(K, k_start, 0, n_k, stride_kt, eps, BLOCK_N, BLOCK_D, D)
+    w_q = _w_sum(Q, q_start, 0, n_q, stride_qt, sum_k, eps_d, eps, BLOCK_N, BLOCK_D, D)
+    # w_k in the same pass over the keys as the state (it needs only sum phi(q))
+    w_k, z, kv = _key_state(K, V, k_start, 0, n_k, stride_kt, stride_vt, n_dv, sum_q, w_q, eps_d, eps, True,
+                            BLOCK_N, BLOCK_D, BLOCK_DV, D, DOT_PRECISION, DOT_K)
+    kv = kv * (n_k.to(tl.float32) / z)  # 3. competition_j = e_j / z * Nk folded into the state
+    _write_out(Q, O, q_start, 0, n_q, stride_qt, num_heads * DV, n_dv, sum_k, w_k, kv,
+               n_q.to(tl.float32) / n_k.to(tl.float32), eps_d, eps, BLOCK_N, BLOCK_D, BLOCK_DV, D,
+               DOT_PRECISION, DOT_K)
 
     # small per-(segment, head) state for the backward (the vectors and z from block 0: every block has them)
     pid = seg * num_heads + head
@@ -406,9 +652,7 @@ def flow_attention_fwd_kernel(
         _store_vec(VECS + (pid * 4 + 2) * D, w_q, BLOCK_D, D)
         _store_vec(VECS + (pid * 4 + 3) * D, w_k, BLOCK_D, D)
         tl.store(Z + pid, z)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    tl.store(KV + pid * D * DV + offs_d[:, None] * DV + (dv0 + offs_dv)[None, :], kv,
-             mask=(offs_d[:, None] < D) & (offs_dv[None, :] < n_dv))
+    _store_state_block(KV, pid, dv0, n_dv, kv, D, DV, BLOCK_D, BLOCK_DV)
 
 
 @triton.jit
@@ -439,51 +683,24 @@ def flow_attention_bwd_state_kernel(
     D_PHI_Q += (head * NDV + blk) * D
     D_COMP += head * NDV + blk
     D_PHI_K += (head * NDV + blk) * D
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     eps_d = tl.where(offs_d < D, eps, 0.0)
 
     pid = seg * num_heads + head
     sum_k = _load_vec(VECS + (pid * 4 + 1) * D, BLOCK_D, D)
     w_q = _load_vec(VECS + (pid * 4 + 2) * D, BLOCK_D, D)
     w_k = _load_vec(VECS + (pid * 4 + 3) * D, BLOCK_D, D)
-    kv = tl.load(KV + pid * D * DV + offs_d[:, None] * DV + (dv0 + offs_dv)[None, :],
-                 mask=(offs_d[:, None] < D) & (offs_dv[None, :] < n_dv), other=0.0)  # (BLOCK_D, BLOCK_DV): S
+    kv = _load_state_block(KV, pid, dv0, n_dv, D, DV, BLOCK_D, BLOCK_DV)  # (BLOCK_D, BLOCK_DV): S
     z = tl.load(Z + pid)
     nk_f = n_k.to(tl.float32)
-    ratio = n_q.to(tl.float32) / nk_f
 
-    # queries: dS (this block), and the S-parts of dg_i and d phi(q_i)
-    d_kv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
-    for start in range(0, n_q, BLOCK_N):
-        row_ok = start + offs_n < n_q
-        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
-        do = _load_rows(DO, q_start + start, n_q - start, stride_dot, n_dv, BLOCK_N, BLOCK_DV)
-        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
-        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
-        gate = incoming * allocation  # (BLOCK_N,): out_i = gate_i phi(q_i) S
-        d_gate = tl.sum(do * _mm(phi_q, kv, None, DOT_PRECISION, DOT_K), 1)
-        _store_tok(D_GATE, q_start + start, n_q - start, num_heads * NDV, d_gate, BLOCK_N)
-        d_phi = _mm(do * gate[:, None], tl.trans(kv), None, DOT_PRECISION, DOT_K)  # (BLOCK_N, BLOCK_D)
-        _store_rows(D_PHI_Q, q_start + start, n_q - start, num_heads * NDV * D, D, d_phi, BLOCK_N, BLOCK_D)
-        d_kv = _mm(tl.trans(phi_q * gate[:, None]), do, d_kv, DOT_PRECISION, DOT_K)
+    d_kv = _bwd_queries(Q, DO, D_GATE, D_PHI_Q, q_start, 0, n_q, stride_qt, stride_dot, num_heads, n_dv, sum_k, w_k,
+                        kv, n_q.to(tl.float32) / nk_f, eps_d, eps, BLOCK_N, BLOCK_D, BLOCK_DV, D, NDV,
+                        DOT_PRECISION, DOT_K)
     # sum_j comp_j d comp_j = <dS, S>: the softmax Jacobian's shared term (this block's part)
     tl.store(S_DOT + pid * NDV + blk, tl.sum(tl.sum(d_kv * kv, 1), 0))
-
-    # keys: dv, and the dS-parts of d comp_j and d phi(k_j)
-    for start in range(0, n_k, BLOCK_N):
-        row_ok = start + offs_n < n_k
-        phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
-        v = _load_rows(V, k_start + start, n_k - start, stride_vt, n_dv, BLOCK_N, BLOCK_DV)
-        source = tl.minimum(tl.maximum(_rowdot(phi_k_eps, w_q + eps_d), -1.0), 1.0)
-        competition = tl.where(row_ok, tl.exp(source) * (nk_f / z), 0.0)
-        d_x = _mm(phi_k, d_kv, None, DOT_PRECISION, DOT_K)  # (BLOCK_N, BLOCK_DV): d(v_j comp_j)
-        _store_tok(D_COMP, k_start + start, n_k - start, num_heads * NDV, tl.sum(d_x * v, 1), BLOCK_N)
-        _store_rows(DV_OUT, k_start + start, n_k - start, num_heads * DV, n_dv, d_x * competition[:, None],
-                    BLOCK_N, BLOCK_DV)
-        d_phi = _mm(v * competition[:, None], tl.trans(d_kv), None, DOT_PRECISION, DOT_K)
-        _store_rows(D_PHI_K, k_start + start, n_k - start, num_heads * NDV * D, D, d_phi, BLOCK_N, BLOCK_D)
+    _bwd_keys(K, V, DV_OUT, D_COMP, D_PHI_K, k_start, 0, n_k, stride_kt, stride_vt, num_heads, n_dv, w_q, z, nk_f,
+              d_kv, eps_d, eps, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV, NDV, DOT_PRECISION, DOT_K)
 
 
 @triton.jit
@@ -508,7 +725,6 @@ def flow_attention_bwd_chain_kernel(
     D_PHI_Q += head * NDV * D
     D_COMP += head * NDV
     D_PHI_K += head * NDV * D
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     eps_d = tl.where(offs_d < D, eps, 0.0)
 
@@ -518,76 +734,262 @@ def flow_attention_bwd_chain_kernel(
     w_q = _load_vec(VECS + (pid * 4 + 2) * D, BLOCK_D, D)
     w_k = _load_vec(VECS + (pid * 4 + 3) * D, BLOCK_D, D)
     z = tl.load(Z + pid)
-    comp_dot = tl.load(S_DOT + pid * NDV)
-    for b in tl.static_range(1, NDV):
-        comp_dot += tl.load(S_DOT + pid * NDV + b)
-    nq_f = n_q.to(tl.float32)
+    comp_dot = _sum_s_dot(S_DOT, pid, NDV)
     nk_f = n_k.to(tl.float32)
-    ratio = nq_f / nk_f
-    tok_q = num_heads * NDV  # token strides of the workspaces
-    tok_k = num_heads * NDV
+    ratio = n_q.to(tl.float32) / nk_f
 
-    # queries, first pass: 3. d sink; 2. d w_k
-    d_wk = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(0, n_q, BLOCK_N):
-        row_ok = start + offs_n < n_q
-        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
-        d_gate = _sum_parts_tok(D_GATE, q_start + start, n_q - start, tok_q, BLOCK_N, NDV)
-        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
-        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
-        d_sink = d_gate * incoming * allocation * (1.0 - allocation) * ratio
-        d_wk += tl.sum(phi_q_eps * d_sink[:, None], 0)
+    d_wk = _chain_queries_1(Q, D_GATE, q_start, 0, n_q, stride_qt, num_heads, sum_k, w_k, ratio, eps_d, eps,
+                            BLOCK_N, BLOCK_D, D, NDV)
+    d_wq, d_sum_q = _chain_keys_1(K, D_COMP, k_start, 0, n_k, stride_kt, num_heads, sum_q, w_q, z, nk_f, comp_dot,
+                                  d_wk, eps_d, eps, BLOCK_N, BLOCK_D, D, NDV)
+    d_sum_k = _chain_queries_2(Q, DQ, D_GATE, D_PHI_Q, q_start, 0, n_q, stride_qt, num_heads, sum_k, w_k, ratio,
+                               d_wq, d_sum_q, eps_d, eps, BLOCK_N, BLOCK_D, D, NDV)
+    _chain_keys_2(K, DK, D_COMP, D_PHI_K, k_start, 0, n_k, stride_kt, num_heads, sum_q, w_q, z, nk_f, comp_dot,
+                  d_wk, d_sum_k, eps_d, eps, BLOCK_N, BLOCK_D, D, NDV)
 
-    # keys, first pass: 3. d source (softmax + clamp); 2. d w_q; 1. d sum phi(q) through outgoing_j
-    d_wq = tl.zeros([BLOCK_D], tl.float32)
-    d_sum_q = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(0, n_k, BLOCK_N):
-        row_ok = start + offs_n < n_k
-        phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
-        d_comp = _sum_parts_tok(D_COMP, k_start + start, n_k - start, tok_k, BLOCK_N, NDV)
-        outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
-        source = _rowdot(phi_k_eps, w_q + eps_d)
-        unclamped = row_ok & (source >= -1.0) & (source <= 1.0)
-        competition = tl.where(row_ok, tl.exp(tl.minimum(tl.maximum(source, -1.0), 1.0)) * (nk_f / z), 0.0)
-        d_source = tl.where(unclamped, competition * (d_comp - comp_dot / nk_f), 0.0)
-        d_wq += tl.sum(phi_k_eps * d_source[:, None], 0)
-        d_den_k = -_rowdot(phi_k, d_wk) * outgoing * outgoing  # d outgoing_j = phi(k_j) · d w_k, times -outgoing_j^2
-        d_sum_q += tl.sum(phi_k_eps * d_den_k[:, None], 0)
 
-    # queries, second pass: dq, and d sum phi(k) through incoming_i
-    d_sum_k = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(0, n_q, BLOCK_N):
-        row_ok = start + offs_n < n_q
-        phi_q, phi_q_eps = _load_phi(Q, q_start + start, n_q - start, stride_qt, eps, BLOCK_N, BLOCK_D, D)
-        d_gate = _sum_parts_tok(D_GATE, q_start + start, n_q - start, tok_q, BLOCK_N, NDV)
-        incoming = _flow(1.0, _rowdot(phi_q_eps, sum_k + eps_d), row_ok)
-        allocation = tl.sigmoid(_rowdot(phi_q_eps, w_k + eps_d) * ratio)
-        d_sink = d_gate * incoming * allocation * (1.0 - allocation) * ratio
-        d_incoming = d_gate * allocation + _rowdot(phi_q, d_wq)
-        d_den_q = -d_incoming * incoming * incoming
-        d_sum_k += tl.sum(phi_q_eps * d_den_q[:, None], 0)
-        d_phi = _sum_parts_rows(D_PHI_Q, q_start + start, n_q - start, tok_q * D, D, BLOCK_N, BLOCK_D, NDV)
-        d_phi += d_sink[:, None] * (w_k + eps_d)[None, :] + incoming[:, None] * d_wq[None, :]
-        d_phi += d_den_q[:, None] * (sum_k + eps_d)[None, :] + d_sum_q[None, :]
-        _store_rows(DQ, q_start + start, n_q - start, num_heads * D, D, d_phi * phi_q * (1.0 - phi_q),
-                    BLOCK_N, BLOCK_D)
+# ---------------------------------------------------------------------------------------------------------------
+# non-causal kernels, chunked: one program per (work item = (segment, chunk), head[, Dv block]); partials of
+# every sum over a segment go to float32 rows per item, reduced per (segment, head) in chunk order
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _chunk_ranges(CU_CHUNK, CU_Q, CU_K, item, seg, chunk_tokens):
+    """The item's chunk of its segment: (q_start, n_q, k_start, n_k) of the segment and the chunk's rows,
+    lo .. q_hi of the queries and lo .. k_hi of the keys (either may be empty when Nq != Nk)."""
+    q_start = tl.load(CU_Q + seg)
+    n_q = tl.load(CU_Q + seg + 1) - q_start
+    k_start = tl.load(CU_K + seg)
+    n_k = tl.load(CU_K + seg + 1) - k_start
+    lo = (item - tl.load(CU_CHUNK + seg)) * chunk_tokens
+    return q_start, n_q, k_start, n_k, lo, tl.minimum(lo + chunk_tokens, n_q), tl.minimum(lo + chunk_tokens, n_k)
 
-    # keys, second pass: dk
-    for start in range(0, n_k, BLOCK_N):
-        row_ok = start + offs_n < n_k
-        phi_k, phi_k_eps = _load_phi(K, k_start + start, n_k - start, stride_kt, eps, BLOCK_N, BLOCK_D, D)
-        d_comp = _sum_parts_tok(D_COMP, k_start + start, n_k - start, tok_k, BLOCK_N, NDV)
-        outgoing = _flow(1.0, _rowdot(phi_k_eps, sum_q + eps_d), row_ok)
-        source = _rowdot(phi_k_eps, w_q + eps_d)
-        unclamped = row_ok & (source >= -1.0) & (source <= 1.0)
-        competition = tl.where(row_ok, tl.exp(tl.minimum(tl.maximum(source, -1.0), 1.0)) * (nk_f / z), 0.0)
-        d_source = tl.where(unclamped, competition * (d_comp - comp_dot / nk_f), 0.0)
-        d_den_k = -_rowdot(phi_k, d_wk) * outgoing * outgoing
-        d_phi = _sum_parts_rows(D_PHI_K, k_start + start, n_k - start, tok_k * D, D, BLOCK_N, BLOCK_D, NDV)
-        d_phi += d_source[:, None] * (w_q + eps_d)[None, :] + outgoing[:, None] * d_wk[None, :]
-        d_phi += d_den_k[:, None] * (sum_q + eps_d)[None, :] + d_sum_k[None, :]
-        _store_rows(DK, k_start + start, n_k - start, num_heads * D, D, d_phi * phi_k * (1.0 - phi_k),
-                    BLOCK_N, BLOCK_D)
+
+@triton.jit
+def flow_attention_chunk_vecs_kernel(
+    Q, K, VECS, P_VECS, ITEM_SEG, CU_CHUNK, CU_Q, CU_K,
+    stride_qt, stride_qh, stride_kt, stride_kh, num_heads, num_segments, chunk_tokens, eps,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PHASE: tl.constexpr,
+):
+    """Forward steps 1-2 per chunk, grid (items, heads), dot-free. PHASE 0: the chunk's sums of phi(q), phi(k)
+    (partial slots 0, 1); PHASE 1, from the reduced sums: its parts of w_q, w_k (slots 2, 3)."""
+    item = tl.program_id(0)
+    head = tl.program_id(1)
+    seg = tl.load(ITEM_SEG + item)
+    if seg >= num_segments:  # past the real items
+        return
+    q_start, n_q, k_start, n_k, lo, q_hi, k_hi = _chunk_ranges(CU_CHUNK, CU_Q, CU_K, item, seg, chunk_tokens)
+    Q += head * stride_qh
+    K += head * stride_kh
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+    row = (_i64(item) * num_heads + head) * 4  # (items, H, 4, D) partial rows
+    if PHASE == 0:
+        _store_vec(P_VECS + (row + 0) * D, _phi_sum(Q, q_start, lo, q_hi, stride_qt, eps, BLOCK_N, BLOCK_D, D),
+                   BLOCK_D, D)
+        _store_vec(P_VECS + (row + 1) * D, _phi_sum(K, k_start, lo, k_hi, stride_kt, eps, BLOCK_N, BLOCK_D, D),
+                   BLOCK_D, D)
+    else:
+        pid = seg * num_heads + head
+        sum_q = _load_vec(VECS + (pid * 4 + 0) * D, BLOCK_D, D)
+        sum_k = _load_vec(VECS + (pid * 4 + 1) * D, BLOCK_D, D)
+        _store_vec(P_VECS + (row + 2) * D,
+                   _w_sum(Q, q_start, lo, q_hi, stride_qt, sum_k, eps_d, eps, BLOCK_N, BLOCK_D, D), BLOCK_D, D)
+        _store_vec(P_VECS + (row + 3) * D,
+                   _w_sum(K, k_start, lo, k_hi, stride_kt, sum_q, eps_d, eps, BLOCK_N, BLOCK_D, D), BLOCK_D, D)
+
+
+@triton.jit
+def flow_attention_chunk_reduce_kernel(
+    P_VECS, VECS, CU_CHUNK, num_heads, slot0, n_slots,
+    D: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Grid (segments, heads): slots slot0 .. slot0 + n_slots of the `(items, H, 4, D)` partials summed over the
+    segment's chunks in chunk order (deterministic) into `(S, H, 4, D)`."""
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    c0 = tl.load(CU_CHUNK + seg)
+    c1 = tl.load(CU_CHUNK + seg + 1)
+    offs_s = tl.arange(0, 4)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_s[:, None] >= slot0) & (offs_s[:, None] < slot0 + n_slots) & (offs_d[None, :] < D)
+    offs = offs_s[:, None] * D + offs_d[None, :]  # (4, BLOCK_D)
+    acc = tl.zeros([4, BLOCK_D], tl.float32)
+    for c in range(c0, c1):
+        acc += tl.load(P_VECS + (_i64(c) * num_heads + head) * 4 * D + offs, mask=mask, other=0.0)
+    tl.store(VECS + (seg * num_heads + head) * 4 * D + offs, acc, mask=mask)
+
+
+@triton.jit
+def flow_attention_chunk_fwd_kernel(
+    Q, K, V, O, VECS, KV, P_KV, P_Z, ITEM_SEG, CU_CHUNK, CU_Q, CU_K,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, num_heads, num_segments, chunk_tokens, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr, PART: tl.constexpr,
+):
+    """Forward per chunk, grid (items, heads, Dv blocks). PART 0 (keys, given w_q): the chunk's part of z and of
+    this block's columns of the unnormalised state (partials `(items, H, D, Dv)`, `(items, H)`); PART 1 (queries,
+    given the reduced state): this block's output columns."""
+    item = tl.program_id(0)
+    head = tl.program_id(1)
+    blk = tl.program_id(2)
+    seg = tl.load(ITEM_SEG + item)
+    if seg >= num_segments:  # past the real items
+        return
+    q_start, n_q, k_start, n_k, lo, q_hi, k_hi = _chunk_ranges(CU_CHUNK, CU_Q, CU_K, item, seg, chunk_tokens)
+    dv0 = blk * BLOCK_DV
+    n_dv = DV - dv0
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+    pid = seg * num_heads + head
+    row = _i64(item) * num_heads + head
+    if PART == 0:
+        w_q = _load_vec(VECS + (pid * 4 + 2) * D, BLOCK_D, D)
+        # w_k comes from the vecs kernel (WITH_WK False: sum phi(q), the 9th argument, goes unused)
+        _, z, kv = _key_state(K + head * stride_kh, V + head * stride_vh + dv0, k_start, lo, k_hi, stride_kt,
+                              stride_vt, n_dv, w_q, w_q, eps_d, eps, False, BLOCK_N, BLOCK_D, BLOCK_DV, D,
+                              DOT_PRECISION, DOT_K)
+        _store_state_block(P_KV, row, dv0, n_dv, kv, D, DV, BLOCK_D, BLOCK_DV)
+        if blk == 0:
+            tl.store(P_Z + row, z)
+    else:
+        sum_k = _load_vec(VECS + (pid * 4 + 1) * D, BLOCK_D, D)
+        w_k = _load_vec(VECS + (pid * 4 + 3) * D, BLOCK_D, D)
+        kv = _load_state_block(KV, pid, dv0, n_dv, D, DV, BLOCK_D, BLOCK_DV)  # normalised S
+        _write_out(Q + head * stride_qh, O + head * DV + dv0, q_start, lo, q_hi, stride_qt, num_heads * DV, n_dv,
+                   sum_k, w_k, kv, n_q.to(tl.float32) / n_k.to(tl.float32), eps_d, eps, BLOCK_N, BLOCK_D, BLOCK_DV,
+                   D, DOT_PRECISION, DOT_K)
+
+
+@triton.jit
+def flow_attention_chunk_state_reduce_kernel(
+    P_KV, P_Z, KV, Z, OUT, S_DOT, CU_CHUNK, CU_K, num_heads,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, NDV: tl.constexpr,
+    BACKWARD: tl.constexpr,
+):
+    """Grid (segments, heads, Dv blocks): this block's columns of the `(items, H, D, Dv)` partials summed over the
+    segment's chunks in chunk order. Forward: with z = the summed `(items, H)` partials, OUT = KV = the sum
+    * Nk / z (the normalised state) and Z = z. Backward (partials of dS): OUT = dS and S_DOT = this block's
+    part of <dS, S> (S = KV)."""
+    seg = tl.program_id(0)
+    head = tl.program_id(1)
+    blk = tl.program_id(2)
+    c0 = tl.load(CU_CHUNK + seg)
+    c1 = tl.load(CU_CHUNK + seg + 1)
+    dv0 = blk * BLOCK_DV
+    n_dv = DV - dv0
+    pid = seg * num_heads + head
+    acc = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
+    for c in range(c0, c1):
+        acc += _load_state_block(P_KV, c * num_heads + head, dv0, n_dv, D, DV, BLOCK_D, BLOCK_DV)
+    if BACKWARD:
+        _store_state_block(OUT, pid, dv0, n_dv, acc, D, DV, BLOCK_D, BLOCK_DV)
+        kv = _load_state_block(KV, pid, dv0, n_dv, D, DV, BLOCK_D, BLOCK_DV)
+        tl.store(S_DOT + pid * NDV + blk, tl.sum(tl.sum(acc * kv, 1), 0))
+    else:
+        z = tl.load(P_Z + _i64(c0) * num_heads + head)
+        for c in range(c0 + 1, c1):
+            z += tl.load(P_Z + _i64(c) * num_heads + head)
+        n_k = tl.load(CU_K + seg + 1) - tl.load(CU_K + seg)
+        _store_state_block(OUT, pid, dv0, n_dv, acc * (n_k.to(tl.float32) / z), D, DV, BLOCK_D, BLOCK_DV)
+        if blk == 0:
+            tl.store(Z + pid, z)
+
+
+@triton.jit
+def flow_attention_chunk_bwd_state_kernel(
+    Q, K, V, DO, DV_OUT, VECS, KV, Z, DS, P_DS, ITEM_SEG, CU_CHUNK, CU_Q, CU_K, D_GATE, D_PHI_Q, D_COMP, D_PHI_K,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, num_heads,
+    num_segments, chunk_tokens, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    NDV: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_K: tl.constexpr, PART: tl.constexpr,
+):
+    """Backward part a per chunk, grid (items, heads, Dv blocks). PART 0 (queries): the partials of dg_i and of
+    gate_i dO_i S^T, and the chunk's part of dS (`(items, H, D, Dv)`); PART 1 (keys, given the reduced dS): dv
+    and the partials of d comp_j and of (v_j comp_j) dS^T."""
+    item = tl.program_id(0)
+    head = tl.program_id(1)
+    blk = tl.program_id(2)
+    seg = tl.load(ITEM_SEG + item)
+    if seg >= num_segments:  # past the real items
+        return
+    q_start, n_q, k_start, n_k, lo, q_hi, k_hi = _chunk_ranges(CU_CHUNK, CU_Q, CU_K, item, seg, chunk_tokens)
+    dv0 = blk * BLOCK_DV
+    n_dv = DV - dv0
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+    pid = seg * num_heads + head
+    nk_f = n_k.to(tl.float32)
+    if PART == 0:
+        sum_k = _load_vec(VECS + (pid * 4 + 1) * D, BLOCK_D, D)
+        w_k = _load_vec(VECS + (pid * 4 + 3) * D, BLOCK_D, D)
+        kv = _load_state_block(KV, pid, dv0, n_dv, D, DV, BLOCK_D, BLOCK_DV)
+        d_kv = _bwd_queries(Q + head * stride_qh, DO + head * stride_doh + dv0, D_GATE + head * NDV + blk,
+                            D_PHI_Q + (head * NDV + blk) * D, q_start, lo, q_hi, stride_qt, stride_dot, num_heads,
+                            n_dv, sum_k, w_k, kv, n_q.to(tl.float32) / nk_f, eps_d, eps, BLOCK_N, BLOCK_D,
+                            BLOCK_DV, D, NDV, DOT_PRECISION, DOT_K)
+        _store_state_block(P_DS, _i64(item) * num_heads + head, dv0, n_dv, d_kv, D, DV, BLOCK_D, BLOCK_DV)
+    else:
+        w_q = _load_vec(VECS + (pid * 4 + 2) * D, BLOCK_D, D)
+        z = tl.load(Z + pid)
+        d_kv = _load_state_block(DS, pid, dv0, n_dv, D, DV, BLOCK_D, BLOCK_DV)
+        _bwd_keys(K + head * stride_kh, V + head * stride_vh + dv0, DV_OUT + head * DV + dv0,
+                  D_COMP + head * NDV + blk, D_PHI_K + (head * NDV + blk) * D, k_start, lo, k_hi, stride_kt,
+                  stride_vt, num_heads, n_dv, w_q, z, nk_f, d_kv, eps_d, eps, BLOCK_N, BLOCK_D, BLOCK_DV, D, DV,
+                  NDV, DOT_PRECISION, DOT_K)
+
+
+@triton.jit
+def flow_attention_chunk_bwd_chain_kernel(
+    Q, K, DQ, DK, VECS, Z, G_VECS, P_G_VECS, ITEM_SEG, CU_CHUNK, CU_Q, CU_K, D_GATE, D_PHI_Q, D_COMP, D_PHI_K,
+    S_DOT, stride_qt, stride_qh, stride_kt, stride_kh, num_heads, num_segments, chunk_tokens, eps,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NDV: tl.constexpr, PASS: tl.constexpr,
+):
+    """Backward part b per chunk, grid (items, heads), dot-free: one of the chain's four passes, with the sums of
+    the earlier passes reduced into G_VECS `(S, H, 4, D)` (slots d w_k, d w_q, d sum phi(q), d sum phi(k)).
+    PASS 1 (queries): partial d w_k (slot 0); 2 (keys): partial d w_q, d sum phi(q) (slots 1, 2); 3 (queries):
+    dq and partial d sum phi(k) (slot 3); 4 (keys): dk. Partials `(items, H, 4, D)`."""
+    item = tl.program_id(0)
+    head = tl.program_id(1)
+    seg = tl.load(ITEM_SEG + item)
+    if seg >= num_segments:  # past the real items
+        return
+    q_start, n_q, k_start, n_k, lo, q_hi, k_hi = _chunk_ranges(CU_CHUNK, CU_Q, CU_K, item, seg, chunk_tokens)
+    Q += head * stride_qh
+    K += head * stride_kh
+    offs_d = tl.arange(0, BLOCK_D)
+    eps_d = tl.where(offs_d < D, eps, 0.0)
+    pid = seg * num_heads + head
+    sum_q = _load_vec(VECS + (pid * 4 + 0) * D, BLOCK_D, D)
+    sum_k = _load_vec(VECS + (pid * 4 + 1) * D, BLOCK_D, D)
+    w_q = _load_vec(VECS + (pid * 4 + 2) * D, BLOCK_D, D)
+    w_k = _load_vec(VECS + (pid * 4 + 3) * D, BLOCK_D, D)
+    nk_f = n_k.to(tl.float32)
+    ratio = n_q.to(tl.float32) / nk_f
+    row = (_i64(item) * num_heads + head) * 4
+    if PASS == 1:
+        d_wk = _chain_queries_1(Q, D_GATE + head * NDV, q_start, lo, q_hi, stride_qt, num_heads, sum_k, w_k, ratio,
+                                eps_d, eps, BLOCK_N, BLOCK_D, D, NDV)
+        _store_vec(P_G_VECS + (row + 0) * D, d_wk, BLOCK_D, D)
+    elif PASS == 2:
+        d_wk = _load_vec(G_VECS + (pid * 4 + 0) * D, BLOCK_D, D)
+        d_wq, d_sum_q = _chain_keys_1(K, D_COMP + head * NDV, k_start, lo, k_hi, stride_kt, num_heads, sum_q, w_q,
+                                      tl.load(Z + pid), nk_f, _sum_s_dot(S_DOT, pid, NDV), d_wk, eps_d, eps,
+                                      BLOCK_N, BLOCK_D, D, NDV)
+        _store_vec(P_G_VECS + (row + 1) * D, d_wq, BLOCK_D, D)
+        _store_vec(P_G_VECS + (row + 2) * D, d_sum_q, BLOCK_D, D)
+    elif PASS == 3:
+        d_wq = _load_vec(G_VECS + (pid * 4 + 1) * D, BLOCK_D, D)
+        d_sum_q = _load_vec(G_VECS + (pid * 4 + 2) * D, BLOCK_D, D)
+        d_sum_k = _chain_queries_2(Q, DQ + head * D, D_GATE + head * NDV, D_PHI_Q + head * NDV * D, q_start, lo,
+                                   q_hi, stride_qt, num_heads, sum_k, w_k, ratio, d_wq, d_sum_q, eps_d, eps,
+                                   BLOCK_N, BLOCK_D, D, NDV)
+        _store_vec(P_G_VECS + (row + 3) * D, d_sum_k, BLOCK_D, D)
+    else:
+        d_wk = _load_vec(G_VECS + (pid * 4 + 0) * D, BLOCK_D, D)
+        d_sum_k = _load_vec(G_VECS + (pid * 4 + 3) * D, BLOCK_D, D)
+        _chain_keys_2(K, DK + head * D, D_COMP + head * NDV, D_PHI_K + head * NDV * D, k_start, lo, k_hi,
+                      stride_kt, num_heads, sum_q, w_q, tl.load(Z + pid), nk_f, _sum_s_dot(S_DOT, pid, NDV), d_wk,
+                      d_sum_k, eps_d, eps, BLOCK_N, BLOCK_D, D, NDV)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -897,14 +1299,18 @@ class _Config(NamedTuple):
     chain_warps: int  # their warps
     dot_k: int  # dots over a longer K run as several over K chunks of this size (`_mm`)
     num_stages: int = 1  # the loops run once or a few times: software pipelining would only cost registers
+    chunk_tokens: int = 1024  # non-causal chunked path: tokens per chunk (work item)
+    chunked_min_len: int = 1024  # automatic choice: chunked when the longest segment is longer than this
 
 
 def _config(causal: bool, block_d: int, block_dv: int, dtype: torch.dtype) -> _Config:
     """One fixed config per shape class (nothing autotuned). The interpreter gets big blocks (fewer interpreted
-    loop steps), no Dv split and the GPU's fp32 dot chunks in every dtype (so the tests run the chunked dots from
-    D32 up); on GPU see the module docstring (Tiles)."""
+    loop steps), no Dv split, the GPU's fp32 dot chunks in every dtype (so the tests run the chunked dots from
+    D32 up), chunks of 64 tokens (tests span several) and the chunked path only past 256 tokens (the single-pass
+    tests stay single-pass); on GPU see the module docstring (Tiles)."""
     if INTERPRET:
-        return _Config(64 if causal else 128, block_dv, 4, 64 if causal else 128, 4, 16)
+        return _Config(64 if causal else 128, block_dv, 4, 64 if causal else 128, 4, 16, chunk_tokens=64,
+                       chunked_min_len=256)
     wide = max(block_d, block_dv) > 64  # D or Dv 128
     chain_n = 8 if block_d >= 64 else 16  # chain tiles of 4 (causal) / 8 elements per thread
     return _Config(block_n=16 if causal or wide else 32, block_dv=min(block_dv, 32), num_warps=8,
@@ -943,16 +1349,61 @@ def _causal_flows_launch(q, k, cu_seqlens_q, eps, cfg: _Config, write_carry: boo
     return (gc, carry, e_carry) if write_carry else (gc, None, None)
 
 
-def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: float):
-    """Launch the forward. Returns (out `(total_q, H, Dv)` in q's dtype, FlowState or None when causal)."""
+def use_chunked(causal: bool, total_q: int, total_k: int, segments: int, max_seqlen: int | None = None,
+                chunked: bool | None = None, cfg: _Config | None = None) -> bool:
+    """The automatic choice between the single-pass and the chunked non-causal kernels, from host ints only.
+
+    `chunked` True / False forces a path (True with causal is an error: causal has no chunked path). Otherwise
+    chunked when the longest segment (q or kv) is longer than `chunked_min_len` (GPU 1024, interpreter 256):
+    `max_seqlen` when the caller knows it, else the mean length cdiv(max(total_q, total_k), segments), a lower
+    bound on the longest (a few long segments among many short ones keep the single pass then; no sync to find
+    out). Short segments (gait: tens to hundreds of tokens) always keep the single pass."""
+    if chunked is not None:
+        if chunked and causal:
+            raise ValueError("chunked=True: the causal flow attention has no chunked path")
+        return bool(chunked)
+    if causal:
+        return False
+    cfg = cfg or _config(False, 16, 16, torch.float32)  # chunk sizes do not depend on the head dims or dtype
+    longest = max_seqlen if max_seqlen is not None else -(-max(total_q, total_k) // segments)
+    return longest > cfg.chunked_min_len
+
+
+class _Chunks(NamedTuple):
+    """The chunked path's work items, (segment, chunk) pairs numbered segment by segment, built on the device."""
+    items: int  # host bound on their count (the grid's first dim): programs past the real items exit at once
+    item_seg: torch.Tensor  # (items,) int32: each item's segment; S past the real items
+    cu_chunks: torch.Tensor  # (S + 1,) int32: first item of each segment
+
+
+def _chunk_items(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int, chunk: int) -> _Chunks:
+    """Segment s has cdiv(max(Nq_s, Nk_s), chunk) chunks (chunk c: queries and keys c * chunk .. + chunk). Their
+    prefix sum and a searchsorted give every item's segment without a host sync; the grid takes the bound
+    sum_s cdiv(max, chunk) <= (sum_s max) / chunk + S, sum_s max <= total_q (one offsets tensor for both sides)
+    or total_q + total_k."""
+    segments = cu_seqlens_q.numel() - 1
+    tokens = total_q if cu_seqlens_q is cu_seqlens_k else total_q + total_k  # >= sum_s max(Nq_s, Nk_s)
+    items = tokens // chunk + segments
+    lengths = torch.maximum(cu_seqlens_q.diff(), cu_seqlens_k.diff()).long()  # (S,)
+    cu_chunks = torch.nn.functional.pad(((lengths + chunk - 1) // chunk).cumsum(0), (1, 0))  # (S + 1,)
+    item_seg = torch.searchsorted(cu_chunks[1:], torch.arange(items, device=cu_chunks.device), right=True)
+    return _Chunks(items, item_seg.to(torch.int32), cu_chunks.to(torch.int32))
+
+
+def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: float, *,
+                       max_seqlen: int | None = None, chunked: bool | None = None):
+    """Launch the forward. Returns (out `(total_q, H, Dv)` in q's dtype, FlowState or None when causal).
+    `max_seqlen` (longest q or kv segment, optional) and `chunked` steer `use_chunked` (non-causal only)."""
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     total_q, heads, d = q.shape
     dv = v.shape[-1]
     segments = cu_seqlens_q.numel() - 1
     block_d = _head_block(d)
     cfg = _config(causal, block_d, _head_block(dv), q.dtype)
+    chunked = use_chunked(causal, total_q, k.shape[0], segments, max_seqlen, chunked, cfg)
     out = _alloc((total_q, heads, dv), q.dtype, q.device)
-    grid = (segments, heads, triton.cdiv(dv, cfg.block_dv))
+    n_dv = triton.cdiv(dv, cfg.block_dv)
+    grid = (segments, heads, n_dv)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     meta = dict(D=d, DV=dv, BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, DOT_PRECISION=_dot_precision(q.dtype),
                 DOT_K=cfg.dot_k, **_options(cfg.num_warps, cfg.num_stages))
@@ -964,20 +1415,45 @@ def flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal: bool, eps: f
     state = FlowState(_alloc((segments, heads, 4, d), torch.float32, q.device),
                       _alloc((segments, heads, d, dv), torch.float32, q.device),
                       _alloc((segments, heads), torch.float32, q.device))
-    flow_attention_fwd_kernel[grid](q, k, v, out, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k,
-                                    *strides, heads, eps, BLOCK_N=cfg.block_n, **meta)
+    if not chunked:
+        flow_attention_fwd_kernel[grid](q, k, v, out, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k,
+                                        *strides, heads, eps, BLOCK_N=cfg.block_n, **meta)
+        return out, state
+    # chunked: sums of phi -> w_q, w_k -> state and z -> outputs, each sum reduced over chunks in between
+    ch = _chunk_items(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0], cfg.chunk_tokens)
+    p_vecs = _alloc((ch.items, heads, 4, d), torch.float32, q.device)  # per-item parts of the four D-vectors
+    p_kv = _alloc((ch.items, heads, d, dv), torch.float32, q.device)  # per-item unnormalised state
+    p_z = _alloc((ch.items, heads), torch.float32, q.device)
+    items = (ch.item_seg, ch.cu_chunks, cu_seqlens_q, cu_seqlens_k)
+    vec_meta = dict(D=d, BLOCK_N=cfg.chain_n, BLOCK_D=block_d, **_options(cfg.chain_warps, cfg.num_stages))
+    reduce_meta = dict(D=d, BLOCK_D=block_d, **_options(cfg.chain_warps, cfg.num_stages))
+    for phase in (0, 1):
+        flow_attention_chunk_vecs_kernel[(ch.items, heads)](
+            q, k, state.vecs, p_vecs, *items, *strides[:4], heads, segments, cfg.chunk_tokens, eps, PHASE=phase,
+            **vec_meta)
+        flow_attention_chunk_reduce_kernel[(segments, heads)](p_vecs, state.vecs, ch.cu_chunks, heads, 2 * phase,
+                                                              2, **reduce_meta)
+    chunk_args = (q, k, v, out, state.vecs, state.kv, p_kv, p_z, *items, *strides, heads, segments,
+                  cfg.chunk_tokens, eps)
+    flow_attention_chunk_fwd_kernel[(ch.items, heads, n_dv)](*chunk_args, BLOCK_N=cfg.block_n, PART=0, **meta)
+    flow_attention_chunk_state_reduce_kernel[grid](
+        p_kv, p_z, state.kv, state.z, state.kv, state.z, ch.cu_chunks, cu_seqlens_k, heads, D=d, DV=dv,
+        BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, NDV=n_dv, BACKWARD=False, **_options(cfg.num_warps, cfg.num_stages))
+    flow_attention_chunk_fwd_kernel[(ch.items, heads, n_dv)](*chunk_args, BLOCK_N=cfg.block_n, PART=1, **meta)
     return out, state
 
 
 def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState | None, causal: bool,
-                       eps: float):
-    """Launch the backward. Returns dq, dk, dv in the inputs' dtype (contiguous)."""
+                       eps: float, *, max_seqlen: int | None = None, chunked: bool | None = None):
+    """Launch the backward. Returns dq, dk, dv in the inputs' dtype (contiguous). `max_seqlen` and `chunked` as in
+    `flow_attention_fwd` (either path reads the same FlowState)."""
     do, q, k, v = (_last_dim_contiguous(x) for x in (do, q, k, v))
     total_q, heads, d = q.shape
     total_k, dv_dim = k.shape[0], v.shape[-1]
     segments = cu_seqlens_q.numel() - 1
     block_d = _head_block(d)
     cfg = _config(causal, block_d, _head_block(dv_dim), q.dtype)
+    chunked = use_chunked(causal, total_q, total_k, segments, max_seqlen, chunked, cfg)
     n_dv = triton.cdiv(dv_dim, cfg.block_dv)
     dq = _alloc((total_q, heads, d), q.dtype, q.device)
     dk = _alloc((total_k, heads, d), k.dtype, k.device)
@@ -995,7 +1471,7 @@ def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState
     meta = dict(D=d, DV=dv_dim, BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, NDV=n_dv,
                 DOT_PRECISION=_dot_precision(q.dtype), DOT_K=cfg.dot_k, **_options(cfg.num_warps, cfg.num_stages))
     chain_meta = dict(D=d, BLOCK_D=block_d, NDV=n_dv, **_options(cfg.chain_warps, cfg.num_stages))
-    if not causal:
+    if not causal and not chunked:
         s_dot = _alloc((segments, heads, n_dv), torch.float32, q.device)
         flow_attention_bwd_state_kernel[grid](
             q, k, v, do, dv, state.vecs, state.kv, state.z, cu_seqlens_q, cu_seqlens_k, d_gate, d_phi_q, d_comp,
@@ -1003,6 +1479,37 @@ def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState
         flow_attention_bwd_chain_kernel[chain_grid](
             q, k, dq, dk, state.vecs, state.z, cu_seqlens_q, cu_seqlens_k, d_gate, d_phi_q, d_comp, d_phi_k, s_dot,
             *qk_strides, heads, eps, BLOCK_N=cfg.chain_n, **chain_meta)
+        return dq, dk, dv
+    if chunked:
+        # queries (partial dS) -> dS and <dS, S> -> keys -> the chain's four passes, sums reduced in between
+        ch = _chunk_items(cu_seqlens_q, cu_seqlens_k, total_q, total_k, cfg.chunk_tokens)
+        s_dot = _alloc((segments, heads, n_dv), torch.float32, q.device)
+        ds = _alloc((segments, heads, d, dv_dim), torch.float32, q.device)
+        p_ds = _alloc((ch.items, heads, d, dv_dim), torch.float32, q.device)  # per-item parts of dS
+        g_vecs = _alloc((segments, heads, 4, d), torch.float32, q.device)  # d w_k, d w_q, d sum phi(q), (k)
+        p_g_vecs = _alloc((ch.items, heads, 4, d), torch.float32, q.device)
+        items = (ch.item_seg, ch.cu_chunks, cu_seqlens_q, cu_seqlens_k)
+        state_args = (q, k, v, do, dv, state.vecs, state.kv, state.z, ds, p_ds, *items, d_gate, d_phi_q, d_comp,
+                      d_phi_k, *strides, heads, segments, cfg.chunk_tokens, eps)
+        flow_attention_chunk_bwd_state_kernel[(ch.items, heads, n_dv)](*state_args, BLOCK_N=cfg.block_n, PART=0,
+                                                                       **meta)
+        flow_attention_chunk_state_reduce_kernel[grid](
+            p_ds, state.z, state.kv, state.z, ds, s_dot, ch.cu_chunks, cu_seqlens_k, heads, D=d, DV=dv_dim,
+            BLOCK_D=block_d, BLOCK_DV=cfg.block_dv, NDV=n_dv, BACKWARD=True,
+            **_options(cfg.num_warps, cfg.num_stages))
+        flow_attention_chunk_bwd_state_kernel[(ch.items, heads, n_dv)](*state_args, BLOCK_N=cfg.block_n, PART=1,
+                                                                       **meta)
+        chain_args = (q, k, dq, dk, state.vecs, state.z, g_vecs, p_g_vecs, *items, d_gate, d_phi_q, d_comp, d_phi_k,
+                      s_dot, *qk_strides, heads, segments, cfg.chunk_tokens, eps)
+        reduce_meta = dict(D=d, BLOCK_D=block_d, **_options(cfg.chain_warps, cfg.num_stages))
+        # the D-vector slots each pass sums (reduced before the next pass reads them): d w_k; d w_q, d sum
+        # phi(q); d sum phi(k); none
+        for chain_pass, slots in zip((1, 2, 3, 4), ((0, 1), (1, 2), (3, 1), None)):
+            flow_attention_chunk_bwd_chain_kernel[(ch.items, heads)](*chain_args, BLOCK_N=cfg.chain_n,
+                                                                     PASS=chain_pass, **chain_meta)
+            if slots is not None:
+                flow_attention_chunk_reduce_kernel[chain_grid](p_g_vecs, g_vecs, ch.cu_chunks, heads, *slots,
+                                                               **reduce_meta)
         return dq, dk, dv
     gc, carry, e_carry = _causal_flows_launch(q, k, cu_seqlens_q, eps, cfg, write_carry=True)
     flow_attention_causal_bwd_scan_kernel[grid](
@@ -1017,18 +1524,20 @@ def flow_attention_bwd(do, q, k, v, cu_seqlens_q, cu_seqlens_k, state: FlowState
 
 class FlowAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps):
-        out, state = flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps)
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps, max_seqlen, chunked):
+        out, state = flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps, max_seqlen=max_seqlen,
+                                        chunked=chunked)
         ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, *(state if state is not None else ()))
-        ctx.causal, ctx.eps = causal, eps
+        ctx.causal, ctx.eps, ctx.max_seqlen, ctx.chunked = causal, eps, max_seqlen, chunked
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, cu_seqlens_q, cu_seqlens_k, *state = ctx.saved_tensors
         dq, dk, dv = flow_attention_bwd(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k,
-                                        FlowState(*state) if state else None, ctx.causal, ctx.eps)
-        return dq, dk, dv, None, None, None, None
+                                        FlowState(*state) if state else None, ctx.causal, ctx.eps,
+                                        max_seqlen=ctx.max_seqlen, chunked=ctx.chunked)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1058,14 +1567,16 @@ def _check_cu_values(name: str, cu: torch.Tensor, total: int) -> list[int]:
 
 def flow_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                           cu_seqlens_k: torch.Tensor, *, causal: bool = False, eps: float = DEFAULT_EPS,
-                          check_values: bool = True) -> torch.Tensor:
+                          check_values: bool = True, chunked: bool | None = None) -> torch.Tensor:
     """Flowformer flow attention (phi = sigmoid) on packed segments; differentiable in q, k, v.
 
     q `(total_q, H, D)`, k `(total_k, H, D)`, v `(total_k, H, Dv)`, int32 `cu_seqlens_q` / `cu_seqlens_k`
     `(S + 1,)`: query segment i with key/value segment i. causal=True needs equal q/kv segments. Returns
     `(total_q, H, Dv)` in q's dtype, computed in float32 (TF32 dot operands for fp16 / bf16 inputs, see the module
     docstring). `check_values=False` skips the checks that read the offsets back to the host (a sync): for
-    callers whose offsets are already validated.
+    callers whose offsets are already validated. `chunked` (non-causal): None chooses between the single-pass and
+    the chunked kernels (`use_chunked`: with check_values, from the longest segment, else from the mean length);
+    True / False forces one (True with causal=True is a ValueError).
     """
     check_packed_qkv(q, k, v)
     if q.shape[0] < 1 or k.shape[0] < 1 or q.shape[1] < 1:
@@ -1080,10 +1591,17 @@ def flow_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
     if causal and q.shape[0] != k.shape[0]:
         raise ValueError(f"causal flow attention needs equal q/kv segments, got {q.shape[0]} query and "
                          f"{k.shape[0]} key tokens")
+    if chunked is not None and not isinstance(chunked, bool):
+        raise ValueError(f"chunked must be None, True or False, got {chunked!r}")
+    if chunked and causal:
+        raise ValueError("chunked=True: the causal flow attention has no chunked path")
+    max_seqlen = None
     if check_values and not torch.compiler.is_compiling():
         q_lengths = _check_cu_values("cu_seqlens_q", cu_seqlens_q, q.shape[0])
         kv_lengths = _check_cu_values("cu_seqlens_k", cu_seqlens_k, k.shape[0])
         if causal and q_lengths != kv_lengths:
             raise ValueError(f"causal flow attention needs equal q/kv segment lengths, got {q_lengths} and "
                              f"{kv_lengths}")
-    return FlowAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), float(eps))
+        max_seqlen = max(q_lengths + kv_lengths)  # already on the host: the exact longest segment
+    return FlowAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), float(eps), max_seqlen,
+                                       chunked)

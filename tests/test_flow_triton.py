@@ -68,12 +68,12 @@ def outputs_and_grads(fn, q, k, v, grad_out):
     return out, torch.autograd.grad(out, (q, k, v), grad_out)
 
 
-def assert_matches_reference(q_lengths, kv_lengths, heads, d, dv, dtype, causal, seed=0):
+def assert_matches_reference(q_lengths, kv_lengths, heads, d, dv, dtype, causal, seed=0, chunked=None):
     q, k, v = packed_qkv(q_lengths, kv_lengths, heads, d, dv, dtype, seed)
     grad_out = torch.randn(q.shape[0], heads, dv, generator=torch.Generator().manual_seed(seed + 1)).to(q)
     out, grads = outputs_and_grads(
         lambda q, k, v: fa.flow_attention_varlen(q, k, v, cu_seqlens(q_lengths), cu_seqlens(kv_lengths),
-                                                 causal=causal), q, k, v, grad_out)
+                                                 causal=causal, chunked=chunked), q, k, v, grad_out)
     ref, ref_grads = outputs_and_grads(
         lambda q, k, v: reference_varlen(q, k, v, q_lengths, kv_lengths, causal),
         q.double(), k.double(), v.double(), grad_out.double())
@@ -240,8 +240,9 @@ def test_backend_refuses_causal_with_unequal_lengths_and_a_scale():
 
 # ---------------------------------------------------------------- memory: no per-token D x Dv state
 
-@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
-def test_memory_is_linear(causal, monkeypatch):
+@pytest.mark.parametrize("causal, chunked", [(False, None), (True, None), (False, True)],
+                         ids=["noncausal", "causal", "noncausal-chunked"])
+def test_memory_is_linear(causal, chunked, monkeypatch):
     """Every buffer the launchers allocate and everything saved for backward is O(N (D + Dv) + D Dv) per head;
     a per-token D x Dv tensor would be D = 8 times larger than the largest allowed here."""
     lengths, heads, d, dv = [150, 3, 70], 3, 8, 12
@@ -254,7 +255,8 @@ def test_memory_is_linear(causal, monkeypatch):
 
     monkeypatch.setattr(fa, "_alloc", recording_alloc)
     q, k, v = (x.requires_grad_() for x in packed_qkv(lengths, lengths, heads, d, dv, torch.float32))
-    out = fa.flow_attention_varlen(q, k, v, cu_seqlens(lengths), cu_seqlens(lengths), causal=causal)
+    out = fa.flow_attention_varlen(q, k, v, cu_seqlens(lengths), cu_seqlens(lengths), causal=causal,
+                                   chunked=chunked)
     saved = [t for t in out.grad_fn.saved_tensors if not any(t is x for x in (q, k, v))]
     per_segment_head = len(lengths) * heads * (4 * d + d * dv + 1)  # the non-causal state
     assert sum(t.numel() for t in saved) <= per_segment_head + 2 * (len(lengths) + 1)  # + the offsets
@@ -291,6 +293,8 @@ def _bad(**changes):
     (_bad(cu_seqlens_k=torch.tensor([0, 0, 7], dtype=torch.int32)), {}, r"segments of length >= 1, got a length 0"),
     (_bad(), dict(eps=0.0), r"eps must be a float > 0, got 0.0"),
     (_bad(), dict(causal=True), r"causal flow attention needs equal q/kv segment lengths, got \[3, 4\] and \[2, 5\]"),
+    (_bad(), dict(causal=True, chunked=True), r"chunked=True: the causal flow attention has no chunked path"),
+    (_bad(), dict(chunked=1), r"chunked must be None, True or False, got 1"),
     (_bad(k=torch.randn(8, 2, 8), v=torch.randn(8, 2, 6), cu_seqlens_k=torch.tensor([0, 3, 8], dtype=torch.int32)),
      dict(causal=True), r"needs equal q/kv segments, got 7 query and 8 key tokens"),
 ])
@@ -298,3 +302,111 @@ def test_validation_errors(args, kwargs, match):
     args = {name: x.to(DEVICE) for name, x in args.items()}
     with pytest.raises(ValueError, match=match):
         fa.flow_attention_varlen(**args, **kwargs)
+
+
+# ---------------------------------------------------------------- the chunked non-causal path
+
+CHUNKED_KERNELS = ("flow_attention_chunk_vecs_kernel", "flow_attention_chunk_reduce_kernel",
+                   "flow_attention_chunk_fwd_kernel", "flow_attention_chunk_state_reduce_kernel",
+                   "flow_attention_chunk_bwd_state_kernel", "flow_attention_chunk_bwd_chain_kernel")
+SINGLE_PASS_KERNELS = ("flow_attention_fwd_kernel", "flow_attention_bwd_state_kernel",
+                       "flow_attention_bwd_chain_kernel")
+
+
+def spy_launches(monkeypatch, names):
+    """Replace the named kernels by spies; returns {name: [grids]} filled as they launch."""
+    launches = {name: [] for name in names}
+    for name in names:
+        monkeypatch.setattr(fa, name, _GridSpy(getattr(fa, name), launches[name]))
+    return launches
+
+
+# Under the interpreter a chunk is 64 tokens: 200 queries span 4 chunks (the last two without keys: 97 keys),
+# 150 keys 3 chunks for a single query, 37 + 45 fit in one chunk, and a length-1 segment.
+CHUNK_Q_LENGTHS = [200, 1, 37, 1, 131]
+CHUNK_KV_LENGTHS = [97, 150, 45, 1, 66]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_chunked_matches_reference(dtype, monkeypatch):
+    """chunked=True (forced at these sizes): outputs and dq/dk/dv against the float64 reference on odd, unequal
+    segments spanning several chunks, shorter than a chunk and of length 1, with odd D and Dv != D. The chunk
+    kernels must really run several chunks of one segment (more items than segments)."""
+    launches = spy_launches(monkeypatch, CHUNKED_KERNELS + SINGLE_PASS_KERNELS)
+    assert_matches_reference(CHUNK_Q_LENGTHS, CHUNK_KV_LENGTHS, 1, 12, 20, dtype, False, seed=11, chunked=True)
+    assert not any(launches[name] for name in SINGLE_PASS_KERNELS)
+    assert all(launches[name] for name in CHUNKED_KERNELS)
+    chunk = fa._config(False, 16, 32, dtype).chunk_tokens
+    real_items = sum(-(-max(a, b) // chunk) for a, b in zip(CHUNK_Q_LENGTHS, CHUNK_KV_LENGTHS))
+    assert real_items > len(CHUNK_Q_LENGTHS) + 2  # several chunks per long segment
+    assert all(grid[0] >= real_items for grid in launches["flow_attention_chunk_fwd_kernel"])
+
+
+def test_chunked_blocks_and_dv_split_match_reference(monkeypatch):
+    """The chunked path with GPU-like tiles: several token blocks per chunk, a chunk (40) that is no multiple of
+    the block (16), and the D x Dv state split into Dv blocks (48 = 3 x 16)."""
+    config = fa._config
+    monkeypatch.setattr(fa, "_config", lambda *args: config(*args)._replace(
+        block_n=16, chain_n=16, block_dv=16, chunk_tokens=40))
+    launches = spy_launches(monkeypatch, ("flow_attention_chunk_fwd_kernel", "flow_attention_chunk_bwd_state_kernel"))
+    assert_matches_reference([95, 1, 23], [41, 80, 1], 1, 24, 48, torch.float32, False, seed=12, chunked=True)
+    assert all(grid[2] == 3 for grids in launches.values() for grid in grids)
+
+
+def test_chunked_is_deterministic_and_close_to_single_pass():
+    """Both paths compute the same function (up to summation order); the chunked one gives identical bits run to
+    run (fixed-order reductions, no atomics)."""
+    q, k, v = packed_qkv(CHUNK_Q_LENGTHS, CHUNK_KV_LENGTHS, 1, 8, 8, torch.float32, seed=13)
+    cu_q, cu_k = cu_seqlens(CHUNK_Q_LENGTHS), cu_seqlens(CHUNK_KV_LENGTHS)
+    runs = [fa.flow_attention_fwd(q, k, v, cu_q, cu_k, False, fa.DEFAULT_EPS, chunked=chunked)
+            for chunked in (True, True, False)]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(runs[0][0], runs[2][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(runs[0][1], runs[2][1]):  # the backward's state: either path's backward can read it
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_automatic_choice(monkeypatch):
+    """Chunked exactly when the longest segment exceeds `chunked_min_len` (the GPU's 1024, the interpreter's
+    256): the exact longest when known (flow_attention_varlen with check_values), else the mean length (a lower
+    bound, no sync); never for causal; `chunked=` forces either path."""
+    gpu = fa._Config(32, 32, 8, 16, 4, 16)  # the GPU defaults: chunks of 1024, chunked past 1024 tokens
+    assert (gpu.chunk_tokens, gpu.chunked_min_len) == (1024, 1024)
+    # bench `long` (B2 N16384) and N4096: chunked; gait (1280 segments of ~60, Gait3D up to 489): single pass
+    assert fa.use_chunked(False, 2 * 16384, 2 * 16384, 2, cfg=gpu)
+    assert fa.use_chunked(False, 2 * 4096, 2 * 4096, 2, cfg=gpu)
+    assert not fa.use_chunked(False, 2 * 1024, 2 * 1024, 2, cfg=gpu)
+    assert not fa.use_chunked(False, 1280 * 60, 1280 * 60, 1280, max_seqlen=489, cfg=gpu)
+    assert not fa.use_chunked(False, 1280 * 60 + 5000, 1280 * 60 + 5000, 1281, cfg=gpu)  # mean: one long hides
+    assert fa.use_chunked(False, 1280 * 60 + 5000, 1280 * 60 + 5000, 1281, max_seqlen=5000, cfg=gpu)
+    assert fa.use_chunked(False, 10, 3000, 2, cfg=gpu)  # the longer side counts (cross-attention)
+    assert not fa.use_chunked(True, 2 * 16384, 2 * 16384, 2, cfg=gpu)
+    assert not fa.use_chunked(False, 2 * 16384, 2 * 16384, 2, chunked=False, cfg=gpu)
+    assert fa.use_chunked(False, 10, 10, 2, chunked=True, cfg=gpu)
+    with pytest.raises(ValueError, match="no chunked path"):
+        fa.use_chunked(True, 10, 10, 2, chunked=True, cfg=gpu)
+    assert fa._config(False, 16, 16, torch.float32).chunked_min_len == 256  # the interpreter's threshold
+
+    # the launches: tiny heads, one long segment among short ones
+    names = ("flow_attention_chunk_fwd_kernel", "flow_attention_chunk_bwd_chain_kernel",
+             "flow_attention_fwd_kernel", "flow_attention_bwd_chain_kernel")
+
+    def paths(lengths, **kwargs):
+        launches = spy_launches(monkeypatch, names)
+        q, k, v = (x.requires_grad_() for x in packed_qkv(lengths, lengths, 1, 4, 4, torch.float32, seed=14))
+        fa.flow_attention_varlen(q, k, v, cu_seqlens(lengths), cu_seqlens(lengths), **kwargs).sum().backward()
+        for name in names:
+            monkeypatch.setattr(fa, name, getattr(fa, name).kernel)
+        chunked = bool(launches[names[0]]) and bool(launches[names[1]])
+        single = bool(launches[names[2]]) and bool(launches[names[3]])
+        assert not (chunked or single) or chunked != single
+        return "chunked" if chunked else "single" if single else "causal"
+
+    assert paths([257, 3, 2]) == "chunked"  # longest 257 > 256
+    assert paths([256, 3, 2]) == "single"
+    assert paths([257, 3, 2], check_values=False) == "single"  # mean 88 <= 256
+    assert paths([300, 290], check_values=False) == "chunked"  # mean 295 > 256
+    assert paths([20, 3], chunked=True) == "chunked"
+    assert paths([257, 3], causal=True) == "causal"  # its own kernels, never the chunked ones
