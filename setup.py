@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["bpmt_fast", "bpmt_fast.*"]) + ["bpmt_fast.kernels"],
     package_dir={"bpmt_fast": "bpmt_fast", "bpmt_fast.kernels": "kernels"},
     # Real Gait3D sequence lengths: the bpmt-varlen benchmark shape set draws from them.
-    package_data={"bpmt_fast.bench": ["gait3d_lengths.txt"]},
+    package_data={"bpmt_fast.bench": ["gait3d_lengths.txt"], "bpmt_fast.kernels": ["tuned/*.json"]},
     install_requires=[
         "torch>=2.4",
         "numpy",

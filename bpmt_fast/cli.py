@@ -162,6 +162,13 @@ def cmd_bench_report(args) -> int:
     return 0
 
 
+def cmd_bench_model(args) -> int:
+    from bpmt_fast.bench.cost_model import run_model
+
+    print(run_model(args.shapes, args.gpu, args.dtype, quick=args.quick, out=args.out))
+    return 0
+
+
 def seconds_arg(text: str) -> float:
     """argparse type: a non-negative number of seconds."""
     try:
@@ -195,6 +202,18 @@ def add_bench_parser(commands) -> None:
                             help="time budget for the whole run, shared among the suites; rows that would start "
                                  "later are 'skipped' with reason 'time budget' (default: none)")
         parser.set_defaults(run=cmd_bench)
+    model = suites.add_parser("model", help="cost MODEL of our triton attention kernels (no GPU, nothing timed): "
+                                            "programs, idle programs, HBM bytes, FLOPs, exps and floors vs ideal")
+    model.add_argument("--shapes", type=comma_list, metavar="X,Y",
+                       help="attention shape sets (default: bpmt-fixed, bpmt-varlen, cross-pairs)")
+    model.add_argument("--gpu", choices=["h100", "h200", "a100"], default="h100")
+    model.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    model.add_argument("--quick", action="store_true", help="the shape sets' tiny CPU sizes")
+    model.add_argument("--out", help="also write cost-model.json and cost-model.md into this folder")
+    model.set_defaults(run=cmd_bench_model)
+    from bpmt_fast.bench.tune import add_tune_parser
+
+    add_tune_parser(suites)  # `bench tune`: kernel launch configurations timed on a GPU, written to kernels/tuned/
     report = suites.add_parser("report", help="rebuild the markdown report and plots from a saved results JSON")
     report.add_argument("path", help="results.json or the folder holding it")
     report.add_argument("--out", help="folder for report.md and plots/ (default: the JSON's folder)")

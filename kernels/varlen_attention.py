@@ -66,6 +66,7 @@ Differences from the reference (`bpmt_fast.reference.softmax`)
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -74,6 +75,7 @@ import triton
 import triton.language as tl
 
 from .common import DOT_PRECISION, INTERPRET, check_packed_qkv
+from .tuning import tuned_config
 from .common import head_block as _head_block, last_dim_contiguous as _last_dim_contiguous
 
 LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E)
@@ -90,85 +92,214 @@ def _alloc(shape, dtype, device) -> torch.Tensor:
 # kernels
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
-def varlen_attention_fwd_kernel(
-    Q, K, V, O, LSE, CU_Q, CU_K, KV_INDEX, SEG_Q, SEG_K,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    total_q, num_heads, num_blocks, qk_scale,  # qk_scale = scale * log2(e): scores go straight into exp2
-    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    # 1-D grid of num_blocks row blocks x groups (CUDA caps grid axes 1 and 2 at 65535, axis 0 at 2^31 - 1)
-    pid_m = tl.program_id(0) % num_blocks
-    group = tl.program_id(0) // num_blocks  # segment * H + head; packed rows: the head alone, seg 0 (unused)
-    seg = group // num_heads
-    head = group % num_heads
+def _work_unit(unit, num_heads, CU, WORK, blocks_per_segment, total,
+               PACK_ROWS: tl.constexpr, UNIFORM: tl.constexpr):
+    """Work unit -> (segment, head, row block, first row, rows) of one program's loop trip.
+
+    Units are (item, head) with the head minor, so programs running side by side read all heads of a token row.
+    Items: packed rows -> the row block itself (segment 0, unused); UNIFORM (every segment has the same number
+    of blocks) -> arithmetic; else row (segment, block) of the device-built work table (longest segment first)."""
+    item = unit // num_heads
+    head = unit % num_heads
     if PACK_ROWS:  # the rows of all segments back to back form one range
-        q_start = 0
-        q_len = total_q
+        seg = item * 0
+        block = item
+        start = item * 0
+        length = item * 0 + total
     else:
-        q_start = tl.load(CU_Q + seg)
-        q_len = tl.load(CU_Q + seg + 1) - q_start
-    if pid_m * BLOCK_M >= q_len:  # per segment the grid covers max_seqlen_q: shorter segments idle
-        return
-    if PACK_ROWS:  # rows of segments s_first..s_last: their keys are one contiguous range (identity kv_index)
-        first_row = pid_m * BLOCK_M
+        if UNIFORM:
+            seg = item // blocks_per_segment
+            block = item % blocks_per_segment
+        else:
+            seg = tl.load(WORK + 2 * item)
+            block = tl.load(WORK + 2 * item + 1)
+        start = tl.load(CU + seg)
+        length = tl.load(CU + seg + 1) - start
+    return seg, head, block, start, length
+
+
+@triton.jit
+def _key_range(seg, q_start, q_len, first_row, total_q, CU_K, KV_INDEX, SEG_Q, BLOCK_M: tl.constexpr,
+               PACK_ROWS: tl.constexpr, IDENTITY_KV: tl.constexpr, SHARED_OFFSETS: tl.constexpr):
+    """(first key, keys) a query block reads. Packed rows: the keys of the segments its rows span (identity);
+    per segment: its key/value segment, with no index load for the identity and no offset load when q and k
+    share their offsets (self-attention: the prologue's dependent global reads are what a short program waits on).
+    """
+    if PACK_ROWS:
         s_first = tl.load(SEG_Q + first_row)
         s_last = tl.load(SEG_Q + tl.minimum(first_row + BLOCK_M, total_q) - 1)
         k_start = tl.load(CU_K + s_first)
         k_len = tl.load(CU_K + s_last + 1) - k_start
     else:
-        kv_seg = tl.load(KV_INDEX + seg)
-        k_start = tl.load(CU_K + kv_seg)
-        k_len = tl.load(CU_K + kv_seg + 1) - k_start
+        if IDENTITY_KV and SHARED_OFFSETS:
+            k_start = q_start
+            k_len = q_len
+        else:
+            if IDENTITY_KV:
+                kv_seg = seg
+            else:
+                kv_seg = tl.load(KV_INDEX + seg)
+            k_start = tl.load(CU_K + kv_seg)
+            k_len = tl.load(CU_K + kv_seg + 1) - k_start
+    return k_start, k_len
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+
+@triton.jit
+def _work_count(WORK_COUNT, num_units, num_heads, COUNTED: tl.constexpr):
+    """Units of the launch: the device-side item count times heads (no host sync), or a host int."""
+    if COUNTED:
+        return tl.load(WORK_COUNT) * num_heads
+    else:
+        return num_units
+
+
+@triton.jit
+def varlen_attention_fwd_kernel(
+    Q, K, V, O, LSE, CU_Q, CU_K, KV_INDEX, SEG_Q, SEG_K, WORK, WORK_COUNT,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    total_q, num_heads, num_units, blocks_per_segment, num_programs, qk_scale,  # qk_scale = scale * log2(e)
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, UNIFORM: tl.constexpr,
+    COUNTED: tl.constexpr, IDENTITY_KV: tl.constexpr, SHARED_OFFSETS: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    row_ok = offs_m < q_len
-    rows = (q_start + offs_m).to(tl.int64)  # int64: token * stride can pass 2^31 on big batches
-    q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_M, BLOCK_D)
-    if PACK_ROWS:
-        row_seg = tl.load(SEG_Q + rows, mask=row_ok, other=-1)  # (BLOCK_M,); -1 matches no key
-
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, base-2 scaled scores
-    l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(s - m_i)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    for start_n in range(0, k_len, BLOCK_N):
-        cols = start_n + offs_n
-        col_ok = cols < k_len
-        keys = (k_start + cols).to(tl.int64)
-        k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-                    mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_N, BLOCK_D)
-        v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
-                    mask=col_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)  # (BLOCK_N, BLOCK_DV)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        if PACK_ROWS:
-            # Block-diagonal mask: a row sees the keys of its own segment only (-2 past the range matches no row).
-            # A block may hold none of a row's keys (m_new = -inf): exponentiate against 0 then, not -inf, so no
-            # exp2(-inf - -inf) NaN appears; p and alpha are 0 for such rows until their keys come.
-            col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)
-            s = tl.where(row_seg[:, None] == col_seg[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            # Every block holds at least one valid key, so m_new is finite and no exp2(-inf - -inf) NaN can occur.
+    n_units = _work_count(WORK_COUNT, num_units, num_heads, COUNTED)
+    for unit in range(tl.program_id(0), n_units, num_programs):  # persistent: every unit is real work
+        seg, head, block, q_start, q_len = _work_unit(unit, num_heads, CU_Q, WORK, blocks_per_segment, total_q,
+                                                      PACK_ROWS, UNIFORM)
+        k_start, k_len = _key_range(seg, q_start, q_len, block * BLOCK_M, total_q, CU_K, KV_INDEX, SEG_Q, BLOCK_M,
+                                    PACK_ROWS, IDENTITY_KV, SHARED_OFFSETS)
+        offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < q_len
+        rows = (q_start + offs_m).to(tl.int64)  # int64: token * stride can pass 2^31 on big batches
+        if ONE_KEY_BLOCK:  # the whole key segment is one tile: issue the K / V loads beside Q's, no loop
+            col_ok = offs_n < k_len
+            keys = (k_start + offs_n).to(tl.int64)
+            k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                        mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_N, BLOCK_D)
+            v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
+                        mask=col_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)  # (BLOCK_N, BLOCK_DV)
+        q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                    mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_M, BLOCK_D)
+        if ONE_KEY_BLOCK:
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
             s = tl.where(col_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_ref = m_new
-        alpha = tl.exp2(m_i - m_ref)  # 0 on the first block (m_i = -inf)
-        p = tl.exp2(s - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+            m_i = tl.max(s, 1)
+            m_ref = tl.where(m_i == float("-inf"), 0.0, m_i)  # an empty key segment: all -inf, p = 0, no NaN
+            p = tl.exp2(s - m_ref[:, None])
+            l_i = tl.sum(p, 1)
+            acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_DV)
+        else:
+            if PACK_ROWS:
+                row_seg = tl.load(SEG_Q + rows, mask=row_ok, other=-1)  # (BLOCK_M,); -1 matches no key
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, base-2 scaled scores
+            l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(s - m_i)
+            acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+            for start_n in range(0, k_len, BLOCK_N):
+                cols = start_n + offs_n
+                col_ok = cols < k_len
+                keys = (k_start + cols).to(tl.int64)
+                k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                            mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_N, BLOCK_D)
+                v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
+                            mask=col_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)  # (BLOCK_N, BLOCK_DV)
+                s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+                if PACK_ROWS:
+                    # Block-diagonal mask: a row sees the keys of its own segment only (-2 past the range matches no
+                    # row). A block may hold none of a row's keys (m_new = -inf): exponentiate against 0 then, not
+                    # -inf, so no exp2(-inf - -inf) NaN appears; p and alpha are 0 for such rows until their keys come.
+                    col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)
+                    s = tl.where(row_seg[:, None] == col_seg[None, :], s, float("-inf"))
+                    m_new = tl.maximum(m_i, tl.max(s, 1))
+                    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+                else:
+                    # Every block holds at least one valid key, so m_new is finite: no exp2(-inf - -inf) NaN.
+                    s = tl.where(col_ok[None, :], s, float("-inf"))
+                    m_new = tl.maximum(m_i, tl.max(s, 1))
+                    m_ref = m_new
+                alpha = tl.exp2(m_i - m_ref)  # 0 on the first block (m_i = -inf)
+                p = tl.exp2(s - m_ref[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+                m_i = m_new
 
-    has_keys = l_i > 0  # False only when the row's key/value segment is empty: zero output, lse 0 (never read)
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, 0.0)  # * ln 2
-    tl.store(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :], out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
-    tl.store(LSE + head * total_q + rows, lse, mask=row_ok)
+        has_keys = l_i > 0  # False only when the row's key/value segment is empty: zero output, lse 0 (never read)
+        out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+        lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, 0.0)  # * ln 2
+        tl.store(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :], out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+        tl.store(LSE + head * total_q + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def varlen_attention_bwd_fused_kernel(
+    Q, K, V, O, DO, LSE, DQ, DK, DV, CU_Q, CU_K, ORDER,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+    total_q, num_heads, num_units, num_programs, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, SORTED: tl.constexpr, SHARED_OFFSETS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One-pass backward: one (segment, head) per loop trip, the whole segment in one tile (identity kv_index).
+
+    Loads Q, K, V, O, dO, LSE once, writes dQ, dK, dV once: delta = rowsum(dO * O) in registers, then 5 matmuls
+    (S = Q K^T, dP = dO V^T, dV = P^T dO, dK = dS^T Q, dQ = dS K) and one exponential per score. Every output
+    element has one writer and a fixed order: deterministic, no atomics."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    dv_ok = offs_dv[None, :] < HEAD_DIM_V
+    for unit in range(tl.program_id(0), num_units, num_programs):
+        item = unit // num_heads
+        head = unit % num_heads
+        if SORTED:  # longest segments first, so the last trips are the short ones
+            seg = tl.load(ORDER + item)
+        else:
+            seg = item
+        q_start = tl.load(CU_Q + seg)
+        q_len = tl.load(CU_Q + seg + 1) - q_start
+        if SHARED_OFFSETS:
+            k_start = q_start
+            k_len = q_len
+        else:
+            k_start = tl.load(CU_K + seg)
+            k_len = tl.load(CU_K + seg + 1) - k_start
+        row_ok = offs_m < q_len
+        col_ok = offs_n < k_len
+        rows = (q_start + offs_m).to(tl.int64)
+        keys = (k_start + offs_n).to(tl.int64)
+        q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                    mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+        k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                    mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
+        v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
+                    mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+        o = tl.load(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
+                    mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+        do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
+                     mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+        lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
+        valid = row_ok[:, None] & col_ok[None, :]
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.exp2(tl.where(valid, s - lse2[:, None], float("-inf")))  # masked -> 0, never exp of garbage
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_DV)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        ds = (p * (dp - delta[:, None])).to(q.dtype)  # (BLOCK_M, BLOCK_N)
+        dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        dq = tl.dot(ds, k, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_D)
+        tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
+                 (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
+        tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
+                 (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok)
+        tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
+                 dv.to(DV.dtype.element_ty), mask=col_ok[:, None] & dv_ok)
 
 
 @triton.jit
@@ -188,158 +319,145 @@ def varlen_attention_bwd_preprocess_kernel(
 
 @triton.jit
 def varlen_attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, Q_OF_KV_PTR, Q_OF_KV, SEG_Q, SEG_K,
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, Q_OF_KV_PTR, Q_OF_KV, SEG_Q, SEG_K, WORK, WORK_COUNT,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    total_q, total_k, num_heads, num_blocks, scale, qk_scale,
+    total_q, total_k, num_heads, num_units, blocks_per_segment, num_programs, scale, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, UNIFORM: tl.constexpr,
+    COUNTED: tl.constexpr, IDENTITY_KV: tl.constexpr, SHARED_OFFSETS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0) % num_blocks  # 1-D grid as in the forward
-    group = tl.program_id(0) // num_blocks  # kv segment * H + head; packed rows: the head alone
-    kv_seg = group // num_heads
-    head = group % num_heads
-    if PACK_ROWS:  # the key rows of all segments back to back form one range
-        k_start = 0
-        k_len = total_k
-    else:
-        k_start = tl.load(CU_K + kv_seg)
-        k_len = tl.load(CU_K + kv_seg + 1) - k_start
-    if pid_n * BLOCK_N >= k_len:
-        return
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    col_ok = offs_n < k_len
-    keys = (k_start + offs_n).to(tl.int64)
     d_ok = offs_d[None, :] < HEAD_DIM
     dv_ok = offs_dv[None, :] < HEAD_DIM_V
-    k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-                mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
-    v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
-                mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-    if PACK_ROWS:  # keys of segments s_first..s_last: their queries are one contiguous range, one loop trip below
-        first_key = pid_n * BLOCK_N
-        s_first = tl.load(SEG_K + first_key)
-        s_last = tl.load(SEG_K + tl.minimum(first_key + BLOCK_N, total_k) - 1)
-        col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)  # (BLOCK_N,); -2 matches no query
-        pair_start = 0
-        pair_end = 1
-    else:  # every query segment that reads this key/value segment, in a fixed order (CSR row kv_seg)
-        pair_start = tl.load(Q_OF_KV_PTR + kv_seg)
-        pair_end = tl.load(Q_OF_KV_PTR + kv_seg + 1)
-
-    for i in range(pair_start, pair_end):
-        if PACK_ROWS:
-            q_start = tl.load(CU_Q + s_first)
-            q_len = tl.load(CU_Q + s_last + 1) - q_start
-        else:
-            q_seg = tl.load(Q_OF_KV + i)
-            q_start = tl.load(CU_Q + q_seg)
-            q_len = tl.load(CU_Q + q_seg + 1) - q_start
-        for start_m in range(0, q_len, BLOCK_M):
-            row_ok = start_m + offs_m < q_len
-            rows = (q_start + start_m + offs_m).to(tl.int64)
-            q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                        mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-            do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
-                         mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
-            lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
-            delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
-            if PACK_ROWS:  # block-diagonal: a key sees the queries of its own segment only
-                row_seg = tl.load(SEG_Q + rows, mask=row_ok, other=-1)
-                valid = col_seg[:, None] == row_seg[None, :]  # (BLOCK_N, BLOCK_M)
-            else:
-                valid = col_ok[:, None] & row_ok[None, :]
-            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
-            # Padded keys / queries are zero, so s_t is finite there, but exp2(s - lse) could still overflow (or
-            # meet another segment's lse): masked entries become exp2(-inf) = 0.
-            p_t = tl.exp2(tl.where(valid, s_t - lse2[None, :], float("-inf")))
-            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
-            ds_t = p_t * (dp_t - delta[None, :])
-            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
-
-    tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
-             (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok)
-    tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
-             dv.to(DV.dtype.element_ty), mask=col_ok[:, None] & dv_ok)
-
-
-@triton.jit
-def varlen_attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, KV_INDEX, SEG_Q, SEG_K,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dqt, stride_dqh,
-    total_q, num_heads, num_blocks, scale, qk_scale,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    pid_m = tl.program_id(0) % num_blocks  # 1-D grid as in the forward
-    group = tl.program_id(0) // num_blocks  # segment * H + head; packed rows: the head alone
-    seg = group // num_heads
-    head = group % num_heads
-    if PACK_ROWS:  # as in the forward
-        q_start = 0
-        q_len = total_q
-    else:
-        q_start = tl.load(CU_Q + seg)
-        q_len = tl.load(CU_Q + seg + 1) - q_start
-    if pid_m * BLOCK_M >= q_len:
-        return
-    if PACK_ROWS:
-        first_row = pid_m * BLOCK_M
-        s_first = tl.load(SEG_Q + first_row)
-        s_last = tl.load(SEG_Q + tl.minimum(first_row + BLOCK_M, total_q) - 1)
-        k_start = tl.load(CU_K + s_first)
-        k_len = tl.load(CU_K + s_last + 1) - k_start
-    else:
-        kv_seg = tl.load(KV_INDEX + seg)
-        k_start = tl.load(CU_K + kv_seg)
-        k_len = tl.load(CU_K + kv_seg + 1) - k_start
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    row_ok = offs_m < q_len
-    rows = (q_start + offs_m).to(tl.int64)
-    d_ok = offs_d[None, :] < HEAD_DIM
-    dv_ok = offs_dv[None, :] < HEAD_DIM_V
-    q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-    do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
-                 mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
-    lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
-    delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
-    if PACK_ROWS:
-        row_seg = tl.load(SEG_Q + rows, mask=row_ok, other=-1)  # (BLOCK_M,); -1 matches no key
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(0, k_len, BLOCK_N):
-        cols = start_n + offs_n
-        col_ok = cols < k_len
-        keys = (k_start + cols).to(tl.int64)
+    n_units = _work_count(WORK_COUNT, num_units, num_heads, COUNTED)
+    for unit in range(tl.program_id(0), n_units, num_programs):  # units over key blocks, as the forward's
+        kv_seg, head, block, k_start, k_len = _work_unit(unit, num_heads, CU_K, WORK, blocks_per_segment, total_k,
+                                                         PACK_ROWS, UNIFORM)
+        offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < k_len
+        keys = (k_start + offs_n).to(tl.int64)
         k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
                     mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
         v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
                     mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
-        if PACK_ROWS:  # block-diagonal, as in the forward
-            col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)
-            valid = row_seg[:, None] == col_seg[None, :]  # (BLOCK_M, BLOCK_N)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+        if PACK_ROWS:  # keys of segments s_first..s_last: their queries are one contiguous range, one trip below
+            first_key = block * BLOCK_N
+            s_first = tl.load(SEG_K + first_key)
+            s_last = tl.load(SEG_K + tl.minimum(first_key + BLOCK_N, total_k) - 1)
+            col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)  # (BLOCK_N,); -2 matches no query
+            pair_start = 0
+            pair_end = 1
         else:
-            valid = row_ok[:, None] & col_ok[None, :]
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = tl.exp2(tl.where(valid, s - lse2[:, None], float("-inf")))
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-    tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-             (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
+            if IDENTITY_KV:  # kv segment j is read by query segment j alone
+                pair_start = kv_seg
+                pair_end = kv_seg + 1
+            else:  # every query segment that reads this key/value segment, in a fixed order (CSR row kv_seg)
+                pair_start = tl.load(Q_OF_KV_PTR + kv_seg)
+                pair_end = tl.load(Q_OF_KV_PTR + kv_seg + 1)
 
+        for i in range(pair_start, pair_end):
+            if PACK_ROWS:
+                q_start = tl.load(CU_Q + s_first)
+                q_len = tl.load(CU_Q + s_last + 1) - q_start
+            else:
+                if IDENTITY_KV and SHARED_OFFSETS:
+                    q_start = k_start
+                    q_len = k_len
+                else:
+                    if IDENTITY_KV:
+                        q_seg = i
+                    else:
+                        q_seg = tl.load(Q_OF_KV + i)
+                    q_start = tl.load(CU_Q + q_seg)
+                    q_len = tl.load(CU_Q + q_seg + 1) - q_start
+            for start_m in range(0, q_len, BLOCK_M):
+                cur_m = start_m + offs_m
+                row_ok = cur_m < q_len
+                rows = (q_start + cur_m).to(tl.int64)
+                q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                            mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+                do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
+                             mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+                lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
+                delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
+                if PACK_ROWS:  # block-diagonal: a key sees the queries of its own segment only
+                    row_seg = tl.load(SEG_Q + rows, mask=row_ok, other=-1)
+                    valid = col_seg[:, None] == row_seg[None, :]  # (BLOCK_N, BLOCK_M)
+                else:
+                    valid = col_ok[:, None] & row_ok[None, :]
+                s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+                # Padded keys / queries are zero, so s_t is finite there, but exp2(s - lse) could still overflow (or
+                # meet another segment's lse): masked entries become exp2(-inf) = 0.
+                p_t = tl.exp2(tl.where(valid, s_t - lse2[None, :], float("-inf")))
+                dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+                dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+                ds_t = p_t * (dp_t - delta[None, :])
+                dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+
+        tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
+                 (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok)
+        tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
+                 dv.to(DV.dtype.element_ty), mask=col_ok[:, None] & dv_ok)
+
+
+@triton.jit
+def varlen_attention_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, KV_INDEX, SEG_Q, SEG_K, WORK, WORK_COUNT,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh,
+    total_q, num_heads, num_units, blocks_per_segment, num_programs, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, UNIFORM: tl.constexpr,
+    COUNTED: tl.constexpr, IDENTITY_KV: tl.constexpr, SHARED_OFFSETS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    dv_ok = offs_dv[None, :] < HEAD_DIM_V
+    n_units = _work_count(WORK_COUNT, num_units, num_heads, COUNTED)
+    for unit in range(tl.program_id(0), n_units, num_programs):  # the forward's units
+        seg, head, block, q_start, q_len = _work_unit(unit, num_heads, CU_Q, WORK, blocks_per_segment, total_q,
+                                                      PACK_ROWS, UNIFORM)
+        k_start, k_len = _key_range(seg, q_start, q_len, block * BLOCK_M, total_q, CU_K, KV_INDEX, SEG_Q, BLOCK_M,
+                                    PACK_ROWS, IDENTITY_KV, SHARED_OFFSETS)
+        offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < q_len
+        rows = (q_start + offs_m).to(tl.int64)
+        q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                    mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+        do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
+                     mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+        lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
+        delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
+        if PACK_ROWS:
+            row_seg = tl.load(SEG_Q + rows, mask=row_ok, other=-1)  # (BLOCK_M,); -1 matches no key
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for start_n in range(0, k_len, BLOCK_N):
+            cols = start_n + offs_n
+            col_ok = cols < k_len
+            keys = (k_start + cols).to(tl.int64)
+            k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                        mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
+            v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
+                        mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+            if PACK_ROWS:  # block-diagonal, as in the forward
+                col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)
+                valid = row_seg[:, None] == col_seg[None, :]  # (BLOCK_M, BLOCK_N)
+            else:
+                valid = row_ok[:, None] & col_ok[None, :]
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+            p = tl.exp2(tl.where(valid, s - lse2[:, None], float("-inf")))
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
+                 (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
 
 # ---------------------------------------------------------------------------------------------------------------
 # launch configuration
@@ -376,6 +494,9 @@ def _config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int,
     """
     if INTERPRET:
         return _Config(_fit(max_seqlen_q, 128), _fit(max_seqlen_k, 128), 4, 1)
+    tuned = tuned_config(kernel, "segment", head_block, max(max_seqlen_q, max_seqlen_k), dtype)
+    if tuned is not None:  # measured on this GPU architecture (kernels/tuned/, `bpmt-fast bench tune`)
+        return _Config(**tuned)
     if dtype == torch.float32:
         tile_k = _fit(max_seqlen_k, FP32_TILE)
         if kernel == "dkdv" or (kernel == "fwd" and head_block > 64):  # 16-query tiles: 32 spill on sm80/sm90
@@ -384,13 +505,14 @@ def _config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int,
     big = head_block > 64
     if kernel == "fwd":  # q tile resident, loop over keys (wider keys spill a few bytes on sm80, triton 3.6)
         key_tile = 128 if head_block <= 32 else 64 if head_block <= 64 else 32
-        return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, key_tile), 4, 2)
+        return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, key_tile), 8 if big else 4, 2)
     if kernel == "dkdv":  # k, v, dk, dv tiles resident, loop over queries
         return _Config(_fit(max_seqlen_q, 32), _fit(max_seqlen_k, 64), 8 if big else 4, 2)
     return _Config(_fit(max_seqlen_q, 64), _fit(max_seqlen_k, 32 if big else 64), 8 if big else 4, 2)  # dq
 
 
-def _packed_config(kernel: str, head_block: int, dtype: torch.dtype = torch.float16) -> _Config:
+def _packed_config(kernel: str, head_block: int, dtype: torch.dtype = torch.float16, max_seqlen: int = 0,
+                   tuned: bool = True) -> _Config:
     """Block sizes per kernel in the packed-rows mode (fixed: they do not shrink to the segments, which share them).
 
     The packed row tile is BLOCK_M (queries) in "fwd" and "dq" and BLOCK_N (keys) in "dkdv"; the other side is
@@ -405,11 +527,14 @@ def _packed_config(kernel: str, head_block: int, dtype: torch.dtype = torch.floa
     """
     if INTERPRET:
         return _Config(PACKED_BLOCK_INTERPRET, PACKED_BLOCK_INTERPRET, 4, 1)
+    table = tuned_config(kernel, "packed", head_block, max_seqlen, dtype) if tuned else None
+    if table is not None:  # measured on this GPU architecture
+        return _Config(**table)
     if dtype == torch.float32:
         return _config(kernel, head_block, FP32_TILE, FP32_TILE, dtype)
     big = head_block > 64
     if kernel == "fwd":
-        return _Config(64, 32 if big else 64, 4, 2)
+        return _Config(64, 32 if big else 64, 8 if big else 4, 2)
     if kernel == "dkdv":  # 64 packed keys, 32-query loop tiles
         return _Config(32, 64, 8 if big else 4, 2)
     return _Config(64, 32 if big else 64, 8 if big else 4, 2)  # dq
@@ -421,8 +546,9 @@ def _auto_pack_rows(head_dim: int, head_dim_v: int, max_seqlen_q: int, max_seqle
     segments of the longest length, max_seqlen_q <= BLOCK_M / 2 of the "fwd" / "dq" tile and
     max_seqlen_k <= BLOCK_N / 2 of the "dkdv" tile (interpreter: both <= 128; GPU: both <= 32, fp32 <= 16)."""
     head_block = max(_head_block(head_dim), _head_block(head_dim_v))
-    return (max_seqlen_q <= min(_packed_config(kind, head_block, dtype).block_m for kind in ("fwd", "dq")) // 2
-            and max_seqlen_k <= _packed_config("dkdv", head_block, dtype).block_n // 2)
+    tiles = {kind: _packed_config(kind, head_block, dtype, tuned=False) for kind in ("fwd", "dq", "dkdv")}
+    return (max_seqlen_q <= min(tiles["fwd"].block_m, tiles["dq"].block_m) // 2
+            and max_seqlen_k <= tiles["dkdv"].block_n // 2)
 
 
 def _strides(*tensors):
@@ -452,6 +578,108 @@ def _segment_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     return torch.searchsorted(cu_seqlens[1:].contiguous(), tokens, right=True, out_int32=True)
 
 
+class _Work(NamedTuple):
+    """The row blocks of a persistent launch (units are items x heads). `table` `(upper, 2)` int32 holds
+    (segment, block) per item, longest segment first, and `count` `(1,)` int32 the number of real items: both on
+    the device, built without a host sync. Host ints: `items` (exact when `uniform`, else the table's upper
+    bound) and `lower`, a lower bound on the real items that sizes the grid so no program is left without work."""
+    table: torch.Tensor
+    count: torch.Tensor
+    items: int
+    lower: int
+    blocks_per_segment: int  # uniform launches: item i is block i % blocks_per_segment of segment i // it
+    uniform: bool  # every segment has the same number of blocks: no table, no count
+    packed: bool = False
+
+
+def _work_items(cu_seqlens: torch.Tensor, total: int, max_seqlen: int, block: int) -> _Work:
+    """Each segment's `cdiv(length, block)` row blocks as work items, longest segment first.
+
+    All segments full (`max_seqlen * S == total`, host ints): item i is block i % nb of segment i // nb, nothing
+    built. Else on the device: a stable descending sort of the lengths, a prefix sum of their block counts and
+    one searchsorted give every item its (segment, block); the real item count stays on the device, where the
+    kernel reads it. At least `cdiv(total, block)` items are real (blocks cover every token), so a grid of at most
+    that many units x heads never has an idle program; empty segments have no items."""
+    segments = cu_seqlens.numel() - 1
+    per_segment = triton.cdiv(max_seqlen, block) if max_seqlen else 0
+    lower = triton.cdiv(total, block)
+    if max_seqlen * segments == total:
+        return _Work(cu_seqlens, cu_seqlens, segments * per_segment, lower, max(per_segment, 1), True)
+    upper = min(lower + segments, segments * per_segment)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # (S,)
+    order = torch.argsort(lengths, descending=True, stable=True)  # (S,) longest first
+    blocks = (lengths[order] + block - 1) // block  # (S,) in that order
+    ends = torch.cumsum(blocks, 0)  # (S,) items before the next segment
+    items = torch.arange(upper, device=cu_seqlens.device)  # (upper,)
+    position = torch.searchsorted(ends, items, right=True).clamp_(max=segments - 1)  # (upper,); past count: unused
+    first = ends[position] - blocks[position]  # (upper,) first item of its segment
+    table = torch.stack([order[position], items - first], 1).to(torch.int32)  # (upper, 2)
+    count = ends[-1:].clamp(max=upper).to(torch.int32)  # (1,); the clamp only bites if max_seqlen was too small
+    return _Work(table, count, upper, lower, 1, False)
+
+
+# Persistent grids: programs per SM (several resident programs hide each other's memory latency), and the SM
+# count assumed where no GPU is queried (meta tensors of the compile report and the cost model: an H100 SXM).
+PROGRAMS_PER_SM = 8
+DEFAULT_SMS = 132
+INTERPRET_PROGRAMS = 16  # the interpreter runs programs one by one: their number barely matters
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _num_programs(units: int, device, sms: int | None = None) -> int:
+    """Programs of a persistent launch over `units` (a lower bound on its real units): at most a few per SM, never
+    more than the units, so none is idle. `sms` overrides the device's SM count (the cost model's GPUs)."""
+    device = torch.device(device)
+    if sms is None:
+        if device.type == "cuda":
+            sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        elif INTERPRET and device.type == "cpu":
+            return max(1, min(units, INTERPRET_PROGRAMS))
+        else:
+            sms = DEFAULT_SMS
+    return max(1, min(units, sms * PROGRAMS_PER_SM))
+
+
+def _fused_tile(head_block: int, dtype: torch.dtype) -> int:
+    """Longest segment the one-pass backward takes: its whole segment is one tile of this many rows and keys.
+    fp16 / bf16: 64 (head dims <= 64; above, five resident tiles and three fp32 accumulators spill), fp32 (FMA
+    dots, operands per thread): 32 up to head dim 32; interpreter: 128 (fewer, bigger steps)."""
+    if INTERPRET:
+        return 128
+    if dtype == torch.float32:
+        return 32 if head_block <= 32 else 0
+    return 64 if head_block <= 64 else 0
+
+
+def _auto_fused_backward(head_block: int, max_seqlen_q: int, max_seqlen_k: int, dtype: torch.dtype) -> bool:
+    """The one-pass backward fits: both sides of every segment within `_fused_tile` (identity kv_index assumed)."""
+    return max(max_seqlen_q, max_seqlen_k) <= _fused_tile(head_block, dtype)
+
+
+def _fused_config(head_block: int, max_seqlen_q: int, max_seqlen_k: int, dtype: torch.dtype) -> _Config:
+    """Square tile of the longest segment (>= 16, tl.dot); 4 warps up to 32 rows, else 8; one stage: the
+    persistent loop has no inner loop to pipeline."""
+    tile = _fit(max(max_seqlen_q, max_seqlen_k), max(_fused_tile(head_block, dtype), 16))
+    tuned = None if INTERPRET else tuned_config("fused_bwd", "segment", head_block, tile, dtype)
+    if tuned is not None:  # warps and stages only: the tile must hold the whole segment
+        return _Config(tile, tile, tuned["num_warps"], tuned["num_stages"])
+    return _Config(tile, tile, 4 if tile <= 32 and not INTERPRET else 8, 1)
+
+
+def _longest_first(cu_seqlens_q, cu_seqlens_k, total_q, total_k, max_seqlen_q, max_seqlen_k):
+    """(order `(S,)` int32 of segments by q_len * k_len descending, True), or (placeholder, False) when every
+    segment is full length (host ints: no sort needed)."""
+    segments = cu_seqlens_q.numel() - 1
+    if max_seqlen_q * segments == total_q and max_seqlen_k * segments == total_k:
+        return cu_seqlens_q, False
+    work = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long() * (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()  # (S,)
+    return torch.argsort(work, descending=True, stable=True).to(torch.int32), True
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------------------------
@@ -462,38 +690,69 @@ def _packing(pack_rows, cu_seqlens_q, cu_seqlens_k, total_q, total_k):
     return cu_seqlens_q, cu_seqlens_k
 
 
+def _same_offsets(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor) -> bool:
+    """q and k use one offsets tensor (self-attention): the kernels then read the offsets once."""
+    if cu_seqlens_q is cu_seqlens_k:
+        return True
+    if cu_seqlens_q.device.type == "meta":  # meta tensors have no addresses to compare
+        return False
+    return (cu_seqlens_q.data_ptr() == cu_seqlens_k.data_ptr() and cu_seqlens_q.shape == cu_seqlens_k.shape
+            and cu_seqlens_q.stride() == cu_seqlens_k.stride())
+
+
+def _launch_items(pack_rows: bool, cu_seqlens: torch.Tensor, total: int, max_seqlen: int, block: int) -> _Work:
+    """The row blocks one launch covers: packed row blocks, or each segment's blocks (`_work_items`)."""
+    if pack_rows:
+        blocks = triton.cdiv(total, block)
+        return _Work(cu_seqlens, cu_seqlens, blocks, blocks, 1, False, True)  # placeholders never read
+    return _work_items(cu_seqlens, total, max_seqlen, block)
+
+
+def _work_kwargs(work: _Work, num_heads: int, device) -> tuple[list, dict]:
+    """(runtime arguments after the strides' totals, constexprs) describing the units of a persistent launch."""
+    programs = _num_programs(work.lower * num_heads, device)
+    return ([work.items * num_heads, work.blocks_per_segment, programs],
+            dict(UNIFORM=work.uniform, COUNTED=not (work.uniform or work.packed)))
+
+
 def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale,
-                         pack_rows=False):
+                         pack_rows=False, identity=False):
     """q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)` -> out `(Tq, H, Dv)` in q's dtype, lse `(H, Tq)` fp32.
 
-    `pack_rows=True` needs kv_index to be the identity (the caller's promise: it is not read)."""
+    `pack_rows=True` needs kv_index to be the identity (the caller's promise: it is not read); so does
+    `identity=True` (kv_index 0, 1, ...: the per-segment kernel then skips reading it)."""
     total_q, num_heads, head_dim = q.shape
     head_dim_v = v.shape[-1]
     out = _alloc((total_q, num_heads, head_dim_v), q.dtype, q.device)
     lse = _alloc((num_heads, total_q), torch.float32, q.device)
-    num_segments = cu_seqlens_q.numel() - 1
     block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
-    if pack_rows:  # blocks of packed rows x heads
-        cfg = _packed_config("fwd", max(block_d, block_dv), q.dtype)
-        grid = (triton.cdiv(total_q, cfg.block_m), num_heads)
-    else:  # blocks of one segment x (segments, heads)
+    if pack_rows:
+        cfg = _packed_config("fwd", max(block_d, block_dv), q.dtype, max(max_seqlen_q, max_seqlen_k))
+    else:
         cfg = _config("fwd", max(block_d, block_dv), max_seqlen_q, max_seqlen_k, q.dtype)
-        grid = (triton.cdiv(max_seqlen_q, cfg.block_m), num_segments * num_heads)
-    if total_q and grid[0] and grid[1]:
-        seg_q, seg_k = _packing(pack_rows, cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0])
-        varlen_attention_fwd_kernel[(grid[0] * grid[1],)](
-            q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, seg_q, seg_k, *_strides(q, k, v, out),
-            total_q, num_heads, grid[0], scale * LOG2E,
-            HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
-            BLOCK_DV=block_dv, PACK_ROWS=bool(pack_rows), DOT_PRECISION=DOT_PRECISION, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages)
+    if total_q == 0 or num_heads == 0:
+        return out, lse
+    work = _launch_items(pack_rows, cu_seqlens_q, total_q, max_seqlen_q, cfg.block_m)
+    seg_q, seg_k = _packing(pack_rows, cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0])
+    units, unit_meta = _work_kwargs(work, num_heads, q.device)
+    varlen_attention_fwd_kernel[(units[-1],)](
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, seg_q, seg_k, work.table, work.count,
+        *_strides(q, k, v, out), total_q, num_heads, *units, scale * LOG2E,
+        HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+        BLOCK_DV=block_dv, PACK_ROWS=bool(pack_rows), IDENTITY_KV=bool(identity or pack_rows),
+        SHARED_OFFSETS=_same_offsets(cu_seqlens_q, cu_seqlens_k),
+        ONE_KEY_BLOCK=not pack_rows and max_seqlen_k <= cfg.block_n, DOT_PRECISION=DOT_PRECISION,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **unit_meta)
     return out, lse
 
 
 def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
-                         max_seqlen_k, scale, pack_rows=False, identity=False):
+                         max_seqlen_k, scale, pack_rows=False, identity=False, fused=None):
     """Gradients dq `(Tq, H, D)`, dk `(Tk, H, D)`, dv `(Tk, H, Dv)` in the inputs' dtype; `pack_rows` as in the
-    forward that made `out` and `lse`."""
+    forward that made `out` and `lse` (the backward may run another mode: lse does not depend on it).
+
+    `fused`: None chooses the one-pass kernel when `_auto_fused_backward` allows it (identity kv_index, every
+    segment within one tile), True forces it (needs the same), False forces the three-kernel backward."""
     total_q, num_heads, head_dim = q.shape
     total_k, head_dim_v = k.shape[0], v.shape[-1]
     device = q.device
@@ -502,52 +761,98 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_i
     dv = _alloc(v.shape, v.dtype, device)
     if total_q == 0 or total_k == 0:  # nothing attends: all gradients are zero
         return dq.zero_(), dk.zero_(), dv.zero_()
+    identity = bool(identity or pack_rows)
+    block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
+    head_block = max(block_d, block_dv)
+    shared = _same_offsets(cu_seqlens_q, cu_seqlens_k)
+    fits = identity and _auto_fused_backward(head_block, max_seqlen_q, max_seqlen_k, q.dtype)
+    if fused is None:
+        fused = fits
+    elif fused and not fits:
+        raise ValueError(f"the one-pass backward needs an identity kv_index and segments within one tile "
+                         f"(<= {_fused_tile(head_block, q.dtype)} tokens at head dim {head_dim}, {q.dtype}), got "
+                         f"max lengths {max_seqlen_q} / {max_seqlen_k}")
+    if fused:
+        _fused_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        scale, shared)
+    else:
+        _split_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
+                        max_seqlen_k, scale, identity, shared, bool(pack_rows))
+    return dq, dk, dv
+
+
+def _split_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
+                    max_seqlen_k, scale, identity, shared, pack_rows):
+    """Three launches: delta = rowsum(dO * O), dK / dV per key block, dQ per query block."""
+    total_q, num_heads, head_dim = q.shape
+    total_k, head_dim_v = k.shape[0], v.shape[-1]
+    device = q.device
     block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
     head_block = max(block_d, block_dv)
     sizes = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=block_d, BLOCK_DV=block_dv,
-                 PACK_ROWS=bool(pack_rows), DOT_PRECISION=DOT_PRECISION)
-
+                 PACK_ROWS=bool(pack_rows), IDENTITY_KV=identity, SHARED_OFFSETS=shared,
+                 DOT_PRECISION=DOT_PRECISION)
     delta = _alloc((num_heads, total_q), torch.float32, device)
     block_t = 128 if INTERPRET else 64
     varlen_attention_bwd_preprocess_kernel[(triton.cdiv(total_q, block_t), num_heads)](
         out, do, delta, *_strides(out, do), total_q, HEAD_DIM_V=head_dim_v, BLOCK_T=block_t, BLOCK_DV=block_dv)
 
-    num_q_segments, num_kv_segments = cu_seqlens_q.numel() - 1, cu_seqlens_k.numel() - 1
+    num_kv_segments = cu_seqlens_k.numel() - 1
     seg_q, seg_k = _packing(pack_rows, cu_seqlens_q, cu_seqlens_k, total_q, total_k)
-    if pack_rows:  # blocks of packed key rows x heads; their queries follow from the identity kv_index
-        cfg = _packed_config("dkdv", head_block, q.dtype)
+    if pack_rows:  # blocks of packed key rows; their queries follow from the identity kv_index
+        cfg = _packed_config("dkdv", head_block, q.dtype, max(max_seqlen_q, max_seqlen_k))
         q_of_kv_ptr, q_of_kv = cu_seqlens_k, cu_seqlens_q  # placeholders, never read
-        grid = (triton.cdiv(total_k, cfg.block_n), num_heads)
     else:
         cfg = _config("dkdv", head_block, max_seqlen_q, max_seqlen_k, q.dtype)
         q_of_kv_ptr, q_of_kv = _queries_of_kv(kv_index, num_kv_segments, identity)
-        grid = (triton.cdiv(max_seqlen_k, cfg.block_n), num_kv_segments * num_heads)
-    varlen_attention_bwd_dkdv_kernel[(grid[0] * grid[1],)](
+    work = _launch_items(pack_rows, cu_seqlens_k, total_k, max_seqlen_k, cfg.block_n)
+    units, unit_meta = _work_kwargs(work, num_heads, device)
+    varlen_attention_bwd_dkdv_kernel[(units[-1],)](
         q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, q_of_kv_ptr, q_of_kv, seg_q, seg_k,
-        *_strides(q, k, v, do, dk, dv), total_q, total_k, num_heads, grid[0], scale, scale * LOG2E,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **sizes)
+        work.table, work.count, *_strides(q, k, v, do, dk, dv), total_q, total_k, num_heads, *units, scale,
+        scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **unit_meta, **sizes)
 
-    if pack_rows:  # blocks of packed query rows x heads, keys as in the forward
-        cfg = _packed_config("dq", head_block, q.dtype)
-        grid = (triton.cdiv(total_q, cfg.block_m), num_heads)
+    if pack_rows:  # blocks of packed query rows, keys as in the forward
+        cfg = _packed_config("dq", head_block, q.dtype, max(max_seqlen_q, max_seqlen_k))
     else:
         cfg = _config("dq", head_block, max_seqlen_q, max_seqlen_k, q.dtype)
-        grid = (triton.cdiv(max_seqlen_q, cfg.block_m), num_q_segments * num_heads)
-    varlen_attention_bwd_dq_kernel[(grid[0] * grid[1],)](
-        q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, kv_index, seg_q, seg_k,
-        *_strides(q, k, v, do, dq), total_q, num_heads, grid[0], scale, scale * LOG2E,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **sizes)
-    return dq, dk, dv
+    work = _launch_items(pack_rows, cu_seqlens_q, total_q, max_seqlen_q, cfg.block_m)
+    units, unit_meta = _work_kwargs(work, num_heads, device)
+    varlen_attention_bwd_dq_kernel[(units[-1],)](
+        q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, kv_index, seg_q, seg_k, work.table, work.count,
+        *_strides(q, k, v, do, dq), total_q, num_heads, *units, scale, scale * LOG2E,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **unit_meta, **sizes)
+
+
+def _fused_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                    scale, shared):
+    """One launch: a persistent program per group of (segment, head) units, longest segments first."""
+    total_q, num_heads, head_dim = q.shape
+    head_dim_v = v.shape[-1]
+    block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
+    cfg = _fused_config(max(block_d, block_dv), max_seqlen_q, max_seqlen_k, q.dtype)
+    segments = cu_seqlens_q.numel() - 1
+    order, is_sorted = _longest_first(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0], max_seqlen_q, max_seqlen_k)
+    units = segments * num_heads
+    programs = _num_programs(units, q.device)
+    varlen_attention_bwd_fused_kernel[(programs,)](
+        q, k, v, out, do, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, order,
+        *_strides(q, k, v, out, do, dq, dk, dv), total_q, num_heads, units, programs, scale, scale * LOG2E,
+        HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+        BLOCK_DV=block_dv, SORTED=is_sorted, SHARED_OFFSETS=shared, DOT_PRECISION=DOT_PRECISION,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 class VarlenAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale, pack_rows,
-                identity):
+                identity, fused_backward):
         out, lse = varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
-                                        max_seqlen_k, scale, pack_rows)
+                                        max_seqlen_k, scale, pack_rows, identity)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index)
-        ctx.sizes = (max_seqlen_q, max_seqlen_k, scale, pack_rows, identity)
+        ctx.sizes = (max_seqlen_q, max_seqlen_k, scale, pack_rows, identity, fused_backward)
         return out
 
     @staticmethod
@@ -555,7 +860,7 @@ class VarlenAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index = ctx.saved_tensors
         dq, dk, dv = varlen_attention_bwd(_last_dim_contiguous(grad_out), q, k, v, out, lse, cu_seqlens_q,
                                           cu_seqlens_k, kv_index, *ctx.sizes)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -565,7 +870,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
                      *, scale: float | None = None, kv_index: torch.Tensor | None = None,
                      deterministic: bool = True, check_values: bool = True,
-                     pack_rows: bool | None = None) -> torch.Tensor:
+                     pack_rows: bool | None = None, fused_backward: bool | None = None) -> torch.Tensor:
     """softmax(q k^T * scale) v for each (query segment, key/value segment) pair of packed sequences.
 
     q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)`; `cu_seqlens_q (S_q + 1,)`, `cu_seqlens_k (S_k + 1,)` int32
@@ -580,13 +885,17 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     segments are short (`_auto_pack_rows`: max_seqlen_q <= BLOCK_M / 2 and max_seqlen_k <= BLOCK_N / 2 of the
     packed tile), else one segment per program; True forces packed rows (kv_index must be the identity: an
     explicit one is read back to check, even with check_values=False); False forces one segment per program.
+    `fused_backward` picks the backward: None (default) the one-pass kernel when kv_index is the identity and
+    every segment fits its tile (`_auto_fused_backward`), else three kernels; True forces the one-pass kernel
+    (refused, naming the limit, when it does not fit); False forces three kernels.
     """
     _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index)
     if not deterministic:
         raise ValueError("deterministic=False is not available: this kernel has only the deterministic backward "
                          "(no atomics), so pass deterministic=True")
-    if pack_rows is not None and not isinstance(pack_rows, bool):
-        raise ValueError(f"pack_rows must be None (automatic), True or False, got {pack_rows!r}")
+    for name, choice in (("pack_rows", pack_rows), ("fused_backward", fused_backward)):
+        if choice is not None and not isinstance(choice, bool):
+            raise ValueError(f"{name} must be None (automatic), True or False, got {choice!r}")
     identity = kv_index is None  # query segment i attends to key/value segment i
     if kv_index is None:
         kv_index = torch.arange(cu_seqlens_q.numel() - 1, dtype=torch.int32, device=q.device)
@@ -595,11 +904,17 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                                                              max_seqlen_q, max_seqlen_k)
     elif max_seqlen_q is None or max_seqlen_k is None:
         raise ValueError("check_values=False needs max_seqlen_q and max_seqlen_k (they size the launch grid)")
-    if pack_rows and not identity:
-        identity = _is_identity(kv_index.cpu(), cu_seqlens_k.numel() - 1)  # forced: read it back once
-        if not identity:
-            raise ValueError("pack_rows=True needs kv_index to be the identity (query segment i attends to "
-                             "key/value segment i); use pack_rows=None or False for other kv_index")
+    for name, forced in (("pack_rows", pack_rows), ("fused_backward", fused_backward)):
+        if forced and not identity:
+            identity = _is_identity(kv_index.cpu(), cu_seqlens_k.numel() - 1)  # forced: read it back once
+            if not identity:
+                raise ValueError(f"{name}=True needs kv_index to be the identity (query segment i attends to "
+                                 f"key/value segment i); use {name}=None or False for other kv_index")
+    head_block = max(_head_block(q.shape[-1]), _head_block(v.shape[-1]))
+    if fused_backward and not _auto_fused_backward(head_block, max_seqlen_q, max_seqlen_k, q.dtype):
+        raise ValueError(f"fused_backward=True needs every segment within one tile: max lengths {max_seqlen_q} / "
+                         f"{max_seqlen_k} > {_fused_tile(head_block, q.dtype)} at head dim {q.shape[-1]}, "
+                         f"{q.dtype}; use fused_backward=None or False")
     if pack_rows is None:
         pack_rows = identity and _auto_pack_rows(q.shape[-1], v.shape[-1], max_seqlen_q, max_seqlen_k, q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
@@ -607,7 +922,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         raise ValueError(f"scale must be finite, got {scale}")
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     return VarlenAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, int(max_seqlen_q),
-                                         int(max_seqlen_k), scale, pack_rows, identity)
+                                         int(max_seqlen_k), scale, pack_rows, identity, fused_backward)
 
 
 def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index) -> None:

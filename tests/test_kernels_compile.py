@@ -74,7 +74,7 @@ def test_subset_covers_every_kernel_mode_and_arch(subset_report):
     assert {r["kernel"] for r in rows if r["arch"] == 90} == kernel_names_in_sources()
     assert {r["kernel"] for r in rows if r["arch"] == 80} == kernel_names_in_sources()
     modes = {r["case_name"].split(" D")[0] for r in rows}
-    assert {"softmax packed", "flow causal", "flow non-causal"} <= modes
+    assert {"softmax packed", "flow causal", "flow non-causal", "flow chunked"} <= modes
     assert any(m.startswith("softmax per-segment") for m in modes)
     assert {r["dtype"] for r in rows} == {"bfloat16", "float32"}
     assert {r["head_dim"] for r in rows} == {32, 128}

@@ -47,18 +47,20 @@ def poison_outputs(monkeypatch):
 
 @pytest.fixture
 def launched_modes(monkeypatch):
-    """The `pack_rows` of every forward and backward launch, as ("fwd" | "bwd", bool), in call order."""
+    """How every launch ran, in call order: ("fwd", pack_rows) for forwards, ("bwd", pack_rows) for three-kernel
+    backwards and ("bwd", "fused") for one-pass backwards."""
     modes = []
-    fwd, bwd = kernels.varlen_attention_fwd, kernels.varlen_attention_bwd
+    fwd, split, fused = (kernels.varlen_attention_fwd, kernels._split_backward, kernels._fused_backward)
 
-    def spy(name, launcher):
-        def launch(*args):
-            modes.append((name, args[-1]))  # the autograd Function passes pack_rows last, positionally
-            return launcher(*args)
+    def spy(launcher, mode):
+        def launch(*args, **kwargs):
+            modes.append(mode(args))
+            return launcher(*args, **kwargs)
         return launch
 
-    monkeypatch.setattr(kernels, "varlen_attention_fwd", spy("fwd", fwd))
-    monkeypatch.setattr(kernels, "varlen_attention_bwd", spy("bwd", bwd))
+    monkeypatch.setattr(kernels, "varlen_attention_fwd", spy(fwd, lambda args: ("fwd", args[9])))  # pack_rows
+    monkeypatch.setattr(kernels, "_split_backward", spy(split, lambda args: ("bwd", args[-1])))
+    monkeypatch.setattr(kernels, "_fused_backward", spy(fused, lambda args: ("bwd", "fused")))
     return modes
 
 
@@ -89,7 +91,7 @@ def low_precision(q, k, v, scale=None):
 
 
 def check_against_reference(q_lengths, kv_lengths, heads, dim, dtype, dim_v=None, kv_index=None, scale=None,
-                            pack_rows=None):
+                            pack_rows=None, fused_backward=None):
     """Kernel output and dq/dk/dv vs the fp32 reference per pair, with the '2x the low-precision error' rule."""
     q, k, v = packed(q_lengths, heads, dim, dtype), packed(kv_lengths, heads, dim, dtype), \
         packed(kv_lengths, heads, dim_v or dim, dtype)
@@ -98,7 +100,7 @@ def check_against_reference(q_lengths, kv_lengths, heads, dim, dtype, dim_v=None
     grad_out = torch.randn(q.shape[0], heads, dim_v or dim, device=DEVICE).to(dtype)
 
     out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index, scale=scale,
-                           pack_rows=pack_rows)
+                           pack_rows=pack_rows, fused_backward=fused_backward)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     fp32 = [x.detach().float().requires_grad_() for x in (q, k, v)]  # same values, no extra rounding
     ref = per_pair(reference, *fp32, q_lengths, kv_lengths, pairs, scale)
@@ -147,8 +149,10 @@ def test_small_tiles(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_packed_rows_match_reference(dtype, head_dim, launched_modes):
     """Many short, unequal segments with unequal key lengths and an empty key segment: the automatic choice packs
-    the rows (forward and backward), and outputs and dq/dk/dv match the reference."""
-    check_against_reference(SHORT_Q_LENGTHS, SHORT_KV_LENGTHS, heads=2, dim=head_dim, dtype=dtype)
+    the rows, and outputs and dq/dk/dv match the reference (the three-kernel backward forced: the one-pass
+    backward would take these lengths, tested below)."""
+    check_against_reference(SHORT_Q_LENGTHS, SHORT_KV_LENGTHS, heads=2, dim=head_dim, dtype=dtype,
+                            fused_backward=False)
     assert launched_modes == [("fwd", True), ("bwd", True)]
 
 
@@ -158,7 +162,7 @@ def test_packed_rows_small_tiles(monkeypatch):
     blocks (forced: packed rows are correct for any lengths)."""
     monkeypatch.setattr(kernels, "_packed_config", lambda *args: kernels._Config(16, 16, 4, 1))
     check_against_reference(SHORT_Q_LENGTHS + [40, 6], SHORT_KV_LENGTHS + [37, 0], heads=2, dim=12, dim_v=20,
-                            dtype=torch.float32, scale=0.4, pack_rows=True)
+                            dtype=torch.float32, scale=0.4, pack_rows=True, fused_backward=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -170,7 +174,7 @@ def test_forced_modes_agree(dtype):
     grad_out = torch.randn(q.shape[0], 2, 16, device=DEVICE).to(dtype)
     results = {}
     for pack_rows in (False, True):
-        out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows)
+        out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows, fused_backward=False)
         results[pack_rows] = (out, *torch.autograd.grad(out, (q, k, v), grad_out))
     for name, per_segment, packed_rows in zip(["output", "dq", "dk", "dv"], results[False], results[True]):
         assert_close(name, packed_rows, per_segment.float(), dtype)
@@ -237,7 +241,7 @@ def test_empty_segments(pack_rows):
     q_lengths, kv_lengths = [5, 0, 9], [7, 3, 0]
     q, k, v = packed(q_lengths, 2, 16, torch.float32), packed(kv_lengths, 2, 16, torch.float32), \
         packed(kv_lengths, 2, 16, torch.float32)
-    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows)
+    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows, fused_backward=False)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
     ref = reference(q[None, :5], k[None, :7], v[None, :7])[0]
     torch.testing.assert_close(out[:5], ref, atol=2e-5, rtol=2e-4)
@@ -258,17 +262,21 @@ def test_backward_is_deterministic(mode):
         packed(kv_lengths, 2, 32, torch.float32)
     grad_out = torch.randn(q.shape[0], 2, 32, device=DEVICE)
     runs = [torch.autograd.grad(varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index,
-                                                 pack_rows=mode == "packed"), (q, k, v), grad_out)
+                                                 pack_rows=mode == "packed", fused_backward=False), (q, k, v),
+                                grad_out)
             for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 def test_poisoning_catches_unwritten_rows():
     """The check behind every test here: rows no program covers (max_seqlen_q too small, unchecked) stay NaN.
-    Per segment only: packed rows cover every row whatever the max lengths say."""
+    Per segment, max_seqlen_q = 7 sizes the work table for 2 blocks of 16 rows (interpreter tile), which go to the
+    longest segment first: rows 7-38 of segment 1 are written, segment 0 and the rest of segment 1 are not.
+    Packed rows cover every row whatever the max lengths say."""
     q, k, v = (torch.randn(66, 1, 16, device=DEVICE) for _ in range(3))
     out = varlen_attention(q, k, v, cu([7, 59]), cu([7, 59]), 7, 59, check_values=False, pack_rows=False)
-    assert torch.isfinite(out[:7 + 16]).all() and torch.isnan(out[7 + 16:]).all()
+    assert kernels._config("fwd", 16, 7, 59).block_m == 16
+    assert torch.isfinite(out[7:7 + 32]).all() and torch.isnan(out[:7]).all() and torch.isnan(out[7 + 32:]).all()
     out = varlen_attention(q, k, v, cu([7, 59]), cu([7, 59]), 7, 59, check_values=False, pack_rows=True)
     assert torch.isfinite(out).all()
 
@@ -339,3 +347,126 @@ def test_backend_capabilities():
     assert any("float64" in r for r in reasons(dtype=torch.float64))
     cpu_bf16 = reasons(device_type="cpu", dtype=torch.bfloat16)
     assert any("bfloat16 on CPU" in r for r in cpu_bf16)
+
+
+# ---- one-pass backward, work items, persistent grids ----
+FUSED_Q_LENGTHS = [7, 59, 1, 0, 33, 61]  # an empty segment; identity kv_index pairs segment i with segment i
+FUSED_KV_LENGTHS = [5, 61, 0, 9, 33, 1]  # an empty key segment, keys longer and shorter than queries
+
+
+@pytest.mark.parametrize("head_dim, head_dim_v", [(16, 16), (32, 32), (12, 20)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_fused_backward_matches_reference(dtype, head_dim, head_dim_v, launched_modes):
+    """The one-pass backward (forced, and chosen automatically here: identity kv_index, segments within its tile)
+    against the fp32 reference: odd lengths, empty query and key segments, unequal head dims."""
+    for fused in (True, None):
+        check_against_reference(FUSED_Q_LENGTHS, FUSED_KV_LENGTHS, heads=2, dim=head_dim, dim_v=head_dim_v,
+                                dtype=dtype, scale=0.3, fused_backward=fused)
+        assert launched_modes[-1] == ("bwd", "fused")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_fused_and_split_backward_agree(dtype):
+    """One-pass and three-kernel backward on the same forward: equal gradients up to rounding order."""
+    q, k, v = (packed(n, 2, 16, dtype) for n in (FUSED_Q_LENGTHS, FUSED_KV_LENGTHS, FUSED_KV_LENGTHS))
+    grad_out = torch.randn(q.shape[0], 2, 16, device=DEVICE).to(dtype)
+    results = {}
+    for fused in (True, False):
+        out = varlen_attention(q, k, v, cu(FUSED_Q_LENGTHS), cu(FUSED_KV_LENGTHS), fused_backward=fused)
+        results[fused] = torch.autograd.grad(out, (q, k, v), grad_out)
+    for name, fused, split in zip(["dq", "dk", "dv"], results[True], results[False]):
+        assert_close(name, fused, split.float(), dtype)
+
+
+def test_fused_backward_few_programs(monkeypatch):
+    """Two persistent programs: each runs many (segment, head) units in its loop, longest segment first."""
+    monkeypatch.setattr(kernels, "INTERPRET_PROGRAMS", 2)
+    check_against_reference(FUSED_Q_LENGTHS, FUSED_KV_LENGTHS, heads=3, dim=16, dtype=torch.float32,
+                            fused_backward=True)
+
+
+def test_fused_backward_is_deterministic():
+    q, k, v = (packed(n, 2, 32, torch.float32) for n in (FUSED_Q_LENGTHS, FUSED_KV_LENGTHS, FUSED_KV_LENGTHS))
+    grad_out = torch.randn(q.shape[0], 2, 32, device=DEVICE)
+    runs = [torch.autograd.grad(varlen_attention(q, k, v, cu(FUSED_Q_LENGTHS), cu(FUSED_KV_LENGTHS),
+                                                 fused_backward=True), (q, k, v), grad_out) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_automatic_backward_choice(launched_modes):
+    """One pass for an identity kv_index with every segment within the fused tile (128 under the interpreter;
+    64 on a GPU in fp16 / bf16 up to head dim 64, 32 in fp32 up to head dim 32); three kernels otherwise."""
+    tile = kernels._fused_tile(16, torch.float32)
+    assert tile == (128 if kernels.INTERPRET else 32)
+    if not kernels.INTERPRET:
+        assert kernels._fused_tile(64, torch.float16) == 64 and kernels._fused_tile(128, torch.float16) == 0
+    cases = [  # (q lengths, kv lengths, kv_index, fused?)
+        ([3, 9, tile], [tile, 2, 5], None, True),
+        ([3, 9, 1], [5, 2, 7], [0, 1, 2], True),  # read back as the identity
+        ([3, 9, 1], [5, 2, 7], [1, 0, 2], False),
+        ([3, tile + 1], [5, 2], None, False),
+        ([3, 2], [5, tile + 1], None, False),
+    ]
+    for q_lengths, kv_lengths, kv_index, expected in cases:
+        q, k, v = (packed(n, 1, 16, torch.float32) for n in (q_lengths, kv_lengths, kv_lengths))
+        index = None if kv_index is None else _int32(kv_index)
+        out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index)
+        out.sum().backward()
+        assert (launched_modes.pop()[1] == "fused") == expected, (q_lengths, kv_lengths, kv_index)
+
+
+def _restated_work(lengths, block):
+    """Independent restatement: every segment's row blocks, segments by length descending (ties: index order)."""
+    order = sorted(range(len(lengths)), key=lambda s: -lengths[s])
+    return [(s, b) for s in order for b in range(-(-lengths[s] // block))]
+
+
+@pytest.mark.parametrize("lengths", [[7, 59, 1, 0, 33, 61], [60] * 5, [0, 0, 5], [1], [130, 2, 129, 64, 63]])
+@pytest.mark.parametrize("block", [16, 64])
+def test_work_items(lengths, block):
+    """The device-built work table holds exactly each segment's blocks, longest segment first; the count is exact;
+    a grid sized from the lower bound never has an idle program (programs <= real units)."""
+    offsets = cu(lengths)
+    work = kernels._work_items(offsets, sum(lengths), max(lengths), block)
+    expected = _restated_work(lengths, block)
+    if work.uniform:
+        items = [(i // work.blocks_per_segment, i % work.blocks_per_segment) for i in range(work.items)]
+        assert work.items == len(expected)
+    else:
+        count = int(work.count)
+        assert count == len(expected) <= work.items
+        items = [tuple(row) for row in work.table[:count].tolist()]
+    assert items == expected or (work.uniform and sorted(items) == sorted(expected))
+    assert work.lower <= len(expected)
+    for heads in (1, 8):
+        assert kernels._num_programs(work.lower * heads, "meta") <= len(expected) * heads
+
+
+def test_longest_first_order():
+    order, is_sorted = kernels._longest_first(cu([3, 9, 1, 9]), cu([2, 1, 5, 4]), 22, 12, 9, 5)
+    assert is_sorted and order.tolist() == [3, 1, 0, 2]  # q_len * k_len: 6, 9, 5, 36
+    _, is_sorted = kernels._longest_first(cu([4, 4]), cu([6, 6]), 8, 12, 4, 6)
+    assert not is_sorted  # all full length: nothing to sort
+
+
+FUSED_BAD_INPUTS = {
+    "fused type": (dict(fused_backward=1), "fused_backward must be None"),
+    "fused kv_index": (dict(fused_backward=True, kv_index=_int32([1, 0])),
+                       "fused_backward=True needs kv_index to be the identity"),
+}
+
+
+@pytest.mark.parametrize("case", list(FUSED_BAD_INPUTS))
+def test_fused_backward_invalid(case):
+    args = _good_args()
+    changes, message = FUSED_BAD_INPUTS[case]
+    args.update(changes)
+    with pytest.raises(ValueError, match=message):
+        varlen_attention(**args)
+
+
+def test_fused_backward_too_long():
+    tile = kernels._fused_tile(16, torch.float32)
+    q, k, v = (torch.randn(tile + 1, 1, 16, device=DEVICE) for _ in range(3))
+    with pytest.raises(ValueError, match=f"max lengths {tile + 1} / {tile + 1} > {tile}"):
+        varlen_attention(q, k, v, cu([tile + 1]), cu([tile + 1]), fused_backward=True)

@@ -129,9 +129,9 @@ def varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_s
                          scale: float, pack_rows: bool, identity: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward launcher: q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)` (last dims contiguous) -> out
     `(Tq, H, Dv)` in q's dtype and the logsumexp `(H, Tq)` float32 the backward reads. `identity` (kv_index is
-    0, 1, ...) is the backward's business; the max lengths are host ints sizing the launch grid."""
+    0, 1, ...) lets the kernels skip reading kv_index; the max lengths are host ints sizing the launch grid."""
     return _varlen_kernels().varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
-                                                  max_seqlen_k, scale, pack_rows)
+                                                  max_seqlen_k, scale, pack_rows, identity)
 
 
 @varlen_attention_fwd.register_fake
