@@ -165,7 +165,15 @@ def cmd_bench_report(args) -> int:
 def cmd_bench_model(args) -> int:
     from bpmt_fast.bench.cost_model import run_model
 
-    print(run_model(args.shapes, args.gpu, args.dtype, quick=args.quick, out=args.out))
+    table = run_model(args.shapes, args.gpu, args.dtype, quick=args.quick, out=args.out)
+    print(table)
+    if args.readme:
+        if args.shapes or args.gpu != "h100" or args.dtype != "bf16" or args.quick:
+            raise SystemExit("bpmt-fast bench model --readme: error: the README shows the default model only "
+                             "(no --shapes, --gpu, --dtype or --quick)")
+        from bpmt_fast.bench.cost_model import update_readme
+
+        update_readme(args.readme, table)
     return 0
 
 
@@ -210,6 +218,9 @@ def add_bench_parser(commands) -> None:
     model.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     model.add_argument("--quick", action="store_true", help="the shape sets' tiny CPU sizes")
     model.add_argument("--out", help="also write cost-model.json and cost-model.md into this folder")
+    model.add_argument("--readme", nargs="?", const="README.md", metavar="README",
+                       help="also replace the README's cost-model section (between its <!-- cost-model:start --> / "
+                            "<!-- cost-model:end --> markers) with the default model")
     model.set_defaults(run=cmd_bench_model)
     from bpmt_fast.bench.tune import add_tune_parser
 

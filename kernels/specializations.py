@@ -9,8 +9,9 @@ GPU targets on a machine without a GPU. So the configuration functions of the la
 
 Shapes swept (`all_cases`): head dims 16/32/64/128, fp16/bf16/fp32; softmax attention per segment at maximum
 lengths 12, 30, 60 and 120 (each class picks different tiles; longer segments use the 120 tiles) and in the
-packed-rows mode, each with the backward the launcher picks (one pass where the segments fit its tile), plus the
-three-kernel backward at 30 (what any other kv_index runs); flow attention non-causal, causal and chunked
+packed-rows mode, each with the backward the launcher picks (one pass where the segments fit its tile, three
+kernels for these few long segments), plus the three-kernel backward forced at 30 (what any other kv_index runs)
+and the one-launch-per-(segment, head) backward forced at 120 (what gait batches of long segments run); flow attention non-causal, causal and chunked
 (non-causal, forced: the chunk size is a runtime argument, so 60 tokens compile what long segments run).
 """
 from __future__ import annotations
@@ -39,14 +40,14 @@ class KernelCase:
     max_len: int  # longest segment
     pack_rows: bool = False  # softmax: packed-rows mode (many short segments per program)
     causal: bool = False  # flow: causal variant
-    fused_backward: bool | None = None  # softmax: None = the launcher's choice, False = three kernels
+    backward: str | None = None  # softmax: None = the launcher's choice, else one of varlen_attention.BACKWARDS
     chunked: bool | None = None  # flow: None = the launcher's choice, True = the chunked path
 
     @property
     def mode(self) -> str:
         if self.op == "softmax":
             mode = "packed" if self.pack_rows else f"per-segment<={self.max_len}"
-            return mode + (" split-bwd" if self.fused_backward is False else "")
+            return mode + (f" {self.backward}-bwd" if self.backward else "")
         if self.chunked:
             return "chunked"
         return "causal" if self.causal else "non-causal"
@@ -68,7 +69,8 @@ def all_cases() -> list[KernelCase]:
         for d in HEAD_DIMS:
             cases += [KernelCase("softmax", dtype, d, n) for n in SOFTMAX_LENGTHS]
             cases.append(KernelCase("softmax", dtype, d, 30, pack_rows=True))
-            cases.append(KernelCase("softmax", dtype, d, 30, fused_backward=False))
+            cases.append(KernelCase("softmax", dtype, d, 30, backward="split"))
+            cases.append(KernelCase("softmax", dtype, d, 120, backward="segment"))
             cases += [KernelCase("flow", dtype, d, 60, causal=causal) for causal in (False, True)]
             cases.append(KernelCase("flow", dtype, d, 60, chunked=True))
     return cases
@@ -99,7 +101,7 @@ def launch_case(case: KernelCase, device) -> tuple[torch.Tensor, ...]:
         scale = case.head_dim ** -0.5
         out, lse = softmax.varlen_attention_fwd(q, k, v, cu, cu, kv_index, n, n, scale, case.pack_rows, True)
         grads = softmax.varlen_attention_bwd(do, q, k, v, out, lse, cu, cu, kv_index, n, n, scale,
-                                             case.pack_rows, True, case.fused_backward)
+                                             case.pack_rows, True, case.backward)
         return (out, *grads)
     out, state = flow.flow_attention_fwd(q, k, v, cu, cu, case.causal, flow.DEFAULT_EPS, chunked=case.chunked)
     grads = flow.flow_attention_bwd(do, q, k, v, cu, cu, state, case.causal, flow.DEFAULT_EPS, chunked=case.chunked)

@@ -8,55 +8,83 @@ Layouts
     query segments (the model's part pairs have their own key projections, so it passes the identity). The
     log-sum-exp of each query row is kept for the backward as `lse (H, total_q)` float32, natural log.
 
-Two ways to give rows to programs (one set of kernels; the constexpr `PACK_ROWS` switches the prologue and mask)
-    per segment: a program owns a block of one segment's rows; any `kv_index`. Grid `(cdiv(max_seqlen, BLOCK),
-        S * H)`: a segment shorter than the tile leaves most of its tile masked, and short segments mean many
-        programs (what the CPU interpreter pays for, program by program).
-    packed rows: a program owns BLOCK consecutive rows of all segments back to back (`total_q` rows for queries,
-        `total_k` for keys); grid `(cdiv(total, BLOCK), H)`. Only for an identity `kv_index` (query segment i
-        attends to key/value segment i; lengths may differ): a block's rows span segments s_first..s_last, whose
-        keys (queries, for dK/dV) are then one contiguous range `[cu_k[s_first], cu_k[s_last + 1])`, looped over
-        in blocks. Scores are masked block-diagonally, `segment(row) == segment(key)`, from per-token segment ids
-        (int32, searchsorted over `cu_seqlens` on the device: no host sync).
+Two ways to give rows to blocks (one set of kernels; the constexpr `PACK_ROWS` switches the prologue and mask)
+    per segment: a block holds rows of one segment; any `kv_index`. A segment shorter than the tile leaves the
+        rest of its tile masked.
+    packed rows: a block holds BLOCK consecutive rows of all segments back to back (`total_q` rows for queries,
+        `total_k` for keys). Only for an identity `kv_index` (query segment i attends to key/value segment i;
+        lengths may differ): a block's rows span segments s_first..s_last, whose keys (queries, for dK/dV) are
+        then one contiguous range `[cu_k[s_first], cu_k[s_last + 1])`, looped over in blocks. Scores are masked
+        block-diagonally, `segment(row) == segment(key)`, from per-token segment ids (int32, searchsorted over
+        `cu_seqlens` on the device: no host sync).
     Automatic choice (`pack_rows=None`): packed rows iff kv_index is the identity and every packed row tile holds
     at least two segments of the longest length: max_seqlen_q <= BLOCK_M / 2 (query tile of the forward / dQ) and
     max_seqlen_k <= BLOCK_N / 2 (key tile of dK/dV) of `_packed_config`, i.e. both <= 128 under the interpreter
     (256-row tiles), both <= 32 on a GPU (64-row tiles; fp32: <= 16 with 32-row tiles, <= 8 at head dim 128).
-    Long segments and any other kv_index: per segment.
-    `pack_rows=True` / `False` forces a mode (True still needs the identity).
+    Long segments and any other kv_index: per segment. `pack_rows=True` / `False` forces a mode (True still needs
+    the identity).
 
-Forward, one program per (query block, head) of its mode:
-    1. load the query tile `(BLOCK_M, D)` once;
+Persistent grids: only real work is launched
+    A launch's work units are (row block, head) pairs, the head minor (programs side by side read all heads of a
+    token row). Per segment the row blocks come from a work table built on the device without a host sync
+    (`_work_items`): a stable descending sort of the segment lengths, a prefix sum of their block counts and one
+    searchsorted give every item its (segment, block), longest segment first; the real item count stays on the
+    device, where the kernels read their loop bound. When every segment is full length (host ints say so) the
+    items are arithmetic and nothing is built. A launch runs `_num_programs` programs (at most PROGRAMS_PER_SM per
+    SM, and at most a lower bound on the real units, `cdiv(total, BLOCK) * H`), each looping over units
+    `pid, pid + programs, ...`: no program is idle, and the longest segments start first. Identity kv_index
+    and shared q / k offsets (self-attention) are compile-time switches (`IDENTITY_KV`, `SHARED_OFFSETS`): a
+    unit's prologue then reads the work table and one pair of offsets, nothing more, before its tile loads.
+
+Forward, per (query block, head) unit:
+    1. load the query tile `(BLOCK_M, D)` (when the whole key segment fits one key tile, `ONE_KEY_BLOCK`, its K and
+       V tiles are loaded beside it and there is no key loop);
     2. for each key block of the block's key range: scores `s = q k^T * scale` in fp32 (keys outside the row's
        segment -> -inf), new running max `m`, rescale the running sum `l` and accumulator `acc` by
        `exp(m_old - m)`, add `exp(s - m)` and `exp(s - m) v` (online softmax; exponentials in base 2 with the scale
-       folded into one multiply). Packed rows: a key block may hold no key of a row's segment (`m = -inf`); the
-       exponentials then use 0 in place of `m`, so they are 0, not NaN;
+       folded into one multiply). A key block may hold no key of a row's segment (packed rows, or an empty key
+       segment: `m = -inf`); the exponentials then use 0 in place of `m`, so they are 0, not NaN;
     3. `out = acc / l`, `lse = m + log(l)`; a row whose key/value segment is empty (`l = 0`) gets `out = 0` and
        `lse = 0`, which the backward never uses (all its scores are masked).
-Backward, three kernels:
+Backward, one of three (`backward=None` chooses, `_choose_backward`):
+    one pass (`varlen_attention_bwd_fused_kernel`): identity kv_index and every segment within one tile
+        (`_fused_tile`: 64 tokens in fp16 / bf16 up to head dim 64, 32 in fp32 up to head dim 32, 128 under the
+        interpreter). A (segment, head) unit loads Q, K, V, O, dO and LSE once, computes delta = rowsum(dO * O)
+        in registers and runs 5 matmuls (S = Q K^T, dP = dO V^T, dV = P^T dO, dK = dS^T Q, dQ = dS K) with one
+        exponential per score, then writes dQ, dK, dV once. Units longest segment first.
+    one launch per (segment, head) (`varlen_attention_bwd_segment_kernel`, "segment"): identity kv_index, any
+        length, chosen when the (segment, head) units are enough to give every program of the persistent grid one
+        (gait batches: thousands). A unit computes dK / dV per key block, streaming its query blocks, then dQ per
+        query block, streaming its key blocks; delta = rowsum(dO * O) is recomputed from the O / dO tiles. Its
+        re-reads stay inside one unit (L2), so each input leaves HBM once: no preprocess pass, no second launch.
+    three kernels ("split": few long segments, where (segment, head) units cannot fill the GPU, or any other
+        kv_index):
     1. preprocess: `delta = rowsum(dO * O)` per query row `(H, total_q)`;
-    2. dK/dV: one program per (key block, head) keeps its K/V tile and dK/dV accumulators in registers and loops
+    2. dK/dV: one unit per (key block, head) keeps its K/V tile and dK/dV accumulators in registers and loops
        over the query blocks that read it. Per segment: every query block of every query segment that maps to
        its key/value segment, from the inverse map (key/value segment -> query segments) as a CSR array built on
-       the device with a sort, so shared key/value segments need no atomics. Packed rows: the contiguous query
-       range of its key segments;
-    3. dQ: one program per (query block, head) loops over the key blocks of its key range, as in the forward.
+       the device with a sort, so shared key/value segments need no atomics (the identity needs no map). Packed
+       rows: the contiguous query range of its key segments;
+    3. dQ: one unit per (query block, head) loops over the key blocks of its key range, as in the forward.
     Recomputes `p = exp(s - lse)` (0 where masked), `dS = p * (dO v^T - delta)`, `dV = p^T dO`,
-    `dK = dS^T q * scale`, `dQ = dS k * scale`. Each output element is written by exactly one program with a
-    fixed loop order, in both modes: the backward is deterministic (bitwise reproducible) by construction; there
-    is no atomic path.
+    `dK = dS^T q * scale`, `dQ = dS k * scale`. Each output element is written by exactly one unit with a fixed
+    loop order, in every mode: the backward is deterministic (bitwise reproducible) by construction; there is no
+    atomic path.
+
+Tiles: `_config` (per segment), `_packed_config`, `_fused_config`; a tuned table for the GPU architecture
+    (`kernels/tuning.py`, `bpmt-fast bench tune`) overrides the defaults when it has an entry; the interpreter
+    keeps one fixed configuration. The cost model (`bpmt-fast bench model`) counts what these choices launch.
 
 Limits
     fp32 / fp16 / bf16; head dims 1..128 (tiles are padded to a power of two >= 16 and masked); non-causal only;
     CUDA, or CPU tensors under the Triton interpreter (TRITON_INTERPRET=1), where bf16 `tl.dot` is wrong and
     therefore unsupported. Empty segments are allowed: a query segment whose key/value segment is empty gets
     zero output and zero gradients. `max_seqlen_q/k` must bound the segments (checked unless
-    `check_values=False`), or rows beyond them are left unwritten (per segment; packed rows cover `total_q` and
-    `total_k` whatever the max lengths, which then only steer the automatic choice). Packed rows are correct for
-    any lengths, but a block's key range spans all segments its rows touch: empty query segments between them,
-    or keys much longer than queries, widen it (the automatic rule bounds both lengths, not their ratio). Grids are
-    1-D (row blocks x groups flattened on axis 0), so no CUDA 65535 axis limit applies to S * H.
+    `check_values=False`), or some rows are left unwritten (per segment the work table is sized from them; packed
+    rows cover `total_q` and `total_k` whatever the max lengths, which then only steer the automatic choices).
+    Packed rows are correct for any lengths, but a block's key range spans all segments its rows touch: empty
+    query segments between them, or keys much longer than queries, widen it (the automatic rule bounds both
+    lengths, not their ratio). Grids are 1-D and persistent, so no CUDA grid-axis limit applies to S * H.
 
 Differences from the reference (`bpmt_fast.reference.softmax`)
     No `(Nq, Nk)` score matrix is stored: softmax is computed blockwise online, so results differ by rounding
@@ -300,6 +328,102 @@ def varlen_attention_bwd_fused_kernel(
                  (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok)
         tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
                  dv.to(DV.dtype.element_ty), mask=col_ok[:, None] & dv_ok)
+
+
+@triton.jit
+def varlen_attention_bwd_segment_kernel(
+    Q, K, V, O, DO, LSE, DQ, DK, DV, CU_Q, CU_K, ORDER,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+    total_q, num_heads, num_units, num_programs, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, SORTED: tl.constexpr, SHARED_OFFSETS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Backward of one (segment, head) per loop trip, any length (identity kv_index), in one launch: dK / dV per
+    key block (looping over the query blocks), then dQ per query block (looping over the key blocks); delta =
+    rowsum(dO * O) recomputed from the O / dO tiles where needed. One unit reads its segment's tensors from HBM
+    once (its re-reads stay in L2) and writes each gradient once: no preprocess pass, no second launch, no
+    atomics, deterministic."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    dv_ok = offs_dv[None, :] < HEAD_DIM_V
+    for unit in range(tl.program_id(0), num_units, num_programs):
+        item = unit // num_heads
+        head = unit % num_heads
+        if SORTED:  # the most work first, so the last trips are the short ones
+            seg = tl.load(ORDER + item)
+        else:
+            seg = item
+        q_start = tl.load(CU_Q + seg)
+        q_len = tl.load(CU_Q + seg + 1) - q_start
+        if SHARED_OFFSETS:
+            k_start = q_start
+            k_len = q_len
+        else:
+            k_start = tl.load(CU_K + seg)
+            k_len = tl.load(CU_K + seg + 1) - k_start
+        # dK, dV: key block resident, query blocks streamed
+        for start_n in range(0, k_len, BLOCK_N):
+            col_ok = start_n + offs_n < k_len
+            keys = (k_start + start_n + offs_n).to(tl.int64)
+            k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                        mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
+            v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
+                        mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+            dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+            dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+            for start_m in range(0, q_len, BLOCK_M):
+                row_ok = start_m + offs_m < q_len
+                rows = (q_start + start_m + offs_m).to(tl.int64)
+                q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                            mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+                o = tl.load(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
+                            mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+                do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
+                             mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+                lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+                delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
+                s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+                p_t = tl.exp2(tl.where(col_ok[:, None] & row_ok[None, :], s_t - lse2[None, :], float("-inf")))
+                dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+                dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+                ds_t = p_t * (dp_t - delta[None, :])
+                dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+            tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
+                     (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok)
+            tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
+                     dv.to(DV.dtype.element_ty), mask=col_ok[:, None] & dv_ok)
+        # dQ: query block resident, key blocks streamed
+        for start_m in range(0, q_len, BLOCK_M):
+            row_ok = start_m + offs_m < q_len
+            rows = (q_start + start_m + offs_m).to(tl.int64)
+            q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                        mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+            o = tl.load(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
+                        mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+            do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
+                         mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+            lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
+            dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+            for start_n in range(0, k_len, BLOCK_N):
+                col_ok = start_n + offs_n < k_len
+                keys = (k_start + start_n + offs_n).to(tl.int64)
+                k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                            mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
+                v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
+                            mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+                s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+                p = tl.exp2(tl.where(row_ok[:, None] & col_ok[None, :], s - lse2[:, None], float("-inf")))
+                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+            tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
+                     (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
 
 
 @triton.jit
@@ -670,6 +794,57 @@ def _fused_config(head_block: int, max_seqlen_q: int, max_seqlen_k: int, dtype: 
     return _Config(tile, tile, 4 if tile <= 32 and not INTERPRET else 8, 1)
 
 
+def _segment_config(head_block: int, max_seqlen_q: int, max_seqlen_k: int, dtype: torch.dtype) -> _Config:
+    """Tiles of the "segment" backward: the dK/dV phase keeps a key tile and two fp32 accumulators, the dQ phase a
+    query tile and one, so the tiles are dK/dV's (32 queries x 64 keys in fp16 / bf16, 8 warps and 32 keys
+    above head dim 64; fp32 16 x 32, 8 warps). Interpreter: the segment in one tile where it fits (<= 128)."""
+    if INTERPRET:
+        return _Config(_fit(max_seqlen_q, 128), _fit(max_seqlen_k, 128), 4, 1)
+    tuned = tuned_config("segment_bwd", "segment", head_block, max(max_seqlen_q, max_seqlen_k), dtype)
+    if tuned is not None:  # measured on this GPU architecture
+        return _Config(**tuned)
+    if dtype == torch.float32:
+        return _Config(_fit(max_seqlen_q, 16), _fit(max_seqlen_k, FP32_TILE), 8, 2)
+    big = head_block > 64
+    return _Config(_fit(max_seqlen_q, 32), _fit(max_seqlen_k, 32 if big else 64), 8 if big else 4, 2)
+
+
+BACKWARDS = ("fused", "segment", "split")
+
+
+def _programs_cap(device) -> int:
+    """Most programs a persistent launch runs on `device` (see `_num_programs`)."""
+    return _num_programs(2**62, device)
+
+
+def _choose_backward(identity: bool, head_block: int, max_seqlen_q: int, max_seqlen_k: int, dtype: torch.dtype,
+                     units: int, device) -> str:
+    """"fused" when every segment fits the one-pass tile; else "segment" when there are enough (segment, head)
+    units to give every program of a persistent grid one; else "split" (few long segments: parallel over
+    blocks). Any kv_index other than the identity: "split"."""
+    if not identity:
+        return "split"
+    if _auto_fused_backward(head_block, max_seqlen_q, max_seqlen_k, dtype):
+        return "fused"
+    return "segment" if units >= _programs_cap(device) else "split"
+
+
+def _check_backward(backward, identity, head_block, max_seqlen_q, max_seqlen_k, dtype, units, device) -> str:
+    """The backward to run: the automatic choice for None, else `backward` if it can run (ValueError if not)."""
+    if backward is None:
+        return _choose_backward(identity, head_block, max_seqlen_q, max_seqlen_k, dtype, units, device)
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be None (automatic) or one of {', '.join(BACKWARDS)}, got {backward!r}")
+    if backward != "split" and not identity:
+        raise ValueError(f"backward={backward!r} needs kv_index to be the identity (query segment i attends to "
+                         f"key/value segment i); use backward=None or 'split' for other kv_index")
+    if backward == "fused" and not _auto_fused_backward(head_block, max_seqlen_q, max_seqlen_k, dtype):
+        raise ValueError(f"backward='fused' needs every segment within one tile: max lengths {max_seqlen_q} / "
+                         f"{max_seqlen_k} > {_fused_tile(head_block, dtype)} at head block {head_block}, {dtype}; "
+                         f"use backward=None, 'segment' or 'split'")
+    return backward
+
+
 def _longest_first(cu_seqlens_q, cu_seqlens_k, total_q, total_k, max_seqlen_q, max_seqlen_k):
     """(order `(S,)` int32 of segments by q_len * k_len descending, True), or (placeholder, False) when every
     segment is full length (host ints: no sort needed)."""
@@ -747,12 +922,13 @@ def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seql
 
 
 def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
-                         max_seqlen_k, scale, pack_rows=False, identity=False, fused=None):
+                         max_seqlen_k, scale, pack_rows=False, identity=False, backward=None):
     """Gradients dq `(Tq, H, D)`, dk `(Tk, H, D)`, dv `(Tk, H, Dv)` in the inputs' dtype; `pack_rows` as in the
     forward that made `out` and `lse` (the backward may run another mode: lse does not depend on it).
 
-    `fused`: None chooses the one-pass kernel when `_auto_fused_backward` allows it (identity kv_index, every
-    segment within one tile), True forces it (needs the same), False forces the three-kernel backward."""
+    `backward`: None chooses (`_choose_backward`), or one of BACKWARDS: "fused" (one pass, segments within one
+    tile), "segment" (one launch, a (segment, head) per unit), "split" (three kernels); the first two need an
+    identity kv_index."""
     total_q, num_heads, head_dim = q.shape
     total_k, head_dim_v = k.shape[0], v.shape[-1]
     device = q.device
@@ -762,22 +938,16 @@ def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_i
     if total_q == 0 or total_k == 0:  # nothing attends: all gradients are zero
         return dq.zero_(), dk.zero_(), dv.zero_()
     identity = bool(identity or pack_rows)
-    block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
-    head_block = max(block_d, block_dv)
+    head_block = max(_head_block(head_dim), _head_block(head_dim_v))
     shared = _same_offsets(cu_seqlens_q, cu_seqlens_k)
-    fits = identity and _auto_fused_backward(head_block, max_seqlen_q, max_seqlen_k, q.dtype)
-    if fused is None:
-        fused = fits
-    elif fused and not fits:
-        raise ValueError(f"the one-pass backward needs an identity kv_index and segments within one tile "
-                         f"(<= {_fused_tile(head_block, q.dtype)} tokens at head dim {head_dim}, {q.dtype}), got "
-                         f"max lengths {max_seqlen_q} / {max_seqlen_k}")
-    if fused:
-        _fused_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                        scale, shared)
-    else:
+    units = (cu_seqlens_q.numel() - 1) * num_heads
+    backward = _check_backward(backward, identity, head_block, max_seqlen_q, max_seqlen_k, q.dtype, units, device)
+    if backward == "split":
         _split_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
                         max_seqlen_k, scale, identity, shared, bool(pack_rows))
+    else:
+        _unit_backward(backward, do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                       max_seqlen_k, scale, shared)
     return dq, dk, dv
 
 
@@ -826,18 +996,24 @@ def _split_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_
         **unit_meta, **sizes)
 
 
-def _fused_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                    scale, shared):
-    """One launch: a persistent program per group of (segment, head) units, longest segments first."""
+def _unit_backward(backward, do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                   max_seqlen_k, scale, shared):
+    """One launch of the "fused" or "segment" backward: a persistent program per group of (segment, head) units,
+    the most work (q_len * k_len) first."""
     total_q, num_heads, head_dim = q.shape
     head_dim_v = v.shape[-1]
     block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
-    cfg = _fused_config(max(block_d, block_dv), max_seqlen_q, max_seqlen_k, q.dtype)
+    if backward == "fused":
+        cfg, kernel = (_fused_config(max(block_d, block_dv), max_seqlen_q, max_seqlen_k, q.dtype),
+                       varlen_attention_bwd_fused_kernel)
+    else:
+        cfg, kernel = (_segment_config(max(block_d, block_dv), max_seqlen_q, max_seqlen_k, q.dtype),
+                       varlen_attention_bwd_segment_kernel)
     segments = cu_seqlens_q.numel() - 1
     order, is_sorted = _longest_first(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0], max_seqlen_q, max_seqlen_k)
     units = segments * num_heads
     programs = _num_programs(units, q.device)
-    varlen_attention_bwd_fused_kernel[(programs,)](
+    kernel[(programs,)](
         q, k, v, out, do, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, order,
         *_strides(q, k, v, out, do, dq, dk, dv), total_q, num_heads, units, programs, scale, scale * LOG2E,
         HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
@@ -848,11 +1024,11 @@ def _fused_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_
 class VarlenAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k, scale, pack_rows,
-                identity, fused_backward):
+                identity, backward):
         out, lse = varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
                                         max_seqlen_k, scale, pack_rows, identity)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index)
-        ctx.sizes = (max_seqlen_q, max_seqlen_k, scale, pack_rows, identity, fused_backward)
+        ctx.sizes = (max_seqlen_q, max_seqlen_k, scale, pack_rows, identity, backward)
         return out
 
     @staticmethod
@@ -870,7 +1046,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
                      *, scale: float | None = None, kv_index: torch.Tensor | None = None,
                      deterministic: bool = True, check_values: bool = True,
-                     pack_rows: bool | None = None, fused_backward: bool | None = None) -> torch.Tensor:
+                     pack_rows: bool | None = None, backward: str | None = None) -> torch.Tensor:
     """softmax(q k^T * scale) v for each (query segment, key/value segment) pair of packed sequences.
 
     q `(Tq, H, D)`, k `(Tk, H, D)`, v `(Tk, H, Dv)`; `cu_seqlens_q (S_q + 1,)`, `cu_seqlens_k (S_k + 1,)` int32
@@ -885,17 +1061,18 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     segments are short (`_auto_pack_rows`: max_seqlen_q <= BLOCK_M / 2 and max_seqlen_k <= BLOCK_N / 2 of the
     packed tile), else one segment per program; True forces packed rows (kv_index must be the identity: an
     explicit one is read back to check, even with check_values=False); False forces one segment per program.
-    `fused_backward` picks the backward: None (default) the one-pass kernel when kv_index is the identity and
-    every segment fits its tile (`_auto_fused_backward`), else three kernels; True forces the one-pass kernel
-    (refused, naming the limit, when it does not fit); False forces three kernels.
+    `backward` picks the backward: None (default) chooses (`_choose_backward`: "fused" when kv_index is the
+    identity and every segment fits the one-pass tile, "segment" for an identity kv_index with enough (segment,
+    head) units to fill the GPU, else "split"); a name forces it, refused with the reason where it cannot run.
     """
     _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index)
     if not deterministic:
         raise ValueError("deterministic=False is not available: this kernel has only the deterministic backward "
                          "(no atomics), so pass deterministic=True")
-    for name, choice in (("pack_rows", pack_rows), ("fused_backward", fused_backward)):
-        if choice is not None and not isinstance(choice, bool):
-            raise ValueError(f"{name} must be None (automatic), True or False, got {choice!r}")
+    if pack_rows is not None and not isinstance(pack_rows, bool):
+        raise ValueError(f"pack_rows must be None (automatic), True or False, got {pack_rows!r}")
+    if backward is not None and backward not in BACKWARDS:
+        raise ValueError(f"backward must be None (automatic) or one of {', '.join(BACKWARDS)}, got {backward!r}")
     identity = kv_index is None  # query segment i attends to key/value segment i
     if kv_index is None:
         kv_index = torch.arange(cu_seqlens_q.numel() - 1, dtype=torch.int32, device=q.device)
@@ -904,17 +1081,14 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                                                              max_seqlen_q, max_seqlen_k)
     elif max_seqlen_q is None or max_seqlen_k is None:
         raise ValueError("check_values=False needs max_seqlen_q and max_seqlen_k (they size the launch grid)")
-    for name, forced in (("pack_rows", pack_rows), ("fused_backward", fused_backward)):
-        if forced and not identity:
-            identity = _is_identity(kv_index.cpu(), cu_seqlens_k.numel() - 1)  # forced: read it back once
-            if not identity:
-                raise ValueError(f"{name}=True needs kv_index to be the identity (query segment i attends to "
-                                 f"key/value segment i); use {name}=None or False for other kv_index")
-    head_block = max(_head_block(q.shape[-1]), _head_block(v.shape[-1]))
-    if fused_backward and not _auto_fused_backward(head_block, max_seqlen_q, max_seqlen_k, q.dtype):
-        raise ValueError(f"fused_backward=True needs every segment within one tile: max lengths {max_seqlen_q} / "
-                         f"{max_seqlen_k} > {_fused_tile(head_block, q.dtype)} at head dim {q.shape[-1]}, "
-                         f"{q.dtype}; use fused_backward=None or False")
+    if (pack_rows or backward in ("fused", "segment")) and not identity:
+        identity = _is_identity(kv_index.cpu(), cu_seqlens_k.numel() - 1)  # forced: read it back once
+        if pack_rows and not identity:
+            raise ValueError("pack_rows=True needs kv_index to be the identity (query segment i attends to "
+                             "key/value segment i); use pack_rows=None or False for other kv_index")
+    if backward is not None:  # refused now, not at the backward
+        head_block = max(_head_block(q.shape[-1]), _head_block(v.shape[-1]))
+        _check_backward(backward, identity, head_block, max_seqlen_q, max_seqlen_k, q.dtype, 0, q.device)
     if pack_rows is None:
         pack_rows = identity and _auto_pack_rows(q.shape[-1], v.shape[-1], max_seqlen_q, max_seqlen_k, q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
@@ -922,7 +1096,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         raise ValueError(f"scale must be finite, got {scale}")
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     return VarlenAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, int(max_seqlen_q),
-                                         int(max_seqlen_k), scale, pack_rows, identity, fused_backward)
+                                         int(max_seqlen_k), scale, pack_rows, identity, backward)
 
 
 def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index) -> None:

@@ -48,9 +48,9 @@ def poison_outputs(monkeypatch):
 @pytest.fixture
 def launched_modes(monkeypatch):
     """How every launch ran, in call order: ("fwd", pack_rows) for forwards, ("bwd", pack_rows) for three-kernel
-    backwards and ("bwd", "fused") for one-pass backwards."""
+    backwards and ("bwd", "fused" | "segment") for the one-launch backwards."""
     modes = []
-    fwd, split, fused = (kernels.varlen_attention_fwd, kernels._split_backward, kernels._fused_backward)
+    fwd, split, unit = (kernels.varlen_attention_fwd, kernels._split_backward, kernels._unit_backward)
 
     def spy(launcher, mode):
         def launch(*args, **kwargs):
@@ -60,7 +60,7 @@ def launched_modes(monkeypatch):
 
     monkeypatch.setattr(kernels, "varlen_attention_fwd", spy(fwd, lambda args: ("fwd", args[9])))  # pack_rows
     monkeypatch.setattr(kernels, "_split_backward", spy(split, lambda args: ("bwd", args[-1])))
-    monkeypatch.setattr(kernels, "_fused_backward", spy(fused, lambda args: ("bwd", "fused")))
+    monkeypatch.setattr(kernels, "_unit_backward", spy(unit, lambda args: ("bwd", args[0])))
     return modes
 
 
@@ -91,7 +91,7 @@ def low_precision(q, k, v, scale=None):
 
 
 def check_against_reference(q_lengths, kv_lengths, heads, dim, dtype, dim_v=None, kv_index=None, scale=None,
-                            pack_rows=None, fused_backward=None):
+                            pack_rows=None, backward=None):
     """Kernel output and dq/dk/dv vs the fp32 reference per pair, with the '2x the low-precision error' rule."""
     q, k, v = packed(q_lengths, heads, dim, dtype), packed(kv_lengths, heads, dim, dtype), \
         packed(kv_lengths, heads, dim_v or dim, dtype)
@@ -100,7 +100,7 @@ def check_against_reference(q_lengths, kv_lengths, heads, dim, dtype, dim_v=None
     grad_out = torch.randn(q.shape[0], heads, dim_v or dim, device=DEVICE).to(dtype)
 
     out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index, scale=scale,
-                           pack_rows=pack_rows, fused_backward=fused_backward)
+                           pack_rows=pack_rows, backward=backward)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     fp32 = [x.detach().float().requires_grad_() for x in (q, k, v)]  # same values, no extra rounding
     ref = per_pair(reference, *fp32, q_lengths, kv_lengths, pairs, scale)
@@ -152,7 +152,7 @@ def test_packed_rows_match_reference(dtype, head_dim, launched_modes):
     the rows, and outputs and dq/dk/dv match the reference (the three-kernel backward forced: the one-pass
     backward would take these lengths, tested below)."""
     check_against_reference(SHORT_Q_LENGTHS, SHORT_KV_LENGTHS, heads=2, dim=head_dim, dtype=dtype,
-                            fused_backward=False)
+                            backward="split")
     assert launched_modes == [("fwd", True), ("bwd", True)]
 
 
@@ -162,7 +162,7 @@ def test_packed_rows_small_tiles(monkeypatch):
     blocks (forced: packed rows are correct for any lengths)."""
     monkeypatch.setattr(kernels, "_packed_config", lambda *args: kernels._Config(16, 16, 4, 1))
     check_against_reference(SHORT_Q_LENGTHS + [40, 6], SHORT_KV_LENGTHS + [37, 0], heads=2, dim=12, dim_v=20,
-                            dtype=torch.float32, scale=0.4, pack_rows=True, fused_backward=False)
+                            dtype=torch.float32, scale=0.4, pack_rows=True, backward="split")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -174,7 +174,7 @@ def test_forced_modes_agree(dtype):
     grad_out = torch.randn(q.shape[0], 2, 16, device=DEVICE).to(dtype)
     results = {}
     for pack_rows in (False, True):
-        out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows, fused_backward=False)
+        out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows, backward="split")
         results[pack_rows] = (out, *torch.autograd.grad(out, (q, k, v), grad_out))
     for name, per_segment, packed_rows in zip(["output", "dq", "dk", "dv"], results[False], results[True]):
         assert_close(name, packed_rows, per_segment.float(), dtype)
@@ -241,7 +241,7 @@ def test_empty_segments(pack_rows):
     q_lengths, kv_lengths = [5, 0, 9], [7, 3, 0]
     q, k, v = packed(q_lengths, 2, 16, torch.float32), packed(kv_lengths, 2, 16, torch.float32), \
         packed(kv_lengths, 2, 16, torch.float32)
-    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows, fused_backward=False)
+    out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), pack_rows=pack_rows, backward="split")
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
     ref = reference(q[None, :5], k[None, :7], v[None, :7])[0]
     torch.testing.assert_close(out[:5], ref, atol=2e-5, rtol=2e-4)
@@ -262,7 +262,7 @@ def test_backward_is_deterministic(mode):
         packed(kv_lengths, 2, 32, torch.float32)
     grad_out = torch.randn(q.shape[0], 2, 32, device=DEVICE)
     runs = [torch.autograd.grad(varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index,
-                                                 pack_rows=mode == "packed", fused_backward=False), (q, k, v),
+                                                 pack_rows=mode == "packed", backward="split"), (q, k, v),
                                 grad_out)
             for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
@@ -349,9 +349,11 @@ def test_backend_capabilities():
     assert any("bfloat16 on CPU" in r for r in cpu_bf16)
 
 
-# ---- one-pass backward, work items, persistent grids ----
+# ---- one-launch backwards, work items, persistent grids ----
 FUSED_Q_LENGTHS = [7, 59, 1, 0, 33, 61]  # an empty segment; identity kv_index pairs segment i with segment i
 FUSED_KV_LENGTHS = [5, 61, 0, 9, 33, 1]  # an empty key segment, keys longer and shorter than queries
+LONG_Q_LENGTHS = [130, 7, 0, 61, 200]  # longer than the interpreter's one-pass tile (128)
+LONG_KV_LENGTHS = [129, 150, 3, 0, 64]
 
 
 @pytest.mark.parametrize("head_dim, head_dim_v", [(16, 16), (32, 32), (12, 20)])
@@ -359,60 +361,79 @@ FUSED_KV_LENGTHS = [5, 61, 0, 9, 33, 1]  # an empty key segment, keys longer and
 def test_fused_backward_matches_reference(dtype, head_dim, head_dim_v, launched_modes):
     """The one-pass backward (forced, and chosen automatically here: identity kv_index, segments within its tile)
     against the fp32 reference: odd lengths, empty query and key segments, unequal head dims."""
-    for fused in (True, None):
+    for backward in ("fused", None):
         check_against_reference(FUSED_Q_LENGTHS, FUSED_KV_LENGTHS, heads=2, dim=head_dim, dim_v=head_dim_v,
-                                dtype=dtype, scale=0.3, fused_backward=fused)
+                                dtype=dtype, scale=0.3, backward=backward)
         assert launched_modes[-1] == ("bwd", "fused")
 
 
+@pytest.mark.parametrize("tiles", [None, (16, 32)], ids=["interpreter_tiles", "small_tiles"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_fused_and_split_backward_agree(dtype):
-    """One-pass and three-kernel backward on the same forward: equal gradients up to rounding order."""
+def test_segment_backward_matches_reference(dtype, tiles, monkeypatch):
+    """One launch per (segment, head), any length: segments over the one-pass tile, empty query and key segments,
+    and (small tiles) several key and query blocks in both phases, partial last blocks."""
+    if tiles:
+        monkeypatch.setattr(kernels, "_segment_config", lambda *args: kernels._Config(*tiles, 4, 1))
+    check_against_reference(LONG_Q_LENGTHS, LONG_KV_LENGTHS, heads=2, dim=12, dim_v=20, dtype=dtype, scale=0.4,
+                            backward="segment")
+
+
+@pytest.mark.parametrize("backward", ["fused", "segment"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_one_launch_and_split_backward_agree(dtype, backward):
+    """The one-launch backwards and the three-kernel one on the same forward: equal gradients up to rounding."""
     q, k, v = (packed(n, 2, 16, dtype) for n in (FUSED_Q_LENGTHS, FUSED_KV_LENGTHS, FUSED_KV_LENGTHS))
     grad_out = torch.randn(q.shape[0], 2, 16, device=DEVICE).to(dtype)
     results = {}
-    for fused in (True, False):
-        out = varlen_attention(q, k, v, cu(FUSED_Q_LENGTHS), cu(FUSED_KV_LENGTHS), fused_backward=fused)
-        results[fused] = torch.autograd.grad(out, (q, k, v), grad_out)
-    for name, fused, split in zip(["dq", "dk", "dv"], results[True], results[False]):
-        assert_close(name, fused, split.float(), dtype)
+    for choice in (backward, "split"):
+        out = varlen_attention(q, k, v, cu(FUSED_Q_LENGTHS), cu(FUSED_KV_LENGTHS), backward=choice)
+        results[choice] = torch.autograd.grad(out, (q, k, v), grad_out)
+    for name, one, split in zip(["dq", "dk", "dv"], results[backward], results["split"]):
+        assert_close(name, one, split.float(), dtype)
 
 
-def test_fused_backward_few_programs(monkeypatch):
-    """Two persistent programs: each runs many (segment, head) units in its loop, longest segment first."""
+@pytest.mark.parametrize("backward", ["fused", "segment"])
+def test_one_launch_backward_few_programs(backward, monkeypatch):
+    """Two persistent programs: each runs many (segment, head) units in its loop, the most work first."""
     monkeypatch.setattr(kernels, "INTERPRET_PROGRAMS", 2)
     check_against_reference(FUSED_Q_LENGTHS, FUSED_KV_LENGTHS, heads=3, dim=16, dtype=torch.float32,
-                            fused_backward=True)
+                            backward=backward)
 
 
-def test_fused_backward_is_deterministic():
+@pytest.mark.parametrize("backward", ["fused", "segment"])
+def test_one_launch_backward_is_deterministic(backward):
     q, k, v = (packed(n, 2, 32, torch.float32) for n in (FUSED_Q_LENGTHS, FUSED_KV_LENGTHS, FUSED_KV_LENGTHS))
     grad_out = torch.randn(q.shape[0], 2, 32, device=DEVICE)
     runs = [torch.autograd.grad(varlen_attention(q, k, v, cu(FUSED_Q_LENGTHS), cu(FUSED_KV_LENGTHS),
-                                                 fused_backward=True), (q, k, v), grad_out) for _ in range(2)]
+                                                 backward=backward), (q, k, v), grad_out) for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
-def test_automatic_backward_choice(launched_modes):
-    """One pass for an identity kv_index with every segment within the fused tile (128 under the interpreter;
-    64 on a GPU in fp16 / bf16 up to head dim 64, 32 in fp32 up to head dim 32); three kernels otherwise."""
+def test_automatic_backward_choice(launched_modes, monkeypatch):
+    """"fused" for an identity kv_index with every segment within the one-pass tile (128 under the interpreter;
+    64 on a GPU in fp16 / bf16 up to head dim 64, 32 in fp32 up to head dim 32); longer segments "segment" when
+    the (segment, head) units fill the persistent grid (here: 2 programs), else "split"; any other kv_index
+    "split"."""
     tile = kernels._fused_tile(16, torch.float32)
     assert tile == (128 if kernels.INTERPRET else 32)
     if not kernels.INTERPRET:
         assert kernels._fused_tile(64, torch.float16) == 64 and kernels._fused_tile(128, torch.float16) == 0
-    cases = [  # (q lengths, kv lengths, kv_index, fused?)
-        ([3, 9, tile], [tile, 2, 5], None, True),
-        ([3, 9, 1], [5, 2, 7], [0, 1, 2], True),  # read back as the identity
-        ([3, 9, 1], [5, 2, 7], [1, 0, 2], False),
-        ([3, tile + 1], [5, 2], None, False),
-        ([3, 2], [5, tile + 1], None, False),
+    monkeypatch.setattr(kernels, "INTERPRET_PROGRAMS", 2)
+    cases = [  # (q lengths, kv lengths, kv_index, heads, backward)
+        ([3, 9, tile], [tile, 2, 5], None, 1, "fused"),
+        ([3, 9, 1], [5, 2, 7], [0, 1, 2], 1, "fused"),  # read back as the identity
+        ([3, 9, 1], [5, 2, 7], [1, 0, 2], 1, False),  # split, per segment
+        ([3, tile + 1], [5, 2], None, 1, "segment"),  # 2 units >= 2 programs
+        ([tile + 1], [5], None, 1, False),  # 1 unit < 2 programs: split, per segment
+        ([3, 2], [5, tile + 1], None, 1, "segment"),
     ]
-    for q_lengths, kv_lengths, kv_index, expected in cases:
-        q, k, v = (packed(n, 1, 16, torch.float32) for n in (q_lengths, kv_lengths, kv_lengths))
+    for q_lengths, kv_lengths, kv_index, heads, expected in cases:
+        q, k, v = (packed(n, heads, 16, torch.float32) for n in (q_lengths, kv_lengths, kv_lengths))
         index = None if kv_index is None else _int32(kv_index)
-        out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index)
+        out = varlen_attention(q, k, v, cu(q_lengths), cu(kv_lengths), kv_index=index, pack_rows=False)
         out.sum().backward()
-        assert (launched_modes.pop()[1] == "fused") == expected, (q_lengths, kv_lengths, kv_index)
+        got = launched_modes.pop()[1]
+        assert got == expected, (q_lengths, kv_lengths, kv_index, got)  # False: split, per segment
 
 
 def _restated_work(lengths, block):
@@ -449,17 +470,19 @@ def test_longest_first_order():
     assert not is_sorted  # all full length: nothing to sort
 
 
-FUSED_BAD_INPUTS = {
-    "fused type": (dict(fused_backward=1), "fused_backward must be None"),
-    "fused kv_index": (dict(fused_backward=True, kv_index=_int32([1, 0])),
-                       "fused_backward=True needs kv_index to be the identity"),
+BACKWARD_BAD_INPUTS = {
+    "backward name": (dict(backward="fast"), "backward must be None"),
+    "fused kv_index": (dict(backward="fused", kv_index=_int32([1, 0])),
+                       "backward='fused' needs kv_index to be the identity"),
+    "segment kv_index": (dict(backward="segment", kv_index=_int32([1, 0])),
+                         "backward='segment' needs kv_index to be the identity"),
 }
 
 
-@pytest.mark.parametrize("case", list(FUSED_BAD_INPUTS))
-def test_fused_backward_invalid(case):
+@pytest.mark.parametrize("case", list(BACKWARD_BAD_INPUTS))
+def test_backward_choice_invalid(case):
     args = _good_args()
-    changes, message = FUSED_BAD_INPUTS[case]
+    changes, message = BACKWARD_BAD_INPUTS[case]
     args.update(changes)
     with pytest.raises(ValueError, match=message):
         varlen_attention(**args)
@@ -469,4 +492,4 @@ def test_fused_backward_too_long():
     tile = kernels._fused_tile(16, torch.float32)
     q, k, v = (torch.randn(tile + 1, 1, 16, device=DEVICE) for _ in range(3))
     with pytest.raises(ValueError, match=f"max lengths {tile + 1} / {tile + 1} > {tile}"):
-        varlen_attention(q, k, v, cu([tile + 1]), cu([tile + 1]), fused_backward=True)
+        varlen_attention(q, k, v, cu([tile + 1]), cu([tile + 1]), backward="fused")

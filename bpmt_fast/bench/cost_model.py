@@ -246,6 +246,26 @@ def _fused_backward_cost(launch, shapes: _Shapes) -> Cost:
     return cost
 
 
+def _segment_backward_cost(launch, shapes: _Shapes) -> Cost:
+    """One (segment, head) per unit: dK/dV per key block over the query blocks (4 matmuls per tile pair), then
+    dQ per query block over the key blocks (3), delta from O / dO each time; HBM: each input once per unit."""
+    c = launch.constexprs()
+    bm, bn, bd, bdv = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_D"], c["BLOCK_DV"]
+    h, d, dv, e = shapes.heads, shapes.dim, shapes.dim_v, shapes.elt
+    segments = len(shapes.q_lengths)
+    cost = Cost(launch.kernel_name, launches=1)
+    for lq, lk in zip(shapes.q_lengths, shapes.kv_lengths):
+        q_blocks, k_blocks = _cdiv(lq, bm), _cdiv(lk, bn)
+        row_bytes = (d + 2 * dv) * e + 4  # q, o, dO, lse of one query row
+        cost.l2_bytes += h * (lk * 2 * (d + dv) * e + k_blocks * lq * row_bytes  # dK/dV phase
+                              + lq * (row_bytes + d * e) + q_blocks * lk * (d + dv) * e)  # dQ phase
+        cost.flops += h * q_blocks * k_blocks * 2 * bm * bn * (4 * bd + 3 * bdv)
+        cost.exps += h * 2 * q_blocks * k_blocks * bm * bn
+    cost.hbm_bytes = h * (shapes.total_q * ((2 * d + 2 * dv) * e + 4) + shapes.total_k * 2 * (d + dv) * e)
+    cost.programs, cost.idle_programs = _launch_programs(launch, segments * h)
+    return cost
+
+
 def _preprocess_cost(launch, shapes: _Shapes) -> Cost:
     h, dv, e = shapes.heads, shapes.dim_v, shapes.elt
     bytes_ = h * shapes.total_q * (2 * dv * e + 4)  # o, dO in; delta out
@@ -294,6 +314,7 @@ def _dq_cost(launch, shapes: _Shapes) -> Cost:
 KERNEL_COSTS = {
     "varlen_attention_fwd_kernel": _forward_cost,
     "varlen_attention_bwd_fused_kernel": _fused_backward_cost,
+    "varlen_attention_bwd_segment_kernel": _segment_backward_cost,
     "varlen_attention_bwd_preprocess_kernel": _preprocess_cost,
     "varlen_attention_bwd_dkdv_kernel": _dkdv_cost,
     "varlen_attention_bwd_dq_kernel": _dq_cost,
@@ -376,6 +397,21 @@ def format_table(rows: list[dict], gpu: GpuSpec, dtype_name: str) -> str:
                      f"| {r['gflop']:.2f} ({r['ideal_gflop']:.2f}) | {r['mexp']:.1f} ({r['ideal_mexp']:.1f}) "
                      f"| {r['design_floor_us']:.1f} ({r['ideal_floor_us']:.1f}) | {r['ratio']:.2f}x |")
     return "\n".join(lines)
+
+
+README_START, README_END = "<!-- cost-model:start -->", "<!-- cost-model:end -->"
+
+
+def update_readme(readme: str, table: str) -> None:
+    """Replace the text between the cost-model markers of `readme` with `table` (the default model only)."""
+    from pathlib import Path
+
+    text = Path(readme).read_text()
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"{readme} needs exactly one '{README_START}' ... '{README_END}' pair for the cost model")
+    head, rest = text.split(README_START)
+    _, tail = rest.split(README_END)
+    Path(readme).write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
 
 
 def run_model(shapes: list[str] | None, gpu: str, dtype: str, quick: bool = False, out: str | None = None) -> str:
