@@ -11,7 +11,8 @@ Shapes swept (`all_cases`): head dims 16/32/64/128, fp16/bf16/fp32; softmax atte
 lengths 12, 30, 60 and 120 (each class picks different tiles; longer segments use the 120 tiles) and in the
 packed-rows mode, each with the backward the launcher picks (one pass where the segments fit its tile, three
 kernels for these few long segments), plus the three-kernel backward forced at 30 (what any other kv_index runs)
-and the one-launch-per-(segment, head) backward forced at 120 (what gait batches of long segments run); flow attention non-causal, causal and chunked
+and the one-launch-per-(segment, head) backward forced at 120 (what gait batches of long segments run); padded
+sequences read in place at 30 and 120 (the model's padded calls); flow attention non-causal, causal and chunked
 (non-causal, forced: the chunk size is a runtime argument, so 60 tokens compile what long segments run).
 """
 from __future__ import annotations
@@ -41,12 +42,13 @@ class KernelCase:
     pack_rows: bool = False  # softmax: packed-rows mode (many short segments per program)
     causal: bool = False  # flow: causal variant
     backward: str | None = None  # softmax: None = the launcher's choice, else one of varlen_attention.BACKWARDS
+    padded: bool = False  # softmax: padded sequences read in place (`padded_attention_fwd / bwd`)
     chunked: bool | None = None  # flow: None = the launcher's choice, True = the chunked path
 
     @property
     def mode(self) -> str:
         if self.op == "softmax":
-            mode = "packed" if self.pack_rows else f"per-segment<={self.max_len}"
+            mode = "packed" if self.pack_rows else f"{'padded' if self.padded else 'per-segment'}<={self.max_len}"
             return mode + (f" {self.backward}-bwd" if self.backward else "")
         if self.chunked:
             return "chunked"
@@ -71,6 +73,7 @@ def all_cases() -> list[KernelCase]:
             cases.append(KernelCase("softmax", dtype, d, 30, pack_rows=True))
             cases.append(KernelCase("softmax", dtype, d, 30, backward="split"))
             cases.append(KernelCase("softmax", dtype, d, 120, backward="segment"))
+            cases += [KernelCase("softmax", dtype, d, n, padded=True) for n in (30, 120)]
             cases += [KernelCase("flow", dtype, d, 60, causal=causal) for causal in (False, True)]
             cases.append(KernelCase("flow", dtype, d, 60, chunked=True))
     return cases
@@ -94,6 +97,18 @@ def launch_case(case: KernelCase, device) -> tuple[torch.Tensor, ...]:
     """Forward and backward launchers of the case's op on `device`; returns (out, dq, dk, dv)."""
     q, k, v, cu = case_inputs(case, device)
     do = torch.ones_like(q) if torch.device(device).type == "meta" else torch.randn_like(q)
+    if case.op == "softmax" and case.padded:  # rows s*N onwards, N past the longest sequence (bucketed batches)
+        segments, padded_n = cu.numel() - 1, case.max_len + 3
+        lengths = (cu[1:] - cu[:-1]).to(torch.int32)
+        q, k, v, do = (torch.empty(segments * padded_n, HEADS, case.head_dim, dtype=case.dtype, device=device)
+                       if torch.device(device).type == "meta" else
+                       torch.randn(segments * padded_n, HEADS, case.head_dim).to(device=device, dtype=case.dtype)
+                       for _ in range(4))
+        out, lse = softmax.padded_attention_fwd(q, k, v, lengths, padded_n, case.max_len, case.head_dim ** -0.5)
+        grads = [torch.empty_like(q) for _ in range(3)]
+        softmax.padded_attention_bwd(do, q, k, v, out, lse, lengths, padded_n, case.max_len, case.head_dim ** -0.5,
+                                     *grads)
+        return (out, *grads)
     if case.op == "softmax":
         n = case.max_len
         segments = cu.numel() - 1

@@ -120,8 +120,21 @@ def _alloc(shape, dtype, device) -> torch.Tensor:
 # kernels
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _work_unit(unit, num_heads, CU, WORK, blocks_per_segment, total,
-               PACK_ROWS: tl.constexpr, UNIFORM: tl.constexpr):
+def _segment_span(CU, seg, padded_n, PADDED: tl.constexpr):
+    """(first row, rows) of a segment: from packed offsets `CU (S + 1,)`, or, PADDED, rows seg * N onwards of
+    padded sequences whose lengths `CU (S,)` holds."""
+    if PADDED:
+        start = seg * padded_n
+        length = tl.load(CU + seg)
+    else:
+        start = tl.load(CU + seg)
+        length = tl.load(CU + seg + 1) - start
+    return start, length
+
+
+@triton.jit
+def _work_unit(unit, num_heads, CU, WORK, blocks_per_segment, total, padded_n,
+               PACK_ROWS: tl.constexpr, UNIFORM: tl.constexpr, PADDED: tl.constexpr):
     """Work unit -> (segment, head, row block, first row, rows) of one program's loop trip.
 
     Units are (item, head) with the head minor, so programs running side by side read all heads of a token row.
@@ -141,8 +154,7 @@ def _work_unit(unit, num_heads, CU, WORK, blocks_per_segment, total,
         else:
             seg = tl.load(WORK + 2 * item)
             block = tl.load(WORK + 2 * item + 1)
-        start = tl.load(CU + seg)
-        length = tl.load(CU + seg + 1) - start
+        start, length = _segment_span(CU, seg, padded_n, PADDED)
     return seg, head, block, start, length
 
 
@@ -185,11 +197,11 @@ def _work_count(WORK_COUNT, num_units, num_heads, COUNTED: tl.constexpr):
 def varlen_attention_fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, KV_INDEX, SEG_Q, SEG_K, WORK, WORK_COUNT,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    total_q, num_heads, num_units, blocks_per_segment, num_programs, qk_scale,  # qk_scale = scale * log2(e)
+    total_q, num_heads, num_units, blocks_per_segment, num_programs, padded_n, qk_scale,  # scale * log2(e)
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PACK_ROWS: tl.constexpr, UNIFORM: tl.constexpr,
     COUNTED: tl.constexpr, IDENTITY_KV: tl.constexpr, SHARED_OFFSETS: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    PADDED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -197,12 +209,17 @@ def varlen_attention_fwd_kernel(
     n_units = _work_count(WORK_COUNT, num_units, num_heads, COUNTED)
     for unit in range(tl.program_id(0), n_units, num_programs):  # persistent: every unit is real work
         seg, head, block, q_start, q_len = _work_unit(unit, num_heads, CU_Q, WORK, blocks_per_segment, total_q,
-                                                      PACK_ROWS, UNIFORM)
+                                                      padded_n, PACK_ROWS, UNIFORM, PADDED)
         k_start, k_len = _key_range(seg, q_start, q_len, block * BLOCK_M, total_q, CU_K, KV_INDEX, SEG_Q, BLOCK_M,
                                     PACK_ROWS, IDENTITY_KV, SHARED_OFFSETS)
         offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < q_len
         rows = (q_start + offs_m).to(tl.int64)  # int64: token * stride can pass 2^31 on big batches
+        if PADDED:  # blocks cover all N padded rows, so the padding gets its zeros; a padding-only block skips keys
+            row_store = offs_m < padded_n
+            k_len = tl.where(block * BLOCK_M < q_len, k_len, 0)
+        else:
+            row_store = row_ok
         if ONE_KEY_BLOCK:  # the whole key segment is one tile: issue the K / V loads beside Q's, no loop
             col_ok = offs_n < k_len
             keys = (k_start + offs_n).to(tl.int64)
@@ -254,12 +271,13 @@ def varlen_attention_fwd_kernel(
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
                 m_i = m_new
 
-        has_keys = l_i > 0  # False only when the row's key/value segment is empty: zero output, lse 0 (never read)
-        out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+        # has_keys is False only for an empty key/value segment (and padding rows): zero output, lse 0 (never read)
+        has_keys = (l_i > 0) & row_ok
+        out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)
         lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, 0.0)  # * ln 2
         tl.store(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :], out.to(O.dtype.element_ty),
-                 mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
-        tl.store(LSE + head * total_q + rows, lse, mask=row_ok)
+                 mask=row_store[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+        tl.store(LSE + head * total_q + rows, lse, mask=row_store)
 
 
 @triton.jit
@@ -267,10 +285,10 @@ def varlen_attention_bwd_fused_kernel(
     Q, K, V, O, DO, LSE, DQ, DK, DV, CU_Q, CU_K, ORDER,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_dot, stride_doh,
     stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    total_q, num_heads, num_units, num_programs, scale, qk_scale,
+    total_q, num_heads, num_units, num_programs, padded_n, scale, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, SORTED: tl.constexpr, SHARED_OFFSETS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    PADDED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One-pass backward: one (segment, head) per loop trip, the whole segment in one tile (identity kv_index).
 
@@ -290,14 +308,12 @@ def varlen_attention_bwd_fused_kernel(
             seg = tl.load(ORDER + item)
         else:
             seg = item
-        q_start = tl.load(CU_Q + seg)
-        q_len = tl.load(CU_Q + seg + 1) - q_start
+        q_start, q_len = _segment_span(CU_Q, seg, padded_n, PADDED)
         if SHARED_OFFSETS:
             k_start = q_start
             k_len = q_len
         else:
-            k_start = tl.load(CU_K + seg)
-            k_len = tl.load(CU_K + seg + 1) - k_start
+            k_start, k_len = _segment_span(CU_K, seg, padded_n, PADDED)
         row_ok = offs_m < q_len
         col_ok = offs_n < k_len
         rows = (q_start + offs_m).to(tl.int64)
@@ -322,12 +338,18 @@ def varlen_attention_bwd_fused_kernel(
         ds = (p * (dp - delta[:, None])).to(q.dtype)  # (BLOCK_M, BLOCK_N)
         dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
         dq = tl.dot(ds, k, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_D)
+        if PADDED:  # the tile holds all N padded rows: padding rows get their zero gradients (p = 0 there)
+            row_store = offs_m < padded_n
+            col_store = offs_n < padded_n
+        else:
+            row_store = row_ok
+            col_store = col_ok
         tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-                 (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
+                 (dq * scale).to(DQ.dtype.element_ty), mask=row_store[:, None] & d_ok)
         tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
-                 (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok)
+                 (dk * scale).to(DK.dtype.element_ty), mask=col_store[:, None] & d_ok)
         tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
-                 dv.to(DV.dtype.element_ty), mask=col_ok[:, None] & dv_ok)
+                 dv.to(DV.dtype.element_ty), mask=col_store[:, None] & dv_ok)
 
 
 @triton.jit
@@ -335,10 +357,10 @@ def varlen_attention_bwd_segment_kernel(
     Q, K, V, O, DO, LSE, DQ, DK, DV, CU_Q, CU_K, ORDER,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_dot, stride_doh,
     stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    total_q, num_heads, num_units, num_programs, scale, qk_scale,
+    total_q, num_heads, num_units, num_programs, padded_n, scale, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, SORTED: tl.constexpr, SHARED_OFFSETS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    PADDED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Backward of one (segment, head) per loop trip, any length (identity kv_index), in one launch: dK / dV per
     key block (looping over the query blocks), then dQ per query block (looping over the key blocks); delta =
@@ -358,17 +380,24 @@ def varlen_attention_bwd_segment_kernel(
             seg = tl.load(ORDER + item)
         else:
             seg = item
-        q_start = tl.load(CU_Q + seg)
-        q_len = tl.load(CU_Q + seg + 1) - q_start
+        q_start, q_len = _segment_span(CU_Q, seg, padded_n, PADDED)
         if SHARED_OFFSETS:
             k_start = q_start
             k_len = q_len
         else:
-            k_start = tl.load(CU_K + seg)
-            k_len = tl.load(CU_K + seg + 1) - k_start
+            k_start, k_len = _segment_span(CU_K, seg, padded_n, PADDED)
+        # PADDED: the outer loops cover all N padded rows (padding gets zero gradients), a padding-only block skips
+        # its inner loop
+        if PADDED:
+            k_extent = padded_n
+            q_extent = padded_n
+        else:
+            k_extent = k_len
+            q_extent = q_len
         # dK, dV: key block resident, query blocks streamed
-        for start_n in range(0, k_len, BLOCK_N):
+        for start_n in range(0, k_extent, BLOCK_N):
             col_ok = start_n + offs_n < k_len
+            col_store = start_n + offs_n < k_extent
             keys = (k_start + start_n + offs_n).to(tl.int64)
             k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
                         mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
@@ -376,7 +405,7 @@ def varlen_attention_bwd_segment_kernel(
                         mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
             dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
             dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-            for start_m in range(0, q_len, BLOCK_M):
+            for start_m in range(0, tl.where(start_n < k_len, q_len, 0), BLOCK_M):
                 row_ok = start_m + offs_m < q_len
                 rows = (q_start + start_m + offs_m).to(tl.int64)
                 q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
@@ -394,12 +423,13 @@ def varlen_attention_bwd_segment_kernel(
                 ds_t = p_t * (dp_t - delta[None, :])
                 dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
             tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
-                     (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok)
+                     (dk * scale).to(DK.dtype.element_ty), mask=col_store[:, None] & d_ok)
             tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
-                     dv.to(DV.dtype.element_ty), mask=col_ok[:, None] & dv_ok)
+                     dv.to(DV.dtype.element_ty), mask=col_store[:, None] & dv_ok)
         # dQ: query block resident, key blocks streamed
-        for start_m in range(0, q_len, BLOCK_M):
+        for start_m in range(0, q_extent, BLOCK_M):
             row_ok = start_m + offs_m < q_len
+            row_store = start_m + offs_m < q_extent
             rows = (q_start + start_m + offs_m).to(tl.int64)
             q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
                         mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
@@ -410,7 +440,7 @@ def varlen_attention_bwd_segment_kernel(
             lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634
             delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
             dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-            for start_n in range(0, k_len, BLOCK_N):
+            for start_n in range(0, tl.where(start_m < q_len, k_len, 0), BLOCK_N):
                 col_ok = start_n + offs_n < k_len
                 keys = (k_start + start_n + offs_n).to(tl.int64)
                 k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
@@ -423,7 +453,7 @@ def varlen_attention_bwd_segment_kernel(
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
             tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-                     (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
+                     (dq * scale).to(DQ.dtype.element_ty), mask=row_store[:, None] & d_ok)
 
 
 @triton.jit
@@ -459,7 +489,7 @@ def varlen_attention_bwd_dkdv_kernel(
     n_units = _work_count(WORK_COUNT, num_units, num_heads, COUNTED)
     for unit in range(tl.program_id(0), n_units, num_programs):  # units over key blocks, as the forward's
         kv_seg, head, block, k_start, k_len = _work_unit(unit, num_heads, CU_K, WORK, blocks_per_segment, total_k,
-                                                         PACK_ROWS, UNIFORM)
+                                                         0, PACK_ROWS, UNIFORM, False)
         offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = offs_n < k_len
         keys = (k_start + offs_n).to(tl.int64)
@@ -547,7 +577,7 @@ def varlen_attention_bwd_dq_kernel(
     n_units = _work_count(WORK_COUNT, num_units, num_heads, COUNTED)
     for unit in range(tl.program_id(0), n_units, num_programs):  # the forward's units
         seg, head, block, q_start, q_len = _work_unit(unit, num_heads, CU_Q, WORK, blocks_per_segment, total_q,
-                                                      PACK_ROWS, UNIFORM)
+                                                      0, PACK_ROWS, UNIFORM, False)
         k_start, k_len = _key_range(seg, q_start, q_len, block * BLOCK_M, total_q, CU_K, KV_INDEX, SEG_Q, BLOCK_M,
                                     PACK_ROWS, IDENTITY_KV, SHARED_OFFSETS)
         offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -797,14 +827,16 @@ def _fused_config(head_block: int, max_seqlen_q: int, max_seqlen_k: int, dtype: 
 def _segment_config(head_block: int, max_seqlen_q: int, max_seqlen_k: int, dtype: torch.dtype) -> _Config:
     """Tiles of the "segment" backward: the dK/dV phase keeps a key tile and two fp32 accumulators, the dQ phase a
     query tile and one, so the tiles are dK/dV's (32 queries x 64 keys in fp16 / bf16, 8 warps and 32 keys
-    above head dim 64; fp32 16 x 32, 8 warps). Interpreter: the segment in one tile where it fits (<= 128)."""
+    above head dim 64; fp32 16 x 32, 8 warps, 16 x 16 at head dim 128). Interpreter: the segment in one tile
+    where it fits (<= 128)."""
     if INTERPRET:
         return _Config(_fit(max_seqlen_q, 128), _fit(max_seqlen_k, 128), 4, 1)
     tuned = tuned_config("segment_bwd", "segment", head_block, max(max_seqlen_q, max_seqlen_k), dtype)
     if tuned is not None:  # measured on this GPU architecture
         return _Config(**tuned)
-    if dtype == torch.float32:
-        return _Config(_fit(max_seqlen_q, 16), _fit(max_seqlen_k, FP32_TILE), 8, 2)
+    if dtype == torch.float32:  # 16-key tiles and one stage at head dim 128: 32 keys spilled 52-80 B on sm90
+        big = head_block > 64
+        return _Config(_fit(max_seqlen_q, 16), _fit(max_seqlen_k, 16 if big else FP32_TILE), 8, 1 if big else 2)
     big = head_block > 64
     return _Config(_fit(max_seqlen_q, 32), _fit(max_seqlen_k, 32 if big else 64), 8 if big else 4, 2)
 
@@ -912,13 +944,48 @@ def varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seql
     units, unit_meta = _work_kwargs(work, num_heads, q.device)
     varlen_attention_fwd_kernel[(units[-1],)](
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, seg_q, seg_k, work.table, work.count,
-        *_strides(q, k, v, out), total_q, num_heads, *units, scale * LOG2E,
+        *_strides(q, k, v, out), total_q, num_heads, *units, 0, scale * LOG2E,
         HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
         BLOCK_DV=block_dv, PACK_ROWS=bool(pack_rows), IDENTITY_KV=bool(identity or pack_rows),
         SHARED_OFFSETS=_same_offsets(cu_seqlens_q, cu_seqlens_k),
-        ONE_KEY_BLOCK=not pack_rows and max_seqlen_k <= cfg.block_n, DOT_PRECISION=DOT_PRECISION,
+        ONE_KEY_BLOCK=not pack_rows and max_seqlen_k <= cfg.block_n, PADDED=False, DOT_PRECISION=DOT_PRECISION,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **unit_meta)
     return out, lse
+
+
+def padded_attention_fwd(q, k, v, lengths, padded_n, max_seqlen, scale):
+    """Self-attention of S padded sequences read in place: q, k `(S*N, H, D)`, v `(S*N, H, Dv)` (any token and
+    head strides: views of the model's fused projections), int32 `lengths (S,)`, `max_seqlen` >= every length
+    (host int). -> out `(S*N, H, Dv)` with zeros in the padding, lse `(H, S*N)` float32. No packing: the kernel
+    takes sequence s at rows s*N onwards and writes all N rows (units of cdiv(N, BLOCK_M) blocks per sequence;
+    padding-only blocks skip the keys and store zeros)."""
+    rows, num_heads, head_dim = q.shape
+    head_dim_v = v.shape[-1]
+    out = _alloc((rows, num_heads, head_dim_v), q.dtype, q.device)
+    lse = _alloc((num_heads, rows), torch.float32, q.device)
+    block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
+    cfg = _config("fwd", max(block_d, block_dv), max_seqlen, max_seqlen, q.dtype)
+    blocks = triton.cdiv(padded_n, cfg.block_m)
+    units = lengths.numel() * blocks * num_heads
+    programs = _num_programs(units, q.device)
+    varlen_attention_fwd_kernel[(programs,)](
+        q, k, v, out, lse, lengths, lengths, lengths, lengths, lengths, lengths, lengths,
+        *_strides(q, k, v, out), rows, num_heads, units, blocks, programs, padded_n, scale * LOG2E,
+        HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+        BLOCK_DV=block_dv, PACK_ROWS=False, UNIFORM=True, COUNTED=False, IDENTITY_KV=True, SHARED_OFFSETS=True,
+        ONE_KEY_BLOCK=max_seqlen <= cfg.block_n, PADDED=True, DOT_PRECISION=DOT_PRECISION,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out, lse
+
+
+def padded_attention_bwd(do, q, k, v, out, lse, lengths, padded_n, max_seqlen, scale, dq, dk, dv):
+    """Backward of `padded_attention_fwd` into the given gradient buffers (`(S*N, H, D)` views with the last dim
+    contiguous, e.g. slices of one fused gradient), every row written (zeros in the padding): the one-pass kernel
+    when the N padded rows fit its tile, else one launch per (segment, head)."""
+    head_block = max(_head_block(q.shape[-1]), _head_block(v.shape[-1]))
+    backward = "fused" if _auto_fused_backward(head_block, padded_n, padded_n, q.dtype) else "segment"
+    _unit_backward(backward, do, q, k, v, out, lse, dq, dk, dv, lengths, lengths, max_seqlen, max_seqlen, scale,
+                   True, padded_n)
 
 
 def varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q,
@@ -997,28 +1064,36 @@ def _split_backward(do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_
 
 
 def _unit_backward(backward, do, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                   max_seqlen_k, scale, shared):
+                   max_seqlen_k, scale, shared, padded_n=0):
     """One launch of the "fused" or "segment" backward: a persistent program per group of (segment, head) units,
-    the most work (q_len * k_len) first."""
+    the most work (q_len * k_len) first. `padded_n` > 0: padded sequences of N rows, `cu_seqlens_q` holding
+    their lengths (`padded_attention_bwd`)."""
     total_q, num_heads, head_dim = q.shape
     head_dim_v = v.shape[-1]
     block_d, block_dv = _head_block(head_dim), _head_block(head_dim_v)
-    if backward == "fused":
-        cfg, kernel = (_fused_config(max(block_d, block_dv), max_seqlen_q, max_seqlen_k, q.dtype),
+    if backward == "fused":  # padded: the tile holds all N rows, so the padding gets its zeros
+        tile_q, tile_k = (padded_n, padded_n) if padded_n else (max_seqlen_q, max_seqlen_k)
+        cfg, kernel = (_fused_config(max(block_d, block_dv), tile_q, tile_k, q.dtype),
                        varlen_attention_bwd_fused_kernel)
     else:
         cfg, kernel = (_segment_config(max(block_d, block_dv), max_seqlen_q, max_seqlen_k, q.dtype),
                        varlen_attention_bwd_segment_kernel)
-    segments = cu_seqlens_q.numel() - 1
-    order, is_sorted = _longest_first(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0], max_seqlen_q, max_seqlen_k)
+    if padded_n:  # lengths (S,); heaviest first
+        segments = cu_seqlens_q.numel()
+        order = torch.argsort(cu_seqlens_q, descending=True, stable=True).to(torch.int32)  # (S,)
+        is_sorted = True
+    else:
+        segments = cu_seqlens_q.numel() - 1
+        order, is_sorted = _longest_first(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0], max_seqlen_q,
+                                          max_seqlen_k)
     units = segments * num_heads
     programs = _num_programs(units, q.device)
     kernel[(programs,)](
         q, k, v, out, do, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, order,
-        *_strides(q, k, v, out, do, dq, dk, dv), total_q, num_heads, units, programs, scale, scale * LOG2E,
-        HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
-        BLOCK_DV=block_dv, SORTED=is_sorted, SHARED_OFFSETS=shared, DOT_PRECISION=DOT_PRECISION,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        *_strides(q, k, v, out, do, dq, dk, dv), total_q, num_heads, units, programs, padded_n, scale,
+        scale * LOG2E, HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_D=block_d, BLOCK_DV=block_dv, SORTED=is_sorted, SHARED_OFFSETS=shared, PADDED=bool(padded_n),
+        DOT_PRECISION=DOT_PRECISION, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 class VarlenAttentionFunction(torch.autograd.Function):

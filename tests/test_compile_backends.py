@@ -44,6 +44,18 @@ def test_varlen_attention_ops_opcheck(pack_rows):
     torch.library.opcheck(varlen_attention_fwd, args, test_utils=OPCHECK_TESTS)
 
 
+@pytest.mark.parametrize("fused_qkv", [True, False], ids=["qkv", "q_kv"])
+def test_padded_attention_op_opcheck(fused_qkv):
+    """The model's padded calls: fused projections read in place, one fused gradient back."""
+    _require("triton")
+    from bpmt_fast.attention.triton import padded_attention
+    gen = torch.Generator().manual_seed(0)
+    kv = torch.randn(3, 7, 3 if fused_qkv else 2, 2, 16, generator=gen).to(DEVICE).requires_grad_()
+    q = None if fused_qkv else torch.randn(3, 7, 2, 16, generator=gen).to(DEVICE).requires_grad_()
+    lengths = torch.tensor([7, 2, 5], dtype=torch.int32, device=DEVICE)
+    torch.library.opcheck(padded_attention, (q, kv, lengths, 7, 16 ** -0.5), test_utils=OPCHECK_TESTS)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_flow_attention_ops_opcheck(causal):
     _require("flow-triton")

@@ -61,20 +61,19 @@ def test_no_program_is_idle(full_model):
 
 
 def test_design_floor_within_target_of_ideal(full_model):
-    """Issue target: design floor within 1.15x of the ideal floor, forward and forward + backward. Met (<= 1.05x)
-    on every packed or full-length call: N60 and the part pairs run the one-pass backward, N240 and the Gait3D
-    lengths the one-launch-per-(segment, head) backward. Not met by the model's padded call of variable-length
-    sequences, whose packing around the kernel costs more than the kernel: guarded at today's value."""
+    """Issue target: design floor within 1.15x of the ideal floor, forward and forward + backward, on every case
+    of the three sets (here <= 1.05x): N60 and the part pairs run the one-pass backward, N240 and the Gait3D
+    lengths one launch per (segment, head), and the model's padded calls are read in place (nothing packed)."""
     _, rows, _ = full_model
     for (case, direction), row in rows.items():
-        limit = 4.0 if "padded" in case else 1.05
-        assert row["ratio"] <= limit, (case, direction, row["ratio"])
+        assert row["ratio"] <= 1.05, (case, direction, row["ratio"])
     backward = {case: row["kernels"][1:] for (case, direction), row in rows.items() if direction == "fwd+bwd"}
     assert backward["B256x5 N60 H8 D32"] == ["varlen_attention_bwd_fused_kernel"]
     assert backward["B256x20 pairs N60 H8 D32"] == ["varlen_attention_bwd_fused_kernel"]
     assert backward["B256x5 N240 H8 D32"] == ["varlen_attention_bwd_segment_kernel"]
-    fixed = rows[("B256x5 N60 H8 D32", "fwd+bwd")]
-    assert fixed["around_mb"] < 0.01  # full length: packing is a view; only the backend's kv_index arange
+    for (case, direction), row in rows.items():
+        if "packed" not in case:  # full length: views; padded: read in place; only small index ops around
+            assert row["around_mb"] < 0.5, (case, direction, row["around_mb"])
 
 
 def test_model_follows_the_launchers(tmp_path):
@@ -105,15 +104,18 @@ def test_ideal_cost_restated():
     assert both.flops == 3.5 * fwd.flops and both.exps == 2 * fwd.exps
 
 
-def test_packing_cost_only_for_padded_calls():
-    full = AttentionCase("full", 4, 6, 6, 2, 8)
-    packed = AttentionCase("p", 2, 6, 6, 2, 8, layout="packed", q_lengths=(6, 3), kv_lengths=(6, 3))
+def test_padded_calls_write_every_padded_row():
+    """Padded calls (the model's, with lengths) read the valid rows and write all N rows of each sequence (the
+    model needs the zeros): the ideal counts them; packed and full-length calls write the valid rows only."""
     padded = AttentionCase("pad", 2, 6, 6, 2, 8, q_lengths=(6, 3), kv_lengths=(6, 3))
-    assert cm.packing_cost(full, 2, True).hbm_bytes == 0 and cm.packing_cost(packed, 2, True).hbm_bytes == 0
-    row, tokens, padded_rows = 2 * 8 * 2, 9, 12
-    forward = 2 * 3 * tokens * row + tokens * 8 + padded_rows * row + 2 * tokens * row + tokens * 8
-    assert cm.packing_cost(padded, 2, False).hbm_bytes == forward
-    assert cm.packing_cost(padded, 2, True).hbm_bytes > forward and cm.packing_cost(padded, 2, True).launches == 6
+    packed = AttentionCase("p", 2, 6, 6, 2, 8, layout="packed", q_lengths=(6, 3), kv_lengths=(6, 3))
+    assert cm.padded_call(padded) and not cm.padded_call(packed)
+    assert not cm.padded_call(AttentionCase("full", 4, 6, 6, 2, 8))
+    extra_rows = 2 * 6 - 9  # padding rows of o written
+    assert cm.ideal_cost(padded, 2, False).hbm_bytes - cm.ideal_cost(packed, 2, False).hbm_bytes == \
+        2 * extra_rows * 8 * 2
+    assert cm.ideal_cost(padded, 2, True).hbm_bytes - cm.ideal_cost(packed, 2, True).hbm_bytes == \
+        2 * extra_rows * 8 * 2 * 4  # o, dq, dk, dv
 
 
 def test_row_blocks():

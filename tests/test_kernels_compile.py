@@ -64,7 +64,9 @@ def test_unchanged_specializations_are_reused_not_recompiled(subset_report, tmp_
                     "--cache", str(source)], env=env, capture_output=True, text=True, timeout=300)
     rows = json.loads(again.with_suffix(".json").read_text())["rows"]
     assert rows and all(r.get("cached") for r in rows)
-    strip = lambda r: {k: v for k, v in r.items() if k != "cached"}  # noqa: E731
+    # compile_s aside: a float32-only kernel recorded for several case dtypes is one binary compiled twice in the
+    # first run (two timings), and both reuse one cached row in the second
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("cached", "compile_s")}  # noqa: E731
     assert [strip(r) for r in rows] == [strip(r) for r in report["rows"]]
 
 

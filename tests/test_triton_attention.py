@@ -493,3 +493,37 @@ def test_fused_backward_too_long():
     q, k, v = (torch.randn(tile + 1, 1, 16, device=DEVICE) for _ in range(3))
     with pytest.raises(ValueError, match=f"max lengths {tile + 1} / {tile + 1} > {tile}"):
         varlen_attention(q, k, v, cu([tile + 1]), cu([tile + 1]), backward="fused")
+
+
+# ---- the model's padded calls, read in place ----
+@pytest.mark.parametrize("lengths, n", [([61, 1, 30, 7], 64), ([5, 130, 1, 77], 140)], ids=["fused", "segment"])
+@pytest.mark.parametrize("fused_qkv", [True, False], ids=["qkv", "q_kv"])
+def test_padded_attend_reads_in_place(lengths, n, fused_qkv, monkeypatch):
+    """`attend` with a padded layout: the kernels read the fused projections in place (packing is never called),
+    padding is NaN on input and exactly zero in the output and every gradient; the N padded rows exceed the
+    longest sequence (bucketed batches); the backward is one pass (N <= 128 here) or one launch per (segment,
+    head). Outputs and gradients match `math`."""
+    def no_packing(*args):
+        raise AssertionError("the triton backend packed a padded call")
+
+    monkeypatch.setattr(layout.PackedLayout, "pack", no_packing)
+    heads, dim = 2, 16
+    lay = layout.PackedLayout.from_lengths(torch.tensor(lengths, device=DEVICE), 1, n)
+    valid = lay.valid[:, :, None, None]  # (S, N, 1, 1)
+    kv = torch.randn(len(lengths), n, 3 if fused_qkv else 2, heads, dim, device=DEVICE)
+    kv = torch.where(valid[:, :, None], kv, float("nan")).requires_grad_()
+    q = None if fused_qkv else torch.where(valid, torch.randn(len(lengths), n, heads, dim, device=DEVICE),
+                                           float("nan")).requires_grad_()
+    inputs = [x for x in (q, kv) if x is not None]
+    clean = [torch.nan_to_num(x.detach()).requires_grad_() for x in inputs]
+    out = TritonBackend().attend(q, kv, lay)
+    ref = MathBackend().attend(None if fused_qkv else clean[0], clean[-1], lay)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    ref_grads = torch.autograd.grad(ref, clean, grad_out)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-4)
+    assert (out[~valid.expand_as(out)] == 0).all()
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, atol=2e-5, rtol=2e-4)
+        padding = ~lay.valid.view(*lay.valid.shape, *([1] * (grad.dim() - 2))).expand_as(grad)
+        assert (grad[padding] == 0).all()

@@ -12,6 +12,12 @@ The kernel launches run inside the custom op `bpmt_fast::varlen_attention_fwd` (
 `bpmt_fast::varlen_attention_bwd`), each with a fake implementation giving output shapes: `torch.compile` traces
 the model forward through them in one graph (an autograd.Function around Triton launches would break it).
 Eager runs the same launchers as `varlen_attention` with `check_values=False`.
+
+The model's padded calls (`attend` with a layout that has lengths) skip packing altogether: the custom op
+`bpmt_fast::padded_attention` hands the kernels views of the fused projections `(S, N, F, H, D)` as they are
+(sequence s at rows s*N onwards, its length from `lengths`), the kernels write every padded row of the output
+(zeros in the padding), and its backward writes dq / dk / dv straight into one fused gradient of the projections'
+shape: no gather of q/k/v, no scatter of the output, no stack of the gradients.
 """
 from __future__ import annotations
 
@@ -114,6 +120,22 @@ class TritonBackend(TritonKernelBackend):
                                       scale, pack_rows, True)
         return out
 
+    def _attend_packed(self, q, kv, layout_, scale):
+        # Padded sequences: the kernels read them in place (no gather / scatter around them); else the base
+        # class's path, which is all views when nothing is padded.
+        if not layout_.padded or (q is not None and q.shape[1] != kv.shape[1]):
+            return super()._attend_packed(q, kv, layout_, scale)
+        kernels = self._kernels()
+        kv = kernels._last_dim_contiguous(kv)  # the kernels need unit stride along the head dim only
+        q = None if q is None else kernels._last_dim_contiguous(q)
+        kernels.check_packed_qkv(*_padded_views(q, kv))
+        scale = kv.shape[-1] ** -0.5 if scale is None else float(scale)
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be finite, got {scale}")
+        lengths = layout_.lengths.to(device=kv.device, dtype=torch.int32)  # (S,)
+        out, _ = padded_attention(q, kv, lengths, int(layout_.max_seqlen), scale)
+        return out  # (S, N, H, Dv), zeros in the padding
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # custom ops around the launchers of bpmt_fast.kernels.varlen_attention
@@ -174,3 +196,71 @@ def _varlen_backward(ctx, grad_out, grad_lse):
 
 
 varlen_attention_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# custom op for padded sequences read in place (the model's path when sequences have lengths)
+# ---------------------------------------------------------------------------------------------------------------
+def _padded_views(q, kv):
+    """(S*N, H, D) views of queries, keys and values: q None takes the queries from kv[:, :, 0]."""
+    flat = kv.flatten(0, 1)  # (S*N, F, H, D) view
+    queries = flat[:, 0] if q is None else q.flatten(0, 1)
+    return queries, flat[:, -2], flat[:, -1]
+
+
+@torch.library.custom_op("bpmt_fast::padded_attention", mutates_args=())
+def padded_attention(q: torch.Tensor | None, kv: torch.Tensor, lengths: torch.Tensor, max_seqlen: int,
+                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention of S padded sequences: q `(S, N, H, D)` with kv `(S, N, 2, H, D)`, or q None with kv
+    `(S, N, 3, H, D)` (fused projections; last dims contiguous), int32 `lengths (S,)`, `max_seqlen` >= every
+    length. -> out `(S, N, H, Dv)` (zeros in the padding) and the logsumexp `(H, S*N)` float32."""
+    batch, n = kv.shape[0], kv.shape[1]
+    out, lse = _varlen_kernels().padded_attention_fwd(*_padded_views(q, kv), lengths, n, max_seqlen, scale)
+    return out.view(batch, n, *out.shape[1:]), lse
+
+
+@padded_attention.register_fake
+def _padded_attention_fake(q, kv, lengths, max_seqlen, scale):
+    batch, n, _, heads, _ = kv.shape
+    return (kv.new_empty((batch, n, heads, kv.shape[-1])), kv.new_empty((heads, batch * n), dtype=torch.float32))
+
+
+@torch.library.custom_op("bpmt_fast::padded_attention_bwd", mutates_args=())
+def padded_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor | None, kv: torch.Tensor, out: torch.Tensor,
+                         lse: torch.Tensor, lengths: torch.Tensor, max_seqlen: int,
+                         scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad of q `(S, N, H, D)`, or an empty tensor when q is None; grad of kv, kv's shape, contiguous): the
+    kernels write dq / dk / dv into slices of the one fused gradient."""
+    kernels = _varlen_kernels()
+    batch, n = kv.shape[0], kv.shape[1]
+    grad_kv = kernels._alloc(kv.shape, kv.dtype, kv.device)
+    grad_q = kernels._alloc(q.shape, q.dtype, q.device) if q is not None else kv.new_empty(0)
+    dq, dk, dv = _padded_views(grad_q if q is not None else None, grad_kv)
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    kernels.padded_attention_bwd(grad_out.flatten(0, 1), *_padded_views(q, kv), out.flatten(0, 1), lse, lengths, n,
+                                 max_seqlen, scale, dq, dk, dv)
+    return grad_q, grad_kv
+
+
+@padded_attention_bwd.register_fake
+def _padded_attention_bwd_fake(grad_out, q, kv, out, lse, lengths, max_seqlen, scale):
+    return (q.new_empty(q.shape) if q is not None else kv.new_empty(0)), kv.new_empty(kv.shape)
+
+
+def _padded_setup_context(ctx, inputs, output):
+    q, kv, lengths, max_seqlen, scale = inputs
+    ctx.has_q = q is not None
+    ctx.save_for_backward(*((q,) if q is not None else ()), kv, lengths, *output)
+    ctx.sizes = (max_seqlen, scale)
+
+
+def _padded_backward(ctx, grad_out, grad_lse):
+    # grad_lse is ignored: lse is an internal of the backward, never differentiated by callers.
+    saved = list(ctx.saved_tensors)
+    q = saved.pop(0) if ctx.has_q else None
+    kv, lengths, out, lse = saved
+    grad_q, grad_kv = padded_attention_bwd(grad_out, q, kv, out, lse, lengths, *ctx.sizes)
+    return (grad_q if ctx.has_q else None), grad_kv, None, None, None
+
+
+padded_attention.register_autograd(_padded_backward, setup_context=_padded_setup_context)

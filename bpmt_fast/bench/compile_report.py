@@ -169,6 +169,9 @@ def compile_launch(launch, arch: int, cache: dict | None = None) -> dict:
         return {k: v for k, v in cache[key].items() if k in _RESOURCE_KEYS} | {"compile_key": key, "cached": True}
     log = io.StringIO()
     knobs.nvidia.dump_ptxas_log = True
+    # Triton's own cache would skip ptxas (and its log) for a binary compiled earlier, e.g. a float32-only kernel
+    # recorded once per case dtype.
+    knobs.compilation.always_compile = True
     with contextlib.redirect_stdout(log):
         compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                   options=options.__dict__)

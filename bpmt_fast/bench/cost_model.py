@@ -3,10 +3,10 @@
 Nothing here is measured. For each attention case of a shape set, the launchers are called the way the `triton`
 backend calls them (automatic row mode and backward, identity kv_index, one offsets tensor for q and k) on
 "meta" tensors, with every kernel launch recorded instead of run (`kernels.specializations.recording_launches`):
-the grids, tiles and modes below are the launchers' own. The torch ops the launchers run around the kernels
-(index tables, sorts) are counted with a dispatch mode; the model's own packing around each call (gather of the
-fused q/k/v projections and scatter of the output when sequences are padded, `PackedLayout.pack / unpack`) is
-added from its formula. Then, from the cases' real segment lengths:
+the grids, tiles and modes below are the launchers' own (padded calls, as the model makes them when sequences
+have lengths, go through the kernels' padded mode, which reads the fused projections in place). The torch ops
+the launchers run around the kernels (index tables, sorts) are counted with a dispatch mode. Then, from the
+cases' real segment lengths:
 
   programs  launched, and idle ones (a program with no work unit: the model's target is zero);
   HBM bytes moved by our design: each kernel reads its inputs and writes its outputs from HBM once per launch,
@@ -16,7 +16,8 @@ added from its formula. Then, from the cases' real segment lengths:
   exps      exponentials computed (padded tiles);
   floor     max(HBM bytes / bandwidth, FLOPs / matmul peak, exps / exp rate) on a named GPU;
 and the same for the ideal kernel: q, k, v read and o written once (forward; the backward reads q, k, v, o, dO
-and writes dq, dk, dv once), FLOPs 4 * D * sum(Nq_i * Nk_i) per head forward and 2.5x that backward (the
+and writes dq, dk, dv once; padded calls read the valid rows and write every padded row, whose zeros the
+model needs), FLOPs 4 * D * sum(Nq_i * Nk_i) per head forward and 2.5x that backward (the
 FlashAttention convention, as the attention benchmark counts), one exponential per score forward and backward.
 Launches are counted, not timed: each costs a few microseconds of launch latency unless CUDA graphs hide it.
 """
@@ -107,7 +108,7 @@ class _OpCounter(TorchDispatchMode):
     """Counts the torch ops that would launch a kernel (not views, not allocations) and their bytes."""
 
     FREE = ("empty", "empty_like", "new_empty", "empty_strided", "view", "_unsafe_view", "alias", "detach", "lift_fresh", "as_strided",
-            "slice", "select", "unbind", "t", "transpose", "expand", "unsqueeze", "squeeze", "permute", "_to_copy")
+            "slice", "select", "unbind", "t", "transpose", "expand", "unsqueeze", "squeeze", "permute")
 
     def __init__(self):
         super().__init__()
@@ -124,6 +125,33 @@ class _OpCounter(TorchDispatchMode):
         return out
 
 
+def padded_call(case: AttentionCase) -> bool:
+    """The model's call of padded sequences with lengths: the `triton` backend reads them in place."""
+    return case.layout == "padded" and (case.q_lengths is not None or case.kv_lengths is not None)
+
+
+def _record_padded(case: AttentionCase, dtype: torch.dtype, backward: bool, sms: int):
+    """As `_record`, for `TritonBackend._attend_packed` on a padded layout (`padded_attention`)."""
+    from bpmt_fast.kernels import varlen_attention as kernels
+    from bpmt_fast.kernels.specializations import recording_launches
+
+    rows, dim, longest = case.batch * case.n_q, case.head_dim, int(case.lengths("q").max())
+    q, k, v = (torch.empty(rows, case.heads, dim, dtype=dtype, device="meta") for _ in range(3))
+    counter = _OpCounter()
+    default_sms, kernels.DEFAULT_SMS = kernels.DEFAULT_SMS, sms
+    try:
+        with recording_launches() as launches, counter:
+            lengths = torch.empty(case.batch, dtype=torch.long, device="meta").to(torch.int32)  # as the backend
+            out, lse = kernels.padded_attention_fwd(q, k, v, lengths, case.n_q, longest, dim ** -0.5)
+            if backward:
+                grads = [torch.empty_like(q) for _ in range(3)]
+                kernels.padded_attention_bwd(torch.empty_like(out), q, k, v, out, lse, lengths, case.n_q, longest,
+                                             dim ** -0.5, *grads)
+    finally:
+        kernels.DEFAULT_SMS = default_sms
+    return launches, counter.cost
+
+
 def _record(case: AttentionCase, dtype: torch.dtype, backward: bool, sms: int):
     """The launches and around-kernel ops of one call, as the `triton` backend makes it (nothing runs), with
     persistent grids sized for a GPU of `sms` SMs."""
@@ -133,6 +161,8 @@ def _record(case: AttentionCase, dtype: torch.dtype, backward: bool, sms: int):
     q_lengths, kv_lengths = case.lengths("q").tolist(), case.lengths("kv").tolist()
     heads, dim = case.heads, case.head_dim
     meta = dict(dtype=dtype, device="meta")
+    if padded_call(case):
+        return _record_padded(case, dtype, backward, sms)
     q = torch.empty(sum(q_lengths), heads, dim, **meta)
     k, v = (torch.empty(sum(kv_lengths), heads, dim, **meta) for _ in range(2))
     cu_q = torch.empty(len(q_lengths) + 1, dtype=torch.int32, device="meta")
@@ -165,6 +195,7 @@ class _Shapes:
     dim: int
     dim_v: int
     elt: int  # bytes per element of q, k, v, o and gradients
+    padded_n: int = 0  # padded calls: rows per sequence (every one written), else 0
 
     @property
     def total_q(self) -> int:
@@ -173,6 +204,15 @@ class _Shapes:
     @property
     def total_k(self) -> int:
         return sum(self.kv_lengths)
+
+    @property
+    def written_q(self) -> int:
+        """Query-side rows written (outputs, dq): every padded row of a padded call."""
+        return len(self.q_lengths) * self.padded_n if self.padded_n else self.total_q
+
+    @property
+    def written_k(self) -> int:
+        return len(self.kv_lengths) * self.padded_n if self.padded_n else self.total_k
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -220,15 +260,20 @@ def _forward_cost(launch, shapes: _Shapes) -> Cost:
     h, d, dv, e = shapes.heads, shapes.dim, shapes.dim_v, shapes.elt
     k_offsets = _offsets(shapes.kv_lengths)
     cost = Cost(launch.kernel_name, launches=1)
-    blocks = _row_blocks(shapes.q_lengths, bm, packed)
-    for first, last, rows in blocks:
-        keys = k_offsets[last + 1] - k_offsets[first]
+    if c["PADDED"]:  # every block of N rows: read the valid rows, write all (padding-only blocks skip the keys)
+        blocks = [(s, s, min(bm, shapes.padded_n - b * bm), max(0, min(bm, n - b * bm)))
+                  for s, n in enumerate(shapes.q_lengths) for b in range(_cdiv(shapes.padded_n, bm))]
+    else:
+        blocks = [(first, last, rows, rows) for first, last, rows in _row_blocks(shapes.q_lengths, bm, packed)]
+    for first, last, written, rows in blocks:
+        keys = k_offsets[last + 1] - k_offsets[first] if rows else 0
         trips = 1 if one_block else _cdiv(keys, bn)
-        cost.l2_bytes += h * (rows * (d + dv) * e + rows * 4 + keys * (d + dv) * e + (rows + keys) * 4 * packed)
+        cost.l2_bytes += h * (rows * d * e + written * (dv * e + 4) + keys * (d + dv) * e
+                              + (rows + keys) * 4 * packed)
         cost.flops += h * trips * 2 * bm * bn * (bd + bdv)
         cost.exps += h * trips * (bm * bn + (0 if one_block else bm))
-    # HBM: q, o, lse once; k, v once per key segment (its programs share them through L2)
-    cost.hbm_bytes = h * (shapes.total_q * ((d + dv) * e + 4) + shapes.total_k * (d + dv) * e
+    # HBM: q once, o and lse once per written row; k, v once per key segment (its programs share them through L2)
+    cost.hbm_bytes = h * (shapes.total_q * d * e + shapes.written_q * (dv * e + 4) + shapes.total_k * (d + dv) * e
                           + (shapes.total_q + shapes.total_k) * 4 * packed)
     cost.programs, cost.idle_programs = _launch_programs(launch, len(blocks) * h)
     return cost
@@ -239,7 +284,8 @@ def _fused_backward_cost(launch, shapes: _Shapes) -> Cost:
     bm, bn, bd, bdv = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_D"], c["BLOCK_DV"]
     h, d, dv, e = shapes.heads, shapes.dim, shapes.dim_v, shapes.elt
     segments = len(shapes.q_lengths)
-    bytes_ = h * (shapes.total_q * ((2 * d + 2 * dv) * e + 4) + shapes.total_k * 2 * (d + dv) * e)
+    bytes_ = h * (shapes.total_q * ((d + 2 * dv) * e + 4) + shapes.written_q * d * e
+                  + shapes.total_k * (d + dv) * e + shapes.written_k * (d + dv) * e)
     cost = Cost(launch.kernel_name, launches=1, hbm_bytes=bytes_, l2_bytes=bytes_,
                 flops=h * segments * 2 * bm * bn * (3 * bd + 2 * bdv), exps=h * segments * bm * bn)
     cost.programs, cost.idle_programs = _launch_programs(launch, segments * h)
@@ -261,7 +307,9 @@ def _segment_backward_cost(launch, shapes: _Shapes) -> Cost:
                               + lq * (row_bytes + d * e) + q_blocks * lk * (d + dv) * e)  # dQ phase
         cost.flops += h * q_blocks * k_blocks * 2 * bm * bn * (4 * bd + 3 * bdv)
         cost.exps += h * 2 * q_blocks * k_blocks * bm * bn
-    cost.hbm_bytes = h * (shapes.total_q * ((2 * d + 2 * dv) * e + 4) + shapes.total_k * 2 * (d + dv) * e)
+    cost.hbm_bytes = h * (shapes.total_q * ((d + 2 * dv) * e + 4) + shapes.written_q * d * e
+                          + shapes.total_k * (d + dv) * e + shapes.written_k * (d + dv) * e)
+    cost.l2_bytes += h * ((shapes.written_q - shapes.total_q) * d + (shapes.written_k - shapes.total_k) * (d + dv)) * e
     cost.programs, cost.idle_programs = _launch_programs(launch, segments * h)
     return cost
 
@@ -321,28 +369,13 @@ KERNEL_COSTS = {
 }
 
 
-def packing_cost(case: AttentionCase, elt: int, backward: bool) -> Cost:
-    """The model's packing around a call of padded sequences (`PackedLayout.pack` / `unpack` in
-    `AttentionBackend._attend_packed`): gather the valid rows of the fused (S*N, 3, H, D) projections, scatter
-    the output into zeros; the backward runs both in reverse (gather the output gradient, scatter-add into
-    zeros). Without padding both are views: no cost."""
-    if case.layout != "padded" or (case.q_lengths is None and case.kv_lengths is None):
-        return Cost("around: packing")
-    tokens, padded = case.tokens("q"), case.batch * case.n_q
-    row = case.heads * case.head_dim * elt  # bytes of one token of one projection
-    index = tokens * 8  # int64 gather / scatter index
-    forward = (2 * 3 * tokens * row + index) + (padded * row + 2 * tokens * row + index)
-    backward_bytes = (2 * tokens * row + index) + (3 * padded * row + 3 * 2 * tokens * row + index)
-    return Cost("around: packing", launches=6 if backward else 3,
-                hbm_bytes=forward + (backward_bytes if backward else 0))
-
-
 def ideal_cost(case: AttentionCase, elt: int, backward: bool) -> Cost:
     h, d = case.heads, case.head_dim
     tq, tk, pairs = case.tokens("q"), case.tokens("kv"), case.token_pairs()
-    cost = Cost("ideal", hbm_bytes=h * (2 * tq * d + 2 * tk * d) * elt, flops=h * 4 * d * pairs, exps=h * pairs)
+    wq, wk = (case.batch * case.n_q, case.batch * case.n_k) if padded_call(case) else (tq, tk)  # rows written
+    cost = Cost("ideal", hbm_bytes=h * (tq * d + 2 * tk * d + wq * d) * elt, flops=h * 4 * d * pairs, exps=h * pairs)
     if backward:  # read q, k, v, o, dO; write dq, dk, dv
-        cost.hbm_bytes += h * (3 * tq * d + 2 * tk * d + tq * d + 2 * tk * d) * elt
+        cost.hbm_bytes += h * (3 * tq * d + 2 * tk * d + wq * d + 2 * wk * d) * elt
         cost.flops *= 3.5
         cost.exps *= 2
     return cost
@@ -352,11 +385,10 @@ def model_call(case: AttentionCase, dtype: torch.dtype, direction: str, gpu: Gpu
     backward = direction == "fwd+bwd"
     launches, index_ops = _record(case, dtype, backward, gpu.sms)
     shapes = _Shapes(case.lengths("q").tolist(), case.lengths("kv").tolist(), case.heads, case.head_dim,
-                     case.head_dim, DTYPE_BYTES[dtype])
+                     case.head_dim, DTYPE_BYTES[dtype], case.n_q if padded_call(case) else 0)
     kernels = [KERNEL_COSTS[launch.kernel_name](launch, shapes) for launch in launches]
     around = Cost("around the kernels")
     around.add(index_ops)
-    around.add(packing_cost(case, shapes.elt, backward))
     return CallModel(case.name, direction, kernels, around, ideal_cost(case, shapes.elt, backward))
 
 
