@@ -120,6 +120,21 @@ def _alloc(shape, dtype, device) -> torch.Tensor:
 # kernels
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
+def _load_tile(ptr, rows, stride_t, head_offset, cols, row_mask, col_limit):
+    """Tile `(len(rows), len(cols))` of a `(T, H, D)` tensor at one head (`head_offset` = head * head stride),
+    in its dtype: rows outside `row_mask` and lanes from `col_limit` on read as 0."""
+    return tl.load(ptr + rows[:, None] * stride_t + head_offset + cols[None, :],
+                   mask=row_mask[:, None] & (cols[None, :] < col_limit), other=0.0)
+
+
+@triton.jit
+def _store_tile(ptr, rows, stride_t, head_offset, cols, value, row_mask, col_limit):
+    """Store `value` (cast to the tensor's dtype) into the tile `_load_tile` would read."""
+    tl.store(ptr + rows[:, None] * stride_t + head_offset + cols[None, :], value.to(ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (cols[None, :] < col_limit))
+
+
+@triton.jit
 def _segment_span(CU, seg, padded_n, PADDED: tl.constexpr):
     """(first row, rows) of a segment: from packed offsets `CU (S + 1,)`, or, PADDED, rows seg * N onwards of
     padded sequences whose lengths `CU (S,)` holds."""
@@ -223,12 +238,9 @@ def varlen_attention_fwd_kernel(
         if ONE_KEY_BLOCK:  # the whole key segment is one tile: issue the K / V loads beside Q's, no loop
             col_ok = offs_n < k_len
             keys = (k_start + offs_n).to(tl.int64)
-            k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-                        mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_N, BLOCK_D)
-            v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
-                        mask=col_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)  # (BLOCK_N, BLOCK_DV)
-        q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                    mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_M, BLOCK_D)
+            k = _load_tile(K, keys, stride_kt, head * stride_kh, offs_d, col_ok, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
+            v = _load_tile(V, keys, stride_vt, head * stride_vh, offs_dv, col_ok, HEAD_DIM_V)  # (BLOCK_N, BLOCK_DV)
+        q = _load_tile(Q, rows, stride_qt, head * stride_qh, offs_d, row_ok, HEAD_DIM)  # (BLOCK_M, BLOCK_D)
         if ONE_KEY_BLOCK:
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
             s = tl.where(col_ok[None, :], s, float("-inf"))
@@ -247,10 +259,8 @@ def varlen_attention_fwd_kernel(
                 cols = start_n + offs_n
                 col_ok = cols < k_len
                 keys = (k_start + cols).to(tl.int64)
-                k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-                            mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_N, BLOCK_D)
-                v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
-                            mask=col_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)  # (BLOCK_N, BLOCK_DV)
+                k = _load_tile(K, keys, stride_kt, head * stride_kh, offs_d, col_ok, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
+                v = _load_tile(V, keys, stride_vt, head * stride_vh, offs_dv, col_ok, HEAD_DIM_V)  # (BLOCK_N, BLOCK_DV)
                 s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
                 if PACK_ROWS:
                     # Block-diagonal mask: a row sees the keys of its own segment only (-2 past the range matches no
@@ -275,8 +285,7 @@ def varlen_attention_fwd_kernel(
         has_keys = (l_i > 0) & row_ok
         out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)
         lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, 0.0)  # * ln 2
-        tl.store(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :], out.to(O.dtype.element_ty),
-                 mask=row_store[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+        _store_tile(O, rows, stride_ot, head * stride_oh, offs_dv, out, row_store, HEAD_DIM_V)
         tl.store(LSE + head * total_q + rows, lse, mask=row_store)
 
 
@@ -299,8 +308,6 @@ def varlen_attention_bwd_fused_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    d_ok = offs_d[None, :] < HEAD_DIM
-    dv_ok = offs_dv[None, :] < HEAD_DIM_V
     for unit in range(tl.program_id(0), num_units, num_programs):
         item = unit // num_heads
         head = unit % num_heads
@@ -318,16 +325,11 @@ def varlen_attention_bwd_fused_kernel(
         col_ok = offs_n < k_len
         rows = (q_start + offs_m).to(tl.int64)
         keys = (k_start + offs_n).to(tl.int64)
-        q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                    mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-        k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-                    mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
-        v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
-                    mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
-        o = tl.load(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
-                    mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
-        do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
-                     mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+        q = _load_tile(Q, rows, stride_qt, head * stride_qh, offs_d, row_ok, HEAD_DIM)  # (BLOCK_M, BLOCK_D)
+        k = _load_tile(K, keys, stride_kt, head * stride_kh, offs_d, col_ok, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
+        v = _load_tile(V, keys, stride_vt, head * stride_vh, offs_dv, col_ok, HEAD_DIM_V)  # (BLOCK_N, BLOCK_DV)
+        o = _load_tile(O, rows, stride_ot, head * stride_oh, offs_dv, row_ok, HEAD_DIM_V)  # (BLOCK_M, BLOCK_DV)
+        do = _load_tile(DO, rows, stride_dot, head * stride_doh, offs_dv, row_ok, HEAD_DIM_V)  # (BLOCK_M, BLOCK_DV)
         lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
         valid = row_ok[:, None] & col_ok[None, :]
@@ -344,12 +346,9 @@ def varlen_attention_bwd_fused_kernel(
         else:
             row_store = row_ok
             col_store = col_ok
-        tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-                 (dq * scale).to(DQ.dtype.element_ty), mask=row_store[:, None] & d_ok)
-        tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
-                 (dk * scale).to(DK.dtype.element_ty), mask=col_store[:, None] & d_ok)
-        tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
-                 dv.to(DV.dtype.element_ty), mask=col_store[:, None] & dv_ok)
+        _store_tile(DQ, rows, stride_dqt, head * stride_dqh, offs_d, dq * scale, row_store, HEAD_DIM)
+        _store_tile(DK, keys, stride_dkt, head * stride_dkh, offs_d, dk * scale, col_store, HEAD_DIM)
+        _store_tile(DV, keys, stride_dvt, head * stride_dvh, offs_dv, dv, col_store, HEAD_DIM_V)
 
 
 @triton.jit
@@ -371,8 +370,6 @@ def varlen_attention_bwd_segment_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    d_ok = offs_d[None, :] < HEAD_DIM
-    dv_ok = offs_dv[None, :] < HEAD_DIM_V
     for unit in range(tl.program_id(0), num_units, num_programs):
         item = unit // num_heads
         head = unit % num_heads
@@ -399,21 +396,17 @@ def varlen_attention_bwd_segment_kernel(
             col_ok = start_n + offs_n < k_len
             col_store = start_n + offs_n < k_extent
             keys = (k_start + start_n + offs_n).to(tl.int64)
-            k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-                        mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
-            v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
-                        mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+            k = _load_tile(K, keys, stride_kt, head * stride_kh, offs_d, col_ok, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
+            v = _load_tile(V, keys, stride_vt, head * stride_vh, offs_dv, col_ok, HEAD_DIM_V)  # (BLOCK_N, BLOCK_DV)
             dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
             dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
             for start_m in range(0, tl.where(start_n < k_len, q_len, 0), BLOCK_M):
                 row_ok = start_m + offs_m < q_len
                 rows = (q_start + start_m + offs_m).to(tl.int64)
-                q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                            mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-                o = tl.load(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
-                            mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
-                do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
-                             mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+                q = _load_tile(Q, rows, stride_qt, head * stride_qh, offs_d, row_ok, HEAD_DIM)  # (BLOCK_M, BLOCK_D)
+                o = _load_tile(O, rows, stride_ot, head * stride_oh, offs_dv, row_ok, HEAD_DIM_V)  # (BLOCK_M, BLOCK_DV)
+                # (BLOCK_M, BLOCK_DV)
+                do = _load_tile(DO, rows, stride_dot, head * stride_doh, offs_dv, row_ok, HEAD_DIM_V)
                 lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634
                 delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
                 s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
@@ -422,38 +415,30 @@ def varlen_attention_bwd_segment_kernel(
                 dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
                 ds_t = p_t * (dp_t - delta[None, :])
                 dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
-            tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
-                     (dk * scale).to(DK.dtype.element_ty), mask=col_store[:, None] & d_ok)
-            tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
-                     dv.to(DV.dtype.element_ty), mask=col_store[:, None] & dv_ok)
+            _store_tile(DK, keys, stride_dkt, head * stride_dkh, offs_d, dk * scale, col_store, HEAD_DIM)
+            _store_tile(DV, keys, stride_dvt, head * stride_dvh, offs_dv, dv, col_store, HEAD_DIM_V)
         # dQ: query block resident, key blocks streamed
         for start_m in range(0, q_extent, BLOCK_M):
             row_ok = start_m + offs_m < q_len
             row_store = start_m + offs_m < q_extent
             rows = (q_start + start_m + offs_m).to(tl.int64)
-            q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                        mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-            o = tl.load(O + rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
-                        mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
-            do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
-                         mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+            q = _load_tile(Q, rows, stride_qt, head * stride_qh, offs_d, row_ok, HEAD_DIM)  # (BLOCK_M, BLOCK_D)
+            o = _load_tile(O, rows, stride_ot, head * stride_oh, offs_dv, row_ok, HEAD_DIM_V)  # (BLOCK_M, BLOCK_DV)
+            do = _load_tile(DO, rows, stride_dot, head * stride_doh, offs_dv, row_ok, HEAD_DIM_V)  # (BLOCK_M, BLOCK_DV)
             lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634
             delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
             dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
             for start_n in range(0, tl.where(start_m < q_len, k_len, 0), BLOCK_N):
                 col_ok = start_n + offs_n < k_len
                 keys = (k_start + start_n + offs_n).to(tl.int64)
-                k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-                            mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
-                v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
-                            mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+                k = _load_tile(K, keys, stride_kt, head * stride_kh, offs_d, col_ok, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
+                v = _load_tile(V, keys, stride_vt, head * stride_vh, offs_dv, col_ok, HEAD_DIM_V)  # (BLOCK_N, BLOCK_DV)
                 s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
                 p = tl.exp2(tl.where(row_ok[:, None] & col_ok[None, :], s - lse2[:, None], float("-inf")))
                 dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-            tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-                     (dq * scale).to(DQ.dtype.element_ty), mask=row_store[:, None] & d_ok)
+            _store_tile(DQ, rows, stride_dqt, head * stride_dqh, offs_d, dq * scale, row_store, HEAD_DIM)
 
 
 @triton.jit
@@ -484,8 +469,6 @@ def varlen_attention_bwd_dkdv_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    d_ok = offs_d[None, :] < HEAD_DIM
-    dv_ok = offs_dv[None, :] < HEAD_DIM_V
     n_units = _work_count(WORK_COUNT, num_units, num_heads, COUNTED)
     for unit in range(tl.program_id(0), n_units, num_programs):  # units over key blocks, as the forward's
         kv_seg, head, block, k_start, k_len = _work_unit(unit, num_heads, CU_K, WORK, blocks_per_segment, total_k,
@@ -493,10 +476,8 @@ def varlen_attention_bwd_dkdv_kernel(
         offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = offs_n < k_len
         keys = (k_start + offs_n).to(tl.int64)
-        k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-                    mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
-        v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
-                    mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+        k = _load_tile(K, keys, stride_kt, head * stride_kh, offs_d, col_ok, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
+        v = _load_tile(V, keys, stride_vt, head * stride_vh, offs_dv, col_ok, HEAD_DIM_V)  # (BLOCK_N, BLOCK_DV)
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
         if PACK_ROWS:  # keys of segments s_first..s_last: their queries are one contiguous range, one trip below
@@ -533,10 +514,9 @@ def varlen_attention_bwd_dkdv_kernel(
                 cur_m = start_m + offs_m
                 row_ok = cur_m < q_len
                 rows = (q_start + cur_m).to(tl.int64)
-                q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                            mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-                do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
-                             mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+                q = _load_tile(Q, rows, stride_qt, head * stride_qh, offs_d, row_ok, HEAD_DIM)  # (BLOCK_M, BLOCK_D)
+                # (BLOCK_M, BLOCK_DV)
+                do = _load_tile(DO, rows, stride_dot, head * stride_doh, offs_dv, row_ok, HEAD_DIM_V)
                 lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
                 delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
                 if PACK_ROWS:  # block-diagonal: a key sees the queries of its own segment only
@@ -553,10 +533,8 @@ def varlen_attention_bwd_dkdv_kernel(
                 ds_t = p_t * (dp_t - delta[None, :])
                 dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
 
-        tl.store(DK + keys[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
-                 (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & d_ok)
-        tl.store(DV + keys[:, None] * stride_dvt + head * stride_dvh + offs_dv[None, :],
-                 dv.to(DV.dtype.element_ty), mask=col_ok[:, None] & dv_ok)
+        _store_tile(DK, keys, stride_dkt, head * stride_dkh, offs_d, dk * scale, col_ok, HEAD_DIM)
+        _store_tile(DV, keys, stride_dvt, head * stride_dvh, offs_dv, dv, col_ok, HEAD_DIM_V)
 
 
 @triton.jit
@@ -572,8 +550,6 @@ def varlen_attention_bwd_dq_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    d_ok = offs_d[None, :] < HEAD_DIM
-    dv_ok = offs_dv[None, :] < HEAD_DIM_V
     n_units = _work_count(WORK_COUNT, num_units, num_heads, COUNTED)
     for unit in range(tl.program_id(0), n_units, num_programs):  # the forward's units
         seg, head, block, q_start, q_len = _work_unit(unit, num_heads, CU_Q, WORK, blocks_per_segment, total_q,
@@ -583,10 +559,8 @@ def varlen_attention_bwd_dq_kernel(
         offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < q_len
         rows = (q_start + offs_m).to(tl.int64)
-        q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                    mask=row_ok[:, None] & d_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-        do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_dv[None, :],
-                     mask=row_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_M, BLOCK_DV)
+        q = _load_tile(Q, rows, stride_qt, head * stride_qh, offs_d, row_ok, HEAD_DIM)  # (BLOCK_M, BLOCK_D)
+        do = _load_tile(DO, rows, stride_dot, head * stride_doh, offs_dv, row_ok, HEAD_DIM_V)  # (BLOCK_M, BLOCK_DV)
         lse2 = tl.load(LSE + head * total_q + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # * log2(e)
         delta = tl.load(DELTA + head * total_q + rows, mask=row_ok, other=0.0)
         if PACK_ROWS:
@@ -596,10 +570,8 @@ def varlen_attention_bwd_dq_kernel(
             cols = start_n + offs_n
             col_ok = cols < k_len
             keys = (k_start + cols).to(tl.int64)
-            k = tl.load(K + keys[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-                        mask=col_ok[:, None] & d_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
-            v = tl.load(V + keys[:, None] * stride_vt + head * stride_vh + offs_dv[None, :],
-                        mask=col_ok[:, None] & dv_ok, other=0.0)  # (BLOCK_N, BLOCK_DV)
+            k = _load_tile(K, keys, stride_kt, head * stride_kh, offs_d, col_ok, HEAD_DIM)  # (BLOCK_N, BLOCK_D)
+            v = _load_tile(V, keys, stride_vt, head * stride_vh, offs_dv, col_ok, HEAD_DIM_V)  # (BLOCK_N, BLOCK_DV)
             if PACK_ROWS:  # block-diagonal, as in the forward
                 col_seg = tl.load(SEG_K + keys, mask=col_ok, other=-2)
                 valid = row_seg[:, None] == col_seg[None, :]  # (BLOCK_M, BLOCK_N)
@@ -610,8 +582,7 @@ def varlen_attention_bwd_dq_kernel(
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-        tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-                 (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
+        _store_tile(DQ, rows, stride_dqt, head * stride_dqh, offs_d, dq * scale, row_ok, HEAD_DIM)
 
 # ---------------------------------------------------------------------------------------------------------------
 # launch configuration

@@ -133,3 +133,23 @@ def test_floor_is_the_slowest_resource():
     assert compute.floor_us(gpu, torch.bfloat16) == pytest.approx(2.0)
     assert compute.floor_us(gpu, torch.float32) == pytest.approx(2.0 * 708 / 67)
     assert exps.floor_us(gpu, torch.bfloat16) == pytest.approx(3.0)
+
+
+def test_model_beside_measurements():
+    """gpu-check writes the model's floors beside the measured `triton` times of its bench run (fake results
+    here: one measured row, the rest missing)."""
+    assert cm.gpu_key("NVIDIA H200") == "h200" and cm.gpu_key("NVIDIA A100-SXM4-80GB") == "a100"
+    assert cm.gpu_key("some other GPU") == "h100"
+    script = (
+        "import json; from bpmt_fast.bench import cost_model as cm\n"
+        "rows = [{'suite': 'attention', 'shape_set': 'cross-pairs', 'case': 'B2x20 pairs N16 H8 D32', "
+        "'backend': 'triton', 'direction': 'fwd', 'status': 'ok', 'median_ms': 0.5}]\n"
+        "print(cm.model_vs_measured({'settings': {'dtype': 'bf16', 'quick': True}, 'rows': rows}, 'h200'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Cost model (H200, bf16)")
+    measured = [line for line in lines if line.startswith("| B2x20 pairs N16 H8 D32 | fwd |")]
+    assert len(measured) == 1 and "| 500.0 |" in measured[0]
+    assert any(line.startswith("| B2x20 pairs N16 H8 D32 | fwd+bwd |") and "| nan |" in line for line in lines)

@@ -431,6 +431,33 @@ def format_table(rows: list[dict], gpu: GpuSpec, dtype_name: str) -> str:
     return "\n".join(lines)
 
 
+def gpu_key(device_name: str) -> str:
+    """The model's GPU for a CUDA device name ("NVIDIA H200" -> "h200"); H100 for anything it does not know."""
+    name = device_name.lower()
+    return next((key for key in ("h200", "h100", "a100") if key in name), "h100")
+
+
+def model_vs_measured(results: dict, gpu: str, backend: str = "triton") -> str:
+    """Markdown: the model's design floor beside the time `bpmt-fast bench` measured for `backend`, per attention
+    case and direction of a results.json, at its dtype (how far the kernels are from the model's floor, and
+    where the model is wrong)."""
+    dtype_name = results["settings"].get("dtype", "bf16")
+    spec, dtype = GPUS[gpu], DTYPES.get(dtype_name, torch.bfloat16)
+    measured = {(r["case"], r["direction"]): r for r in results["rows"]
+                if r.get("suite") == "attention" and r.get("backend") == backend and r.get("status") == "ok"}
+    names = sorted({r.get("shape_set") for r in results["rows"] if r.get("suite") == "attention"} & set(
+        MODEL_SHAPE_SETS + ("long",)))
+    lines = [f"Cost model ({spec.name}, {dtype_name}) beside `{backend}` as measured in this run.", "",
+             "| case | dir | model floor us | ideal floor us | measured us | measured / model floor |",
+             "|---|---|---:|---:|---:|---:|"]
+    for row in model_rows(names, spec, dtype, quick=bool(results["settings"].get("quick"))):
+        got = measured.get((row["case"], row["direction"]))
+        time_us = got["median_ms"] * 1e3 if got else float("nan")
+        lines.append(f"| {row['case']} | {row['direction']} | {row['design_floor_us']:.1f} | "
+                     f"{row['ideal_floor_us']:.1f} | {time_us:.1f} | {time_us / row['design_floor_us']:.2f}x |")
+    return "\n".join(lines)
+
+
 README_START, README_END = "<!-- cost-model:start -->", "<!-- cost-model:end -->"
 
 

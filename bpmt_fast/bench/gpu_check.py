@@ -860,7 +860,22 @@ def part_bench(check: Check, deadline: float) -> Verdict:
     now = time.monotonic()
     budget = max(0.0, cooperative_deadline(deadline, now) - now)
     run_bench("all", out=check.bench_out, device=check.device, budget_s=budget)
-    return bench_verdict(json.loads((check.bench_out / "results.json").read_text()), check.bench_out)
+    results = json.loads((check.bench_out / "results.json").read_text())
+    write_model_comparison(results, check.bench_out)
+    return bench_verdict(results, check.bench_out)
+
+
+def write_model_comparison(results: dict, folder: Path) -> None:
+    """The kernels' cost model beside the measured `triton` times (model-vs-measured.md), so the model can be
+    corrected where the GPU disagrees. A failure here is written into the file, never fatal to the check."""
+    from bpmt_fast.bench import cost_model
+
+    try:
+        gpu = cost_model.gpu_key(str(results.get("environment", {}).get("gpu") or ""))
+        text = cost_model.model_vs_measured(results, gpu)
+    except Exception as error:  # noqa: BLE001  (evidence of the failure beats a crashed check)
+        text = f"cost model comparison failed: {type(error).__name__}: {error}"
+    (folder / "model-vs-measured.md").write_text(text + "\n")
 
 
 def bench_verdict(results: dict, folder: Path) -> Verdict:

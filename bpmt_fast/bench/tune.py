@@ -16,8 +16,9 @@ Launch functions: `LAUNCHES[kernel](config, key) -> zero-arg callable` running t
 representative gait-shaped input (B=256 sequences x 5 parts, every segment as long as the key's bucket, H=8,
 D = the key's head block). `config` is None for the default run; the public launchers of
 kernels/varlen_attention.py read candidates through the override the tuner holds while it builds, checks and
-times the callable. "dkdv", "dq" and "fused_bwd" time the whole backward launcher (preprocess and every backward
-kernel; only the tuned kernel's configuration varies), so their times are comparable within a key only.
+times the callable. "dkdv", "dq", "fused_bwd" and "segment_bwd" time the whole backward launcher forced into the
+backward that runs the tuned kernel (`BACKWARD_OF`: three kernels for dkdv / dq; only the tuned kernel's
+configuration varies), so their times are comparable within a key only.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch
 from bpmt_fast.kernels import tuning
 
 DEFAULT_BUDGET_S = 300.0
-DEFAULT_KERNELS = ("fwd", "dkdv", "dq", "fused_bwd")
+DEFAULT_KERNELS = ("fwd", "dkdv", "dq", "fused_bwd", "segment_bwd")
 DEFAULT_HEAD_DIMS = (32, 16, 64, 128)  # the model's head dim first: the budget may end before the others
 DEFAULT_DTYPES = ("bf16", "fp16")
 DEFAULT_BUCKETS = (64, 128, 32, 256, 16, 512)  # Gait3D lengths: median ~100, 25..489
@@ -313,14 +314,19 @@ def launch_fwd(config: dict | None, key: TuneKey) -> Callable[[], object]:
                                         x["length"], x["scale"], pack_rows=key.mode == "packed")
 
 
-@register_launch("dkdv", "dq", "fused_bwd")
+# The backward each tuned kernel runs in (the launcher would otherwise choose one, maybe not the tuned kernel's).
+BACKWARD_OF = {"dkdv": "split", "dq": "split", "fused_bwd": "fused", "segment_bwd": "segment"}
+
+
+@register_launch(*BACKWARD_OF)
 def launch_bwd(config: dict | None, key: TuneKey) -> Callable[[], object]:
     from bpmt_fast.kernels.varlen_attention import varlen_attention_bwd
 
     x = gait_inputs(key)
     return lambda: varlen_attention_bwd(x["do"], x["q"], x["k"], x["v"], x["out"], x["lse"], x["cu"], x["cu"],
                                         x["kv_index"], x["length"], x["length"], x["scale"],
-                                        pack_rows=key.mode == "packed", identity=True)
+                                        pack_rows=key.mode == "packed", identity=True,
+                                        backward=BACKWARD_OF[key.kernel])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,7 +407,7 @@ def run_tune(args) -> int:
     run = {"device": info["gpu"], "arch": arch, "torch": info["torch"], "triton": info["triton"],
            "cuda": info["cuda"], "date": info["date"], "git_commit": info["git_commit"], "budget_s": args.budget_s,
            "timing": "median ms of triton.testing.do_bench (quick), representative input B256 x 5 parts, H8, "
-                     "segments of the bucket's length; dkdv / dq / fused_bwd: the whole backward launcher"}
+                     "segments of the bucket's length; backward kernels: the whole backward launcher"}
     keys = sweep_keys(args.kernels, args.head_dims, args.dtypes, args.buckets, args.modes)
     results: list[KeyResult] = []
     started = time.monotonic()
