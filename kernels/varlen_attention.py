@@ -148,6 +148,26 @@ def _segment_span(CU, seg, padded_n, PADDED: tl.constexpr):
 
 
 @triton.jit
+def _segment_unit(unit, num_heads, ORDER, CU_Q, CU_K, padded_n, SORTED: tl.constexpr,
+                  SHARED_OFFSETS: tl.constexpr, PADDED: tl.constexpr):
+    """(head, q start, q rows, k start, k rows) of a (segment, head) unit of the one-launch backwards; SORTED: the
+    segments in `ORDER` (the most work first, so the last trips are the short ones)."""
+    item = unit // num_heads
+    head = unit % num_heads
+    if SORTED:
+        seg = tl.load(ORDER + item)
+    else:
+        seg = item
+    q_start, q_len = _segment_span(CU_Q, seg, padded_n, PADDED)
+    if SHARED_OFFSETS:
+        k_start = q_start
+        k_len = q_len
+    else:
+        k_start, k_len = _segment_span(CU_K, seg, padded_n, PADDED)
+    return head, q_start, q_len, k_start, k_len
+
+
+@triton.jit
 def _work_unit(unit, num_heads, CU, WORK, blocks_per_segment, total, padded_n,
                PACK_ROWS: tl.constexpr, UNIFORM: tl.constexpr, PADDED: tl.constexpr):
     """Work unit -> (segment, head, row block, first row, rows) of one program's loop trip.
@@ -309,18 +329,8 @@ def varlen_attention_bwd_fused_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     for unit in range(tl.program_id(0), num_units, num_programs):
-        item = unit // num_heads
-        head = unit % num_heads
-        if SORTED:  # longest segments first, so the last trips are the short ones
-            seg = tl.load(ORDER + item)
-        else:
-            seg = item
-        q_start, q_len = _segment_span(CU_Q, seg, padded_n, PADDED)
-        if SHARED_OFFSETS:
-            k_start = q_start
-            k_len = q_len
-        else:
-            k_start, k_len = _segment_span(CU_K, seg, padded_n, PADDED)
+        head, q_start, q_len, k_start, k_len = _segment_unit(unit, num_heads, ORDER, CU_Q, CU_K, padded_n, SORTED,
+                                                             SHARED_OFFSETS, PADDED)
         row_ok = offs_m < q_len
         col_ok = offs_n < k_len
         rows = (q_start + offs_m).to(tl.int64)
@@ -371,18 +381,8 @@ def varlen_attention_bwd_segment_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     for unit in range(tl.program_id(0), num_units, num_programs):
-        item = unit // num_heads
-        head = unit % num_heads
-        if SORTED:  # the most work first, so the last trips are the short ones
-            seg = tl.load(ORDER + item)
-        else:
-            seg = item
-        q_start, q_len = _segment_span(CU_Q, seg, padded_n, PADDED)
-        if SHARED_OFFSETS:
-            k_start = q_start
-            k_len = q_len
-        else:
-            k_start, k_len = _segment_span(CU_K, seg, padded_n, PADDED)
+        head, q_start, q_len, k_start, k_len = _segment_unit(unit, num_heads, ORDER, CU_Q, CU_K, padded_n, SORTED,
+                                                             SHARED_OFFSETS, PADDED)
         # PADDED: the outer loops cover all N padded rows (padding gets zero gradients), a padding-only block skips
         # its inner loop
         if PADDED:
