@@ -38,3 +38,21 @@ def test_demo_trains_with_the_chosen_backend(capsys, monkeypatch):
     assert os.environ[ENV_VAR] == "sdpa"  # the CLI choice is the process default
     out = capsys.readouterr().out
     assert "sdpa " in out and "math " in out and "agree with math" in out
+
+
+def test_python_m_bpmt_fast_info_is_the_backends_report():
+    """`python -m bpmt_fast.info` (the `python -m xformers.info` convention) prints what `bpmt-fast backends` does."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        result = subprocess.run([sys.executable, *args, "--json"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+    info, backends = run("-m", "bpmt_fast.info"), run("-m", "bpmt_fast.cli", "backends")
+    for report in (info, backends):
+        report["environment"].pop("date")  # the two runs' clock readings
+    assert info == backends
+    assert {row["name"] for row in info["backends"]} >= {"math", "sdpa", "triton", "flow-triton"}
+    assert all(row["available"] or row["reason"] for row in info["backends"])
