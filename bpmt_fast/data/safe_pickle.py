@@ -17,7 +17,8 @@ from bpmt_fast.data.sequence import DataError
 # (module, name) a pose pickle may reference: NumPy's array / dtype / scalar reconstruction under its old
 # (`numpy.core`) and new (`numpy._core`) module names, and the protocol's own helpers.
 ALLOWED_GLOBALS = frozenset(
-    {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")}
+    {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+     for name in ("_reconstruct", "scalar")}
     | {(core, "_frombuffer") for core in ("numpy.core.numeric", "numpy._core.numeric")}
     | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
     # protocol 2 names the builtins module "__builtin__" (Python 2); pickle maps it after this check

@@ -116,7 +116,7 @@ class CrossConditionConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # synthetic | gait3d:PATH | alphapose:PATH | casiab:PATH | npz:PATH
+    source: str = "synthetic"  # synthetic | gait3d:PATH | alphapose:PATH | casiab:PATH | npz:PATH | opengait:PATH
     protocol: Protocol = "subject-disjoint"  # which keys each one reads: see the module docstring
     # overrides of SyntheticGaitConfig (synthetic source only); checked against its fields
     synthetic: dict = field(default_factory=dict, metadata={"schema": SyntheticGaitConfig})

@@ -6,7 +6,8 @@ One entry point::
     sequences, report = load_dataset("alphapose:../shared/data/psymo_alphapose", lenient=True)
 
 Schemes (``SCHEMES``): ``gait3d:FOLDER`` (Gait3D pose txt), ``alphapose:FOLDER|FILE`` (AlphaPose JSON,
-PsyMo layout), ``casiab:FILE.csv`` (GaitGraph CASIA-B CSV; a folder of CSVs works too), ``npz:FILE|FOLDER``.
+PsyMo layout), ``casiab:FILE.csv`` (GaitGraph CASIA-B CSV; a folder of CSVs works too), ``npz:FILE|FOLDER``,
+``opengait:FOLDER`` (OpenGait / FastPoseGait pose ``.pkl``, read without ``pickle.load``).
 Each format's module documents its layout and labels; ``_common`` documents the bad-data rules
 (strict mode raises ``DataError`` naming the file and the problem, lenient mode skips the bad
 file/line/frame and records ``(source, reason)`` in ``report.skipped``) and the layout rule: every visible
@@ -23,6 +24,7 @@ from bpmt_fast.data.loaders.alphapose import load_alphapose, select_walker
 from bpmt_fast.data.loaders.casiab import load_casiab
 from bpmt_fast.data.loaders.gait3d import load_gait3d
 from bpmt_fast.data.loaders.npz import load_npz
+from bpmt_fast.data.loaders.opengait import load_opengait
 from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "load_alphapose",
     "load_casiab",
     "load_npz",
+    "load_opengait",
     "select_walker",
     "DataError",
     "LoadReport",
@@ -45,8 +48,9 @@ SCHEMES: dict[str, Loader] = {
     "alphapose": load_alphapose,
     "casiab": load_casiab,
     "npz": load_npz,
+    "opengait": load_opengait,
 }
-_USAGE = "gait3d:FOLDER, alphapose:FOLDER_OR_FILE, casiab:FILE.csv, npz:FILE_OR_FOLDER"
+_USAGE = "gait3d:FOLDER, alphapose:FOLDER_OR_FILE, casiab:FILE.csv, npz:FILE_OR_FOLDER, opengait:FOLDER"
 
 
 def load_dataset(spec: str | os.PathLike, *, lenient: bool = False) -> tuple[list[PoseSequence], LoadReport]:
