@@ -20,10 +20,10 @@ single pass (one program per segment loops over all of it: many short segments) 
 chunk of a segment: a few long ones, else a 16384-token segment keeps 2 x H x NDV programs busy for its whole
 length). `use_chunked` picks one from host ints, never a sync: chunked when the longest segment is longer than
 `chunked_min_len` tokens (GPU 1024, interpreter 256), the longest being `max_seqlen` where the caller has it
-(`flow_attention_varlen` with check_values reads the offsets anyway) and otherwise the mean length
-cdiv(max(total_q, total_k), S), a lower bound (so the `flow-triton` backend, which passes no max_seqlen, keeps
-the single pass when a few long segments hide among many short ones; gait shapes, segments of tens to hundreds
-of tokens, always keep it). `chunked=True / False` forces a path. The causal path has no chunked variant.
+(`flow_attention_varlen` with check_values reads the offsets anyway; the `flow-triton` backend passes its host
+max lengths) and otherwise the mean length cdiv(max(total_q, total_k), S), a lower bound (a caller without it
+keeps the single pass when a few long segments hide among many short ones; gait shapes, segments of tens to
+hundreds of tokens, always keep it). `chunked=True / False` forces a path. The causal path has no chunked variant.
 
 Non-causal forward, single pass (`flow_attention_fwd_kernel`, grid (S, H, Dv blocks)), looping over token blocks
 of BLOCK_N:

@@ -7,6 +7,11 @@ Layouts
     (query segment, key/value segment) pairs runs in one launch, and one key/value segment may serve several
     query segments (the model's part pairs have their own key projections, so it passes the identity). The
     log-sum-exp of each query row is kept for the backward as `lse (H, total_q)` float32, natural log.
+    Padded sequences (`padded_attention_fwd / bwd`, the model's calls when sequences have lengths): q, k, v
+    `(S*N, H, D)` views of the fused projections, sequence s at rows s*N onwards with int32 `lengths (S,)`; the
+    constexpr `PADDED` makes the kernels take (start, rows) = (s*N, lengths[s]) instead of the offsets, and every
+    one of the N rows of the output and of dq / dk / dv is written (zeros in the padding, which the model needs):
+    nothing is packed around the kernels. Self-attention only (identity pairs, one lengths array).
 
 Two ways to give rows to blocks (one set of kernels; the constexpr `PACK_ROWS` switches the prologue and mask)
     per segment: a block holds rows of one segment; any `kv_index`. A segment shorter than the tile leaves the
@@ -71,9 +76,10 @@ Backward, one of three (`backward=None` chooses, `_choose_backward`):
     loop order, in every mode: the backward is deterministic (bitwise reproducible) by construction; there is no
     atomic path.
 
-Tiles: `_config` (per segment), `_packed_config`, `_fused_config`; a tuned table for the GPU architecture
-    (`kernels/tuning.py`, `bpmt-fast bench tune`) overrides the defaults when it has an entry; the interpreter
-    keeps one fixed configuration. The cost model (`bpmt-fast bench model`) counts what these choices launch.
+Tiles: `_config` (per segment), `_packed_config`, `_fused_config`, `_segment_config`; a tuned table for the GPU
+    architecture (`kernels/tuning.py`, `bpmt-fast bench tune`) overrides the defaults when it has an entry (the
+    automatic row-mode choice and packed fp32 tiles always use the defaults); the interpreter keeps one fixed
+    configuration. The cost model (`bpmt-fast bench model`) counts what these choices launch.
 
 Limits
     fp32 / fp16 / bf16; head dims 1..128 (tiles are padded to a power of two >= 16 and masked); non-causal only;
@@ -103,8 +109,8 @@ import triton
 import triton.language as tl
 
 from .common import DOT_PRECISION, INTERPRET, check_packed_qkv
-from .tuning import tuned_config
 from .common import head_block as _head_block, last_dim_contiguous as _last_dim_contiguous
+from .tuning import tuned_config
 
 LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E)
 # Packed-rows tile (rows and keys) under the interpreter; segments up to half of it are packed automatically.
@@ -622,6 +628,12 @@ def _config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int,
     tuned = tuned_config(kernel, "segment", head_block, max(max_seqlen_q, max_seqlen_k), dtype)
     if tuned is not None:  # measured on this GPU architecture (kernels/tuned/, `bpmt-fast bench tune`)
         return _Config(**tuned)
+    return _default_config(kernel, head_block, max_seqlen_q, max_seqlen_k, dtype)
+
+
+def _default_config(kernel: str, head_block: int, max_seqlen_q: int, max_seqlen_k: int,
+                    dtype: torch.dtype) -> _Config:
+    """`_config`'s GPU choice without a tuned table (also the fp32 tiles of the packed-rows mode)."""
     if dtype == torch.float32:
         tile_k = _fit(max_seqlen_k, FP32_TILE)
         if kernel == "dkdv" or (kernel == "fwd" and head_block > 64):  # 16-query tiles: 32 spill on sm80/sm90
@@ -655,8 +667,8 @@ def _packed_config(kernel: str, head_block: int, dtype: torch.dtype = torch.floa
     table = tuned_config(kernel, "packed", head_block, max_seqlen, dtype) if tuned else None
     if table is not None:  # measured on this GPU architecture
         return _Config(**table)
-    if dtype == torch.float32:
-        return _config(kernel, head_block, FP32_TILE, FP32_TILE, dtype)
+    if dtype == torch.float32:  # the per-segment defaults: a "segment" table entry must not leak into packed rows
+        return _default_config(kernel, head_block, FP32_TILE, FP32_TILE, dtype)
     big = head_block > 64
     if kernel == "fwd":
         return _Config(64, 32 if big else 64, 8 if big else 4, 2)
@@ -792,7 +804,7 @@ def _fused_config(head_block: int, max_seqlen_q: int, max_seqlen_k: int, dtype: 
     tuned = None if INTERPRET else tuned_config("fused_bwd", "segment", head_block, tile, dtype)
     if tuned is not None:  # warps and stages only: the tile must hold the whole segment
         return _Config(tile, tile, tuned["num_warps"], tuned["num_stages"])
-    return _Config(tile, tile, 4 if tile <= 32 and not INTERPRET else 8, 1)
+    return _Config(tile, tile, 4 if tile <= 32 else 8, 1)
 
 
 def _segment_config(head_block: int, max_seqlen_q: int, max_seqlen_k: int, dtype: torch.dtype) -> _Config:
@@ -1137,12 +1149,18 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         _check_backward(backward, identity, head_block, max_seqlen_q, max_seqlen_k, q.dtype, 0, q.device)
     if pack_rows is None:
         pack_rows = identity and _auto_pack_rows(q.shape[-1], v.shape[-1], max_seqlen_q, max_seqlen_k, q.dtype)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
+    scale = _resolve_scale(scale, q.shape[-1])
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     return VarlenAttentionFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, int(max_seqlen_q),
                                          int(max_seqlen_k), scale, pack_rows, identity, backward)
+
+
+def _resolve_scale(scale: float | None, head_dim: int) -> float:
+    """The softmax scale as a float: 1/sqrt(head_dim) by default; ValueError unless finite."""
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return scale
 
 
 def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index) -> None:

@@ -61,7 +61,7 @@ def test_flow_attention_ops_opcheck(causal):
     _require("flow-triton")
     from bpmt_fast.attention.flow_triton import flow_attention_fwd
     q, k, v, cu = _packed([5, 3, 7])
-    torch.library.opcheck(flow_attention_fwd, (q, k, v, cu, cu, causal, 1e-6), test_utils=OPCHECK_TESTS)
+    torch.library.opcheck(flow_attention_fwd, (q, k, v, cu, cu, causal, 1e-6, 7), test_utils=OPCHECK_TESTS)
 
 
 def _assert_compiled_matches_eager(module, inputs, layout):

@@ -410,3 +410,11 @@ def test_automatic_choice(monkeypatch):
     assert paths([300, 290], check_values=False) == "chunked"  # mean 295 > 256
     assert paths([20, 3], chunked=True) == "chunked"
     assert paths([257, 3], causal=True) == "causal"  # its own kernels, never the chunked ones
+
+    # the backend (the model's path) passes its host max lengths: one long segment among short ones is chunked
+    launches = spy_launches(monkeypatch, names)
+    lengths = [257, 3, 2]
+    q, k, v = (x.requires_grad_() for x in packed_qkv(lengths, lengths, 1, 4, 4, torch.float32, seed=15))
+    cu = cu_seqlens(lengths)
+    FlowTritonBackend().varlen(q, k, v, cu, cu, 257, 257).sum().backward()
+    assert launches[names[0]] and launches[names[1]] and not launches[names[2]] and not launches[names[3]]

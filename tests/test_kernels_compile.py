@@ -206,5 +206,5 @@ def test_update_readme_replaces_only_the_marked_section(tmp_path):
     cr.update_readme(readme, report)
     assert readme.read_text() == once
     readme.write_text("no markers\n")
-    with pytest.raises(ValueError, match="README.md has no"):
+    with pytest.raises(ValueError, match=f"README.md needs exactly one '{cr.README_START}'"):
         cr.update_readme(readme, report)

@@ -456,7 +456,7 @@ def test_work_items(lengths, block):
         count = int(work.count)
         assert count == len(expected) <= work.items
         items = [tuple(row) for row in work.table[:count].tolist()]
-    assert items == expected or (work.uniform and sorted(items) == sorted(expected))
+    assert items == expected  # uniform: equal lengths, so longest first is index order
     assert work.lower <= len(expected)
     for heads in (1, 8):
         assert kernels._num_programs(work.lower * heads, "meta") <= len(expected) * heads
@@ -526,3 +526,17 @@ def test_padded_attend_reads_in_place(lengths, n, fused_qkv, monkeypatch):
         torch.testing.assert_close(grad, ref_grad, atol=2e-5, rtol=2e-4)
         padding = ~lay.valid.view(*lay.valid.shape, *([1] * (grad.dim() - 2))).expand_as(grad)
         assert (grad[padding] == 0).all()
+
+
+def test_tuned_entries_apply_to_their_own_mode_only(monkeypatch):
+    """A tuned "segment" entry sets per-segment tiles only: packed rows (whose fp32 tiles reuse the per-segment
+    defaults) and the automatic packed / per-segment choice keep the defaults (GPU rules: no interpreter)."""
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    entry = dict(block_m=16, block_n=16, num_warps=2, num_stages=3)
+    defaults = {dtype: kernels._packed_config("fwd", 32, dtype) for dtype in (torch.float32, torch.float16)}
+    auto = [kernels._auto_pack_rows(32, 32, n, n, torch.float32) for n in (8, 16, 32)]
+    monkeypatch.setattr(kernels, "tuned_config", lambda kernel, mode, *args: entry if mode == "segment" else None)
+    assert kernels._config("fwd", 32, 60, 60, torch.float32) == kernels._Config(**entry)
+    for dtype, default in defaults.items():
+        assert kernels._packed_config("fwd", 32, dtype) == default, dtype
+    assert [kernels._auto_pack_rows(32, 32, n, n, torch.float32) for n in (8, 16, 32)] == auto

@@ -46,7 +46,8 @@ class FlowTritonBackend(TritonKernelBackend):
         if causal and q.shape[0] != k.shape[0]:
             raise ValueError(f"causal flow attention needs equal q/kv segments, got {q.shape[0]} query and "
                              f"{k.shape[0]} key tokens")
-        out, *_ = flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), float(kernels.DEFAULT_EPS))
+        out, *_ = flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), float(kernels.DEFAULT_EPS),
+                                     max(int(max_seqlen_q), int(max_seqlen_k)))  # host ints: steer `use_chunked`
         return out
 
 
@@ -60,12 +61,13 @@ def _flow_kernels():
 
 @torch.library.custom_op("bpmt_fast::flow_attention_fwd", mutates_args=())
 def flow_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                       cu_seqlens_k: torch.Tensor, causal: bool, eps: float
+                       cu_seqlens_k: torch.Tensor, causal: bool, eps: float, max_seqlen: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward launcher: out `(Tq, H, Dv)` in q's dtype and the non-causal backward's float32 state (vecs
     `(S, H, 4, D)`, kv `(S, H, D, Dv)`, z `(S, H)`); causal keeps no state, given as three empty tensors (an op
-    cannot return None)."""
-    out, state = _flow_kernels().flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps)
+    cannot return None). `max_seqlen` (the longest q or kv segment, a host int) picks single pass or chunks."""
+    out, state = _flow_kernels().flow_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps,
+                                                    max_seqlen=max_seqlen)
     if state is None:
         empty = q.new_empty((0,), dtype=torch.float32)
         return out, empty, empty.clone(), empty.clone()  # distinct tensors: op outputs may not alias
@@ -73,7 +75,7 @@ def flow_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seq
 
 
 @flow_attention_fwd.register_fake
-def _flow_attention_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps):
+def _flow_attention_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps, max_seqlen):
     total_q, heads, d = q.shape
     dv = v.shape[-1]
     out = q.new_empty((total_q, heads, dv))
@@ -88,29 +90,32 @@ def _flow_attention_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps):
 @torch.library.custom_op("bpmt_fast::flow_attention_bwd", mutates_args=())
 def flow_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, vecs: torch.Tensor, kv: torch.Tensor,
-                       z: torch.Tensor, causal: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       z: torch.Tensor, causal: bool, eps: float,
+                       max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward launcher: dq, dk, dv (contiguous, the inputs' dtype); the state is ignored when causal."""
     kernels = _flow_kernels()
     state = None if causal else kernels.FlowState(vecs, kv, z)
-    return kernels.flow_attention_bwd(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, state, causal, eps)
+    return kernels.flow_attention_bwd(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, state, causal, eps,
+                                      max_seqlen=max_seqlen)
 
 
 @flow_attention_bwd.register_fake
-def _flow_attention_bwd_fake(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, vecs, kv, z, causal, eps):
+def _flow_attention_bwd_fake(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, vecs, kv, z, causal, eps, max_seqlen):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the launcher
 
 
 def _flow_setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps = inputs
+    q, k, v, cu_seqlens_q, cu_seqlens_k, causal, eps, max_seqlen = inputs
     ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, *output[1:])
-    ctx.causal, ctx.eps = causal, eps
+    ctx.causal, ctx.eps, ctx.max_seqlen = causal, eps, max_seqlen
 
 
 def _flow_backward(ctx, grad_out, *grad_state):
     # The state outputs are internals of the backward: their gradients (None or zeros) are ignored.
     q, k, v, cu_seqlens_q, cu_seqlens_k, vecs, kv, z = ctx.saved_tensors
-    dq, dk, dv = flow_attention_bwd(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, vecs, kv, z, ctx.causal, ctx.eps)
-    return dq, dk, dv, None, None, None, None
+    dq, dk, dv = flow_attention_bwd(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, vecs, kv, z, ctx.causal, ctx.eps,
+                                    ctx.max_seqlen)
+    return dq, dk, dv, None, None, None, None, None
 
 
 flow_attention_fwd.register_autograd(_flow_backward, setup_context=_flow_setup_context)

@@ -22,7 +22,6 @@ shape: no gather of q/k/v, no scatter of the output, no stack of the gradients.
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from typing import ClassVar
 
@@ -112,9 +111,7 @@ class TritonBackend(TritonKernelBackend):
         kv_index = torch.arange(cu_seqlens_q.numel() - 1, dtype=torch.int32, device=q.device)
         max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
         pack_rows = kernels._auto_pack_rows(q.shape[-1], v.shape[-1], max_seqlen_q, max_seqlen_k, q.dtype)
-        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        if not math.isfinite(scale):
-            raise ValueError(f"scale must be finite, got {scale}")
+        scale = kernels._resolve_scale(scale, q.shape[-1])
         q, k, v = (kernels._last_dim_contiguous(x) for x in (q, k, v))
         out, _ = varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, kv_index, max_seqlen_q, max_seqlen_k,
                                       scale, pack_rows, True)
@@ -129,9 +126,7 @@ class TritonBackend(TritonKernelBackend):
         kv = kernels._last_dim_contiguous(kv)  # the kernels need unit stride along the head dim only
         q = None if q is None else kernels._last_dim_contiguous(q)
         kernels.check_packed_qkv(*_padded_views(q, kv))
-        scale = kv.shape[-1] ** -0.5 if scale is None else float(scale)
-        if not math.isfinite(scale):
-            raise ValueError(f"scale must be finite, got {scale}")
+        scale = kernels._resolve_scale(scale, kv.shape[-1])
         lengths = layout_.lengths.to(device=kv.device, dtype=torch.int32)  # (S,)
         out, _ = padded_attention(q, kv, lengths, int(layout_.max_seqlen), scale)
         return out  # (S, N, H, Dv), zeros in the padding
@@ -232,7 +227,7 @@ def padded_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor | None, kv: tor
     """(grad of q `(S, N, H, D)`, or an empty tensor when q is None; grad of kv, kv's shape, contiguous): the
     kernels write dq / dk / dv into slices of the one fused gradient."""
     kernels = _varlen_kernels()
-    batch, n = kv.shape[0], kv.shape[1]
+    n = kv.shape[1]
     grad_kv = kernels._alloc(kv.shape, kv.dtype, kv.device)
     grad_q = kernels._alloc(q.shape, q.dtype, q.device) if q is not None else kv.new_empty(0)
     dq, dk, dv = _padded_views(grad_q if q is not None else None, grad_kv)

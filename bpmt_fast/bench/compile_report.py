@@ -365,12 +365,10 @@ def readme_summary(report: dict) -> str:
 
 def update_readme(readme: Path, report: dict) -> None:
     """Replace the text between the compile-report markers of `readme` with `readme_summary(report)`."""
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} markers for the compile report")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{readme_summary(report)}\n{README_END}{tail}")
+    from bpmt_fast.bench.readme import replace_section
+
+    readme.write_text(replace_section(readme.read_text(), readme_summary(report), readme, README_START, README_END,
+                                      "the compile report's summary goes between them"))
 
 
 def build_report(rows: list[dict], specializations: int) -> dict:

@@ -23,8 +23,13 @@ Launches are counted, not timed: each costs a few microseconds of launch latency
 """
 from __future__ import annotations
 
+import bisect
+import contextlib
+import itertools
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -107,8 +112,9 @@ class CallModel:
 class _OpCounter(TorchDispatchMode):
     """Counts the torch ops that would launch a kernel (not views, not allocations) and their bytes."""
 
-    FREE = ("empty", "empty_like", "new_empty", "empty_strided", "view", "_unsafe_view", "alias", "detach", "lift_fresh", "as_strided",
-            "slice", "select", "unbind", "t", "transpose", "expand", "unsqueeze", "squeeze", "permute")
+    FREE = ("empty", "empty_like", "new_empty", "empty_strided", "view", "_unsafe_view", "alias", "detach",
+            "lift_fresh", "as_strided", "slice", "select", "unbind", "t", "transpose", "expand", "unsqueeze",
+            "squeeze", "permute")
 
     def __init__(self):
         super().__init__()
@@ -130,57 +136,54 @@ def padded_call(case: AttentionCase) -> bool:
     return case.layout == "padded" and (case.q_lengths is not None or case.kv_lengths is not None)
 
 
-def _record_padded(case: AttentionCase, dtype: torch.dtype, backward: bool, sms: int):
-    """As `_record`, for `TritonBackend._attend_packed` on a padded layout (`padded_attention`)."""
+@contextlib.contextmanager
+def _recording(sms: int):
+    """Inside: kernel launches recorded, not run, with persistent grids sized for a GPU of `sms` SMs (meta tensors
+    carry no device to ask), and the torch ops around them counted. Yields (launches, op counter)."""
     from bpmt_fast.kernels import varlen_attention as kernels
     from bpmt_fast.kernels.specializations import recording_launches
 
-    rows, dim, longest = case.batch * case.n_q, case.head_dim, int(case.lengths("q").max())
-    q, k, v = (torch.empty(rows, case.heads, dim, dtype=dtype, device="meta") for _ in range(3))
     counter = _OpCounter()
     default_sms, kernels.DEFAULT_SMS = kernels.DEFAULT_SMS, sms
     try:
         with recording_launches() as launches, counter:
-            lengths = torch.empty(case.batch, dtype=torch.long, device="meta").to(torch.int32)  # as the backend
-            out, lse = kernels.padded_attention_fwd(q, k, v, lengths, case.n_q, longest, dim ** -0.5)
-            if backward:
-                grads = [torch.empty_like(q) for _ in range(3)]
-                kernels.padded_attention_bwd(torch.empty_like(out), q, k, v, out, lse, lengths, case.n_q, longest,
-                                             dim ** -0.5, *grads)
+            yield launches, counter
     finally:
         kernels.DEFAULT_SMS = default_sms
-    return launches, counter.cost
 
 
 def _record(case: AttentionCase, dtype: torch.dtype, backward: bool, sms: int):
-    """The launches and around-kernel ops of one call, as the `triton` backend makes it (nothing runs), with
-    persistent grids sized for a GPU of `sms` SMs."""
+    """The launches and around-kernel ops of one call, as the `triton` backend makes it (nothing runs): padded
+    calls through `padded_attention_fwd / bwd` (`TritonBackend._attend_packed`), others through the varlen
+    launchers (`TritonBackend._varlen`: automatic row mode and backward, identity kv_index)."""
     from bpmt_fast.kernels import varlen_attention as kernels
-    from bpmt_fast.kernels.specializations import recording_launches
 
-    q_lengths, kv_lengths = case.lengths("q").tolist(), case.lengths("kv").tolist()
-    heads, dim = case.heads, case.head_dim
+    dim, scale = case.head_dim, case.head_dim ** -0.5
     meta = dict(dtype=dtype, device="meta")
     if padded_call(case):
-        return _record_padded(case, dtype, backward, sms)
-    q = torch.empty(sum(q_lengths), heads, dim, **meta)
-    k, v = (torch.empty(sum(kv_lengths), heads, dim, **meta) for _ in range(2))
+        rows, longest = case.batch * case.n_q, int(case.lengths("q").max())
+        q, k, v = (torch.empty(rows, case.heads, dim, **meta) for _ in range(3))
+        with _recording(sms) as (launches, counter):
+            lengths = torch.empty(case.batch, dtype=torch.long, device="meta").to(torch.int32)  # as the backend
+            out, lse = kernels.padded_attention_fwd(q, k, v, lengths, case.n_q, longest, scale)
+            if backward:
+                grads = [torch.empty_like(q) for _ in range(3)]
+                kernels.padded_attention_bwd(torch.empty_like(out), q, k, v, out, lse, lengths, case.n_q, longest,
+                                             scale, *grads)
+        return launches, counter.cost
+    q_lengths, kv_lengths = case.lengths("q").tolist(), case.lengths("kv").tolist()
+    q = torch.empty(sum(q_lengths), case.heads, dim, **meta)
+    k, v = (torch.empty(sum(kv_lengths), case.heads, dim, **meta) for _ in range(2))
     cu_q = torch.empty(len(q_lengths) + 1, dtype=torch.int32, device="meta")
     cu_k = cu_q if q_lengths == kv_lengths else torch.empty_like(cu_q)  # self-attention: one offsets tensor
     max_q, max_k = max(q_lengths), max(kv_lengths)
-    counter = _OpCounter()
-    default_sms, kernels.DEFAULT_SMS = kernels.DEFAULT_SMS, sms  # meta tensors: the launchers size grids with it
-    try:
-        with recording_launches() as launches, counter:
-            kv_index = torch.arange(len(q_lengths), dtype=torch.int32, device="meta")  # as the backend builds it
-            pack_rows = kernels._auto_pack_rows(dim, dim, max_q, max_k, dtype)
-            out, lse = kernels.varlen_attention_fwd(q, k, v, cu_q, cu_k, kv_index, max_q, max_k, dim ** -0.5,
-                                                    pack_rows, True)
-            if backward:
-                kernels.varlen_attention_bwd(torch.empty_like(out), q, k, v, out, lse, cu_q, cu_k, kv_index, max_q,
-                                             max_k, dim ** -0.5, pack_rows, True)
-    finally:
-        kernels.DEFAULT_SMS = default_sms
+    with _recording(sms) as (launches, counter):
+        kv_index = torch.arange(len(q_lengths), dtype=torch.int32, device="meta")  # as the backend builds it
+        pack_rows = kernels._auto_pack_rows(dim, dim, max_q, max_k, dtype)
+        out, lse = kernels.varlen_attention_fwd(q, k, v, cu_q, cu_k, kv_index, max_q, max_k, scale, pack_rows, True)
+        if backward:
+            kernels.varlen_attention_bwd(torch.empty_like(out), q, k, v, out, lse, cu_q, cu_k, kv_index, max_q,
+                                         max_k, scale, pack_rows, True)
     return launches, counter.cost
 
 
@@ -220,22 +223,13 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _offsets(lengths: list[int]) -> list[int]:
-    offsets = [0]
-    for n in lengths:
-        offsets.append(offsets[-1] + n)
-    return offsets
+    return list(itertools.accumulate(lengths, initial=0))
 
 
 def _segment_of(offsets: list[int], token: int) -> int:
-    """Segment holding token (the last one whose start is <= token and that is not empty)."""
-    lo, hi = 0, len(offsets) - 2
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if offsets[mid] <= token:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Segment holding token: the last one whose start is <= token (an empty segment shares its start with the
+    next one, so the last such start is the segment that owns the token)."""
+    return bisect.bisect_right(offsets, token, hi=len(offsets) - 1) - 1
 
 
 def _row_blocks(lengths: list[int], block: int, packed: bool) -> list[tuple[int, int, int]]:
@@ -461,22 +455,16 @@ def model_vs_measured(results: dict, gpu: str, backend: str = "triton") -> str:
 README_START, README_END = "<!-- cost-model:start -->", "<!-- cost-model:end -->"
 
 
-def update_readme(readme: str, table: str) -> None:
+def update_readme(readme: str | Path, table: str) -> None:
     """Replace the text between the cost-model markers of `readme` with `table` (the default model only)."""
-    from pathlib import Path
+    from bpmt_fast.bench.readme import replace_section
 
-    text = Path(readme).read_text()
-    if text.count(README_START) != 1 or text.count(README_END) != 1:
-        raise ValueError(f"{readme} needs exactly one '{README_START}' ... '{README_END}' pair for the cost model")
-    head, rest = text.split(README_START)
-    _, tail = rest.split(README_END)
-    Path(readme).write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
+    readme = Path(readme)
+    readme.write_text(replace_section(readme.read_text(), table, readme, README_START, README_END,
+                                      "the cost model's table goes between them"))
 
 
 def run_model(shapes: list[str] | None, gpu: str, dtype: str, quick: bool = False, out: str | None = None) -> str:
-    import json
-    from pathlib import Path
-
     from bpmt_fast.kernels import common
 
     if common.INTERPRET:

@@ -21,15 +21,17 @@ START, END = "<!-- gpu-results:start -->", "<!-- gpu-results:end -->"
 STATUS_CELLS = {"unsupported": "n/a", "unavailable": "n/a", "skipped": "skip"}
 
 
-def replace_section(text: str, section: str, path: str | Path) -> str:
-    """`text` with everything between the markers replaced by `section`; ValueError naming `path` when the
-    markers are missing, repeated or out of order."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"{path} needs exactly one '{START}' followed by one '{END}': the generated GPU results "
-                         f"section goes between them (put them into its '## Benchmarks' section)")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{section.strip()}\n{END}{tail}"
+def replace_section(text: str, section: str, path: str | Path, start: str = START, end: str = END,
+                    what: str = "the generated GPU results section goes between them (put them into its "
+                                "'## Benchmarks' section)") -> str:
+    """`text` with everything between the `start` / `end` markers replaced by `section`; ValueError naming `path`
+    (and `what` belongs there) when the markers are missing, repeated or out of order. Every generated README
+    section (GPU results, compile report, cost model) is written through this."""
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{path} needs exactly one '{start}' followed by one '{end}': {what}")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{section.strip()}\n{end}{tail}"
 
 
 def check_gpu_run(results: dict, path: str | Path) -> None:

@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from bpmt_fast.bench.common import error_text
 from bpmt_fast.kernels import tuning
 
 DEFAULT_BUDGET_S = 300.0
@@ -116,11 +117,6 @@ def config_label(config: dict | None) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # the sweep
 # ---------------------------------------------------------------------------------------------------------------
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
-
-
 def _tensors(out) -> list[torch.Tensor]:
     items = out if isinstance(out, (tuple, list)) else (out,)
     return [x for x in items if isinstance(x, torch.Tensor)]
@@ -155,7 +151,7 @@ def tune_key(key: TuneKey, run: Callable, measure: Callable[[Callable], float], 
         result.default_ms = measure(default_fn)
     except Exception as error:  # the launcher's own default fails: nothing to compare candidates with
         on_error()
-        result.status = f"not tuned: the default failed ({_short(error)})"
+        result.status = f"not tuned: the default failed ({error_text(error, 200)})"
         return result
     best_ms, best = math.inf, None
     for config in candidate_configs(key):
@@ -178,7 +174,7 @@ def tune_key(key: TuneKey, run: Callable, measure: Callable[[Callable], float], 
                 ms = measure(fn)
             except Exception as error:  # out of shared memory / registers, a launch the kernel refuses, ...
                 on_error()
-                result.skipped.append((config, _short(error)))
+                result.skipped.append((config, error_text(error, 200)))
                 continue
         result.measured += 1
         if ms < best_ms:
