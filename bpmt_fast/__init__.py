@@ -35,3 +35,12 @@ def _map_source_tree_kernels() -> None:
 
 
 _map_source_tree_kernels()
+
+
+def __getattr__(name: str):
+    """`bpmt_fast.load_run` and friends, imported on first use so `import bpmt_fast` stays light."""
+    if name in ("load_run", "TrainedRun", "Embeddings"):
+        from bpmt_fast import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bpmt_fast' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Command line: `bpmt-fast backends | train | eval | demo | bench | gpu-check | compare | ablation`."""
+"""Command line: `bpmt-fast backends | train | eval | embed | identify | demo | bench | gpu-check | compare |
+ablation`."""
 from __future__ import annotations
 
 import argparse
@@ -137,6 +138,105 @@ def cmd_eval(args) -> int:
 
     evaluate_run(args.run_dir)
     return 0
+
+
+def add_use_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that use a trained run (embed, identify)."""
+    parser.add_argument("run_dir", help="run directory written by `bpmt-fast train`")
+    parser.add_argument("--model", choices=["bpmt", "baseline"],
+                        help="which of the run's models (default: bpmt when the run trained it)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each walk with its mirror image (default: the run's evaluation.flip)")
+    parser.add_argument("--l2-normalise", action="store_true",
+                        help="unit-length embeddings (default: the features the run's evaluation compares)")
+    parser.add_argument("--lenient", action="store_true", help="skip bad files (listed) instead of stopping")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    add_attn_backend_option(parser)
+
+
+def load_trained_run(args):
+    from bpmt_fast.api import load_run
+
+    return load_run(args.run_dir, args.model, device=args.device, attn_backend=args.attn_backend)
+
+
+def embeddings_of(run, spec: str, args):
+    """A data spec embedded with the run, or an embeddings file (`bpmt-fast embed` output, a path without a
+    SCHEME: prefix) checked to come from the same model and weights."""
+    from bpmt_fast.api import Embeddings
+
+    if ":" in spec:
+        return run.embed_dataset(spec, lenient=args.lenient, flip=args.flip, l2_normalise=args.l2_normalise)
+    embeddings = Embeddings.load(spec)
+    expected = run.info(False, args.l2_normalise)
+    for key in ("model", "weights", "l2_normalised"):
+        if embeddings.info.get(key) != expected[key]:
+            raise ValueError(f"{spec}: embedded with {key} {embeddings.info.get(key)!r}, but this run's is "
+                             f"{expected[key]!r}: embed it again with the same run and options")
+    return embeddings
+
+
+def cmd_embed(args) -> int:
+    run = load_trained_run(args)
+    embeddings = embeddings_of(run, args.data, args)
+    path = embeddings.save(args.out)
+    info = embeddings.info
+    print(f"{len(embeddings)} sequences x {embeddings.features.shape[1]} features -> {path} ({run.model_name}, "
+          f"weights {run.weights.name} (finetune epoch {run.epoch}), flip {info['flip']}, metric {info['metric']})")
+    return 0
+
+
+def cmd_identify(args) -> int:
+    from bpmt_fast.eval.matching import check_comparable, retrieval_figures, top_matches, write_matches
+
+    run = load_trained_run(args)
+    gallery, probe = embeddings_of(run, args.gallery, args), embeddings_of(run, args.probe, args)
+    check_comparable(probe, gallery)
+    metric = probe.info.get("metric", run.metric)
+    matches = top_matches(probe, gallery, args.top_k, metric)
+    protocols = args.protocols or list(run.config.evaluation.protocols)
+    figures, notes = retrieval_figures(probe, gallery, protocols, metric, run.config.evaluation.ranks)
+    print(f"{len(probe)} probes against a gallery of {len(gallery)} ({run.model_name}, weights {run.weights.name}, "
+          f"{metric} distance)")
+    for name, result in figures.get("all", {}).items():
+        ci = result["ci95"]["rank1"]
+        print(f"  {name}: rank-1 {result['rank1']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], mAP {result['mAP']:.3f}")
+    for note in notes:
+        print(f"  {note}")
+    if args.out:
+        header = {"run_dir": str(run.run_dir), "model": run.model_name, "weights": run.weights.name,
+                  "metric": metric, "gallery": args.gallery, "probe": args.probe, "metrics": figures, "notes": notes}
+        print(f"matches (top {args.top_k}) -> {write_matches(matches, args.out, header)}")
+    else:
+        for probe_row in matches[:10]:
+            best = probe_row["matches"][0]
+            print(f"  {probe_row['sequence_id']}: {best['sequence_id']} ({best['subject']}, {best['distance']:.4g})")
+        if len(matches) > 10:
+            print(f"  ... {len(matches) - 10} more probes (--out FILE.csv|.json writes them all)")
+    return 0
+
+
+def add_use_parsers(commands) -> None:
+    embed = commands.add_parser("embed", help="identity embeddings of a dataset with a trained run's kept weights "
+                                              "and recorded preprocessing -> .npz")
+    add_use_options(embed)
+    embed.add_argument("--data", required=True, metavar="SPEC",
+                       help="SCHEME:PATH (gait3d, alphapose, casiab, npz, opengait, pyskl, oumvlp) or run:SIDE "
+                            "(the run's own data: all, train, val, test, gallery, probe)")
+    embed.add_argument("--out", required=True, help="output .npz (features, subject, view, condition, "
+                                                    "sequence_id, source, info)")
+    embed.set_defaults(run=cmd_embed)
+    identify = commands.add_parser("identify", help="rank a gallery for every probe (top-k with distances) and, "
+                                                    "when identities are known, rank-1 / mAP under the protocols")
+    add_use_options(identify)
+    identify.add_argument("--gallery", required=True, metavar="SPEC|FILE.npz",
+                          help="data spec as for embed, or an embeddings file written by embed")
+    identify.add_argument("--probe", required=True, metavar="SPEC|FILE.npz", help="as --gallery")
+    identify.add_argument("--top-k", type=int, default=5, help="matches listed per probe (default 5)")
+    identify.add_argument("--protocols", type=comma_list, metavar="P,P",
+                          help="reid, gait3d, cross-view (default: the run's evaluation.protocols)")
+    identify.add_argument("--out", help="matches as .csv (one row per probe and rank) or .json (with the figures)")
+    identify.set_defaults(run=cmd_identify)
 
 
 def comma_list(text: str) -> list[str]:
@@ -339,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gpu_check_parser(commands)
     add_compare_parser(commands)
     add_ablation_parser(commands)
+    add_use_parsers(commands)
     return parser
 
 

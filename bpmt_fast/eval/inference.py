@@ -17,6 +17,15 @@ from torch.nn.utils.rnn import pad_sequence
 from bpmt_fast.model.skeleton import SkeletonFormat
 
 
+def evaluation_frames(evaluation, crop_frames: int) -> tuple[int, int | None]:
+    """(frames evaluated per sequence, chunk length) as a run's config records them: with
+    `evaluation.all_frames`, up to `evaluation.max_frames` frames in chunks of `evaluation.chunk_frames` (0: the
+    training crop `crop_frames`); otherwise the centre `crop_frames` window, whole."""
+    if evaluation is not None and evaluation.all_frames:
+        return evaluation.max_frames, evaluation.chunk_frames or crop_frames
+    return crop_frames, None
+
+
 def mirror_poses(poses: torch.Tensor, skeleton: SkeletonFormat) -> torch.Tensor:
     """`(B, T, J, C)` normalised poses mirrored: x negated where the joint is present, left/right joints swapped."""
     present = poses[..., -1:] > 0

@@ -256,25 +256,37 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
     return results
 
 
+def finetuned_checkpoint(run_dir: Path, name: str) -> Path:
+    """The weights a run reports for model `name`: its kept best finetune epoch (`<name>-best`), or the last
+    finetune epoch's where the run had no validation split; an error naming the folder when there are neither."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    folder = (checkpoint.latest_checkpoint(ckpt_dir, f"{name}-best")
+              or checkpoint.latest_checkpoint(ckpt_dir, f"{name}-finetune"))
+    if folder is None:
+        raise ValueError(f"{run_dir} has no finetuned {name} checkpoint ({name}-best or {name}-finetune in "
+                         f"{ckpt_dir})")
+    return folder
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """A run directory's resolved config (its `config.yaml`); an error when `run_dir` is not a run directory."""
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory: no config.yaml")
+    return load_resolved_config(config_path)
+
+
 def evaluate_run(run_dir: str | Path) -> dict:
     """Re-evaluate a finished run: its resolved config, its saved split (checked against the data) and each
     model's kept best weights (the last finetune epoch's where the run had no validation split). The figures
     equal those `train` wrote to results.json."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ValueError(f"{run_dir} is not a run directory: no config.yaml")
-    config = load_resolved_config(config_path)
+    config = load_run_config(run_dir)
     device = resolve_device(config.device)
     data = prepare_data(config, run_dir, say=lambda *args: None, pretraining=False)
     results = results_header(config, data, device)
-    ckpt_dir = run_dir / "checkpoints"
     for name in config.models:
-        folder = (checkpoint.latest_checkpoint(ckpt_dir, f"{name}-best")
-                  or checkpoint.latest_checkpoint(ckpt_dir, f"{name}-finetune"))
-        if folder is None:
-            raise ValueError(f"{run_dir} has no finetuned {name} checkpoint ({name}-best or {name}-finetune in "
-                             f"{ckpt_dir})")
+        folder = finetuned_checkpoint(run_dir, name)
         model = new_model(name, config, data, device)
         checkpoint.load_weights(folder, model)
         print(f"{name}: weights from {folder}")

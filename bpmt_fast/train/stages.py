@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bpmt_fast.eval.inference import infer_batch
+from bpmt_fast.eval.inference import evaluation_frames, infer_batch
 from bpmt_fast.eval.metrics import closed_set_accuracy, evaluate_retrieval
 from bpmt_fast.model import BPMT, Baseline
 from bpmt_fast.model.skeleton import PART_NAMES
@@ -467,8 +467,7 @@ def inference_options(evaluation, data: Datasets) -> dict:
     all-frames cap in chunks of `evaluation.chunk_frames` (0: the training crop length), and the flip average."""
     if evaluation is None:
         return {}
-    chunk = (evaluation.chunk_frames or data.train.max_frames) if evaluation.all_frames else None
-    return {"chunk_frames": chunk, "flip": evaluation.flip}
+    return {"chunk_frames": evaluation_frames(evaluation, data.train.max_frames)[1], "flip": evaluation.flip}
 
 
 @torch.no_grad()
