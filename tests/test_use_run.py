@@ -6,6 +6,8 @@ features, files from another model are refused, and checkpoints open with plain 
 import csv
 import json
 import pickle
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +227,35 @@ def test_bad_input_is_named(trained, tmp_path):
     np.savez(tmp_path / "poses.npz", poses=walk)
     with pytest.raises(ValueError, match="not an embeddings file"):
         Embeddings.load(tmp_path / "poses.npz")
+
+
+def readme_section(title: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_readme_examples_run_as_written(trained, tmp_path, monkeypatch, capsys):
+    """Every command and code block of the README's "Use a trained model" section, verbatim, with runs/quick
+    standing for the tiny run and CASIA-B-Pose for an OpenGait pose tree."""
+    run_dir, _ = trained
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "quick").symlink_to(run_dir)
+    walk = load_run(run_dir).sequences("run:probe")[0].poses
+    folder = tmp_path / "CASIA-B-Pose" / "001" / "nm-01" / "090"
+    folder.mkdir(parents=True)
+    (folder / "090.pkl").write_bytes(pickle.dumps(walk))
+    section = readme_section("Use a trained model")
+    commands = [line.split("#")[0].split() for line in re.findall(r"^bpmt-fast .*$", section, flags=re.M)]
+    assert [c[1] for c in commands] == ["embed", "embed", "identify", "identify"]
+    for command in commands:
+        assert main(command[1:]) == 0, command
+    assert (tmp_path / "matches.csv").is_file() and (tmp_path / "casiab.npz").is_file()
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["features"].shape[0] == len(namespace["walks"])
+    assert isinstance(namespace["state"]["epoch"], int) and "head.neck.weight" in namespace["weights"]
