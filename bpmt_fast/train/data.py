@@ -23,15 +23,30 @@ from .distributed import SINGLE, Parallel
 PROTOCOLS = typing.get_args(Protocol)  # data.protocol choices
 
 
+def in_skeleton(sequences: list[PoseSequence], skeleton: str, what: str) -> list[PoseSequence]:
+    """`sequences` in data.skeleton: those in another format converted by joint name
+    (``bpmt_fast.data.convert``); an impossible conversion is a ValueError naming `what` (the data source), both
+    formats and the missing joints."""
+    from bpmt_fast.data.convert import convert_sequences
+
+    try:
+        return convert_sequences(sequences, skeleton)
+    except ValueError as exc:
+        raise ValueError(f"{what}: data.skeleton is {skeleton!r}: {exc}") from None
+
+
 def load_sequences(config: DataConfig) -> tuple[list[PoseSequence], LoadReport]:
+    """data.source's sequences, every one in data.skeleton (converted on load when the files hold another)."""
     if config.source == "synthetic":
         from bpmt_fast.data.synthetic import SyntheticGaitConfig, generate_synthetic_dataset
 
         sequences = generate_synthetic_dataset(SyntheticGaitConfig(**config.synthetic), seed=config.seed)
-        return sequences, LoadReport(loaded=len(sequences))
-    from bpmt_fast.data.loaders import load_dataset
+        report = LoadReport(loaded=len(sequences))
+    else:
+        from bpmt_fast.data.loaders import load_dataset
 
-    return load_dataset(config.source, lenient=config.lenient)
+        sequences, report = load_dataset(config.source, lenient=config.lenient)
+    return in_skeleton(sequences, config.skeleton, f"data.source {config.source!r}"), report
 
 
 # A synthetic pretraining source is generated with its own seed, so its walkers are not data.source's (synthetic)
@@ -40,15 +55,18 @@ PRETRAIN_SYNTHETIC_SEED_OFFSET = 1000
 
 
 def load_pretrain_source(source: str, config: DataConfig) -> tuple[list[PoseSequence], LoadReport]:
-    """One entry of data.pretrain_sources: "synthetic" (the default generator) or SCHEME:PATH."""
+    """One entry of data.pretrain_sources: "synthetic" (the default generator) or SCHEME:PATH, its sequences in
+    data.skeleton (converted on load like data.source's)."""
     if source == "synthetic":
         from bpmt_fast.data.synthetic import generate_synthetic_dataset
 
         sequences = generate_synthetic_dataset(seed=config.seed + PRETRAIN_SYNTHETIC_SEED_OFFSET)
-        return sequences, LoadReport(loaded=len(sequences))
-    from bpmt_fast.data.loaders import load_dataset
+        report = LoadReport(loaded=len(sequences))
+    else:
+        from bpmt_fast.data.loaders import load_dataset
 
-    return load_dataset(source, lenient=config.lenient)
+        sequences, report = load_dataset(source, lenient=config.lenient)
+    return in_skeleton(sequences, config.skeleton, f"data.pretrain_sources {source!r}"), report
 
 
 def pose_fingerprint(poses) -> str:

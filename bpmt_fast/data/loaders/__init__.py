@@ -7,7 +7,10 @@ One entry point::
 
 Schemes (``SCHEMES``): ``gait3d:FOLDER`` (Gait3D pose txt), ``alphapose:FOLDER|FILE`` (AlphaPose JSON,
 PsyMo layout), ``casiab:FILE.csv`` (GaitGraph CASIA-B CSV; a folder of CSVs works too), ``npz:FILE|FOLDER``,
-``opengait:FOLDER`` (OpenGait / FastPoseGait pose ``.pkl``, read without ``pickle.load``).
+``opengait:FOLDER`` (OpenGait / FastPoseGait pose ``.pkl``, read without ``pickle.load``), ``pyskl:FILE.pkl``
+(PYSKL / mmaction2 skeleton annotations, read the same way; a folder of them works too), ``oumvlp:FOLDER``
+(OU-MVLP-Pose OpenPose-format JSON, ``SUBJECT/VIEW_SEQ/FRAME_keypoints.json``). Loaders yield each file's own
+skeleton (``PoseSequence.skeleton``); ``bpmt_fast.data.convert`` converts between formats by joint name.
 Each format's module documents its layout and labels; ``_common`` documents the bad-data rules
 (strict mode raises ``DataError`` naming the file and the problem, lenient mode skips the bad
 file/line/frame and records ``(source, reason)`` in ``report.skipped``) and the layout rule: every visible
@@ -25,6 +28,8 @@ from bpmt_fast.data.loaders.casiab import load_casiab
 from bpmt_fast.data.loaders.gait3d import load_gait3d
 from bpmt_fast.data.loaders.npz import load_npz
 from bpmt_fast.data.loaders.opengait import load_opengait
+from bpmt_fast.data.loaders.oumvlp import load_oumvlp
+from bpmt_fast.data.loaders.pyskl import load_pyskl
 from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
 
 __all__ = [
@@ -35,6 +40,8 @@ __all__ = [
     "load_casiab",
     "load_npz",
     "load_opengait",
+    "load_pyskl",
+    "load_oumvlp",
     "select_walker",
     "DataError",
     "LoadReport",
@@ -49,8 +56,11 @@ SCHEMES: dict[str, Loader] = {
     "casiab": load_casiab,
     "npz": load_npz,
     "opengait": load_opengait,
+    "pyskl": load_pyskl,
+    "oumvlp": load_oumvlp,
 }
-_USAGE = "gait3d:FOLDER, alphapose:FOLDER_OR_FILE, casiab:FILE.csv, npz:FILE_OR_FOLDER, opengait:FOLDER"
+_USAGE = ("gait3d:FOLDER, alphapose:FOLDER_OR_FILE, casiab:FILE.csv, npz:FILE_OR_FOLDER, opengait:FOLDER, "
+          "pyskl:FILE.pkl, oumvlp:FOLDER")
 
 
 def load_dataset(spec: str | os.PathLike, *, lenient: bool = False) -> tuple[list[PoseSequence], LoadReport]:
