@@ -16,6 +16,7 @@ from bpmt_fast.data.splits import (Split, camera_split, closed_set_split, cross_
                                    subject_disjoint_split)
 from bpmt_fast.data.transforms import (Compose, JointNoise, Mirror, PartMask, PointNoise, RandomMove, ReverseTime,
                                        SpeedChange, TemporalCrop)
+from bpmt_fast.eval.inference import evaluation_frames
 
 from .config import AugmentConfig, DataConfig, EvaluationConfig, Protocol
 from .distributed import SINGLE, Parallel
@@ -232,7 +233,7 @@ def build_datasets(sequences, split: Split, data: DataConfig, augment: AugmentCo
     count = len(split.subjects.get("val_gallery", [])) or 5
     chosen = set(np.random.default_rng([seed, 1]).permutation(sorted(label_map))[:count].tolist())
     train_gallery, train_probe = gallery_probe(sequences, [i for i in split.train if sequences[i].subject in chosen])
-    eval_frames = evaluation.max_frames if evaluation is not None and evaluation.all_frames else data.max_frames
+    eval_frames, _ = evaluation_frames(evaluation, data.max_frames)
     return Datasets(train, split, sequences, label_map, eval_label_map, data.skeleton, eval_frames,
                     train_gallery, train_probe, pretrain, pretraining, mode)
 
