@@ -417,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="stage 1 -> stage 2 -> finetune -> evaluation into one run directory "
                                               "(resumes from its checkpoints)")
     train.add_argument("--config", help="YAML preset, e.g. configs/quick.yaml")
-    train.add_argument("--data", help="synthetic | gait3d:PATH | alphapose:PATH | casiab:PATH | npz:PATH | "
-                                      "opengait:PATH")
+    train.add_argument("--data", help="synthetic | SCHEME:PATH with SCHEME one of gait3d, alphapose, casiab, npz, "
+                                      "opengait, pyskl, oumvlp")
     train.add_argument("--stages", type=stages_arg, metavar="S,S",
                        help="comma-separated subset of 1,2,ft (default: the config's)")
     train.add_argument("--run-dir", help="run directory (default: the config's)")

@@ -259,3 +259,24 @@ def test_the_readme_examples_run_as_written(trained, tmp_path, monkeypatch, caps
         exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["features"].shape[0] == len(namespace["walks"])
     assert isinstance(namespace["state"]["epoch"], int) and "head.neck.weight" in namespace["weights"]
+
+
+def test_the_readme_data_format_example_runs_as_written(tmp_path, monkeypatch):
+    """The "Pose data formats" code block, verbatim, on an 18-keypoint OpenGait tree; and the table names every
+    loader scheme there is."""
+    from bpmt_fast.data.loaders import SCHEMES
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for subject in ("001", "002"):
+        folder = tmp_path / "CASIA-B-Pose" / subject / "nm-01" / "090"
+        folder.mkdir(parents=True)
+        walk = np.concatenate([rng.uniform(0, 100, (30, 18, 2)), rng.uniform(0.5, 1, (30, 18, 1))], axis=2)
+        (folder / "090.pkl").write_bytes(pickle.dumps(walk.astype(np.float32)))
+    section = readme_section("Pose data formats")
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["sequences"][0].skeleton == "openpose18" and namespace["coco"].shape == (30, 17, 3)
+    table = {m for m in re.findall(r"\| `([a-z0-9]+):", section)}
+    assert table == set(SCHEMES)
