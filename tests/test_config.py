@@ -66,7 +66,7 @@ def test_presets_and_the_test_runs_load():
 
 def test_skeleton_choices_are_the_registry():
     assert typing.get_args(SkeletonName) == tuple(FORMATS)
-    assert PROTOCOLS == ("subject-disjoint", "closed-set", "camera", "cross-condition")
+    assert PROTOCOLS == ("subject-disjoint", "closed-set", "camera", "cross-condition", "partition")
 
 
 # ------------------------------------------------------------------------------------------- strict values

@@ -490,3 +490,33 @@ def test_split_records_need_unique_ids_and_a_matching_list():
         split_record(closed_set_split(CASIA, seed=0), CASIA[:-1])
     with pytest.raises(ValueError, match="not a split record: missing .*lists"):
         split_from_record({"protocol": "camera"}, CASIA)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.sampled_from(["nm-01", "nm-02", "bg-01", "xx-01"]),
+                          st.sampled_from(["000", "090"])), min_size=1, max_size=40, unique=True),
+       st.integers(0, 2), st.integers(0, 2**31))
+def test_random_datasets_partition_protocol(labels, val_subjects, seed):
+    from bpmt_fast.data.splits import partition_split
+
+    sequences = [PoseSequence(POSES, subject=f"s{s}", view=v, condition=t[:2], sequence_id=f"s{s}/{t}/{v}",
+                              meta={"type": t}) for s, t, v in labels]
+    partition = {"TRAIN_SET": ["s0", "s1", "s2", "s3"], "TEST_SET": ["s4", "s5", "s6"]}  # s7: in neither
+    train = {f"s{s}" for s, _, _ in labels} & set(partition["TRAIN_SET"])
+    test = [(f"s{s}", t) for s, t, _ in labels if f"s{s}" in partition["TEST_SET"]]
+    if not train or val_subjects >= len(train) or not any(t == "nm-01" for _, t in test) \
+            or not any(t in ("nm-02", "bg-01") for _, t in test):
+        with pytest.raises(ValueError, match="no training|no gallery|no probe|candidate subjects"):
+            partition_split(sequences, partition, ["nm-01"], {"NM": ["nm-02"], "BG": ["bg-01"]},
+                            val_subjects=val_subjects, seed=seed)
+        return
+    split = partition_split(sequences, partition, ["nm-01"], {"NM": ["nm-02"], "BG": ["bg-01"]},
+                            val_subjects=val_subjects, seed=seed)
+    assert_partition(split, sequences)
+    held_out = {sequences[i].subject for i in range(len(sequences))  # validation subjects: never in train
+                if sequences[i].subject in train and i not in split.train}
+    assert len(held_out) == val_subjects and subjects_of(split.train, sequences) == train - held_out
+    assert subjects_of(split.val, sequences) <= held_out
+    assert subjects_of(split.gallery + split.probe, sequences) <= set(partition["TEST_SET"])
+    assert {sequences[i].meta["type"] for i in split.gallery} == {"nm-01"}
+    assert all(sequences[i].subject == "s7" or sequences[i].meta["type"] == "xx-01" for i in split.dropped)

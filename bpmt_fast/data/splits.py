@@ -2,8 +2,9 @@
 
 Every function is deterministic given its arguments: all randomness comes from ``numpy.random.default_rng(seed)``
 and subjects are visited in sorted order, so the same input list and seed always give the same split. Only
-``subject``, ``view``, ``condition``, ``sequence_id`` and ``recording_id`` are read, so any object with these
-attributes works (without ``recording_id``, ``sequence_id`` stands in for it, as in ``PoseSequence``).
+``subject``, ``view``, ``condition``, ``sequence_id`` and ``recording_id`` are read (``partition_split`` also reads
+``meta``, see below), so any object with these attributes works (without ``recording_id``, ``sequence_id`` stands
+in for it, as in ``PoseSequence``; without ``meta``, an empty one).
 
 A ``Split`` partitions the input: every index is in exactly one of ``train``, ``val``, ``test``, ``gallery``,
 ``probe`` or ``dropped`` (``dropped`` holds the sequences a protocol leaves out, each function says which).
@@ -23,15 +24,35 @@ Which subjects: the sorted subject labels are permuted by the seeded generator; 
 subjects, the next ones the validation subjects, the rest train. A split that cannot be made (too few subjects,
 no training subject left, a missing gallery condition, ...) raises ``ValueError`` naming the problem.
 
+Published partitions (``partition_split``): the subject lists OpenGait ships per dataset
+(``datasets/<DATASET>/<DATASET>.json``: ``{"TRAIN_SET": [...], "TEST_SET": [...]}``, Gait3D's also ``PROBE_SET``)
+replace the random subject draw, and gallery / probe follow the field's rule for the dataset. Two labels of a
+sequence are read beyond the ones above:
+
+* its *type* (``sequence_type``), the OpenGait type folder (``nm-01``, ``bg-02``, OU-MVLP's ``00`` / ``01``):
+  ``meta["type"]`` when the record has one (the ``opengait`` loader sets it); else, for a ``sequence_id`` named as
+  in CASIA-B, ``SUBJECT-TYPE-NN-VIEW`` (the ``casiab`` GaitGraph CSV and ``pyskl`` loaders: ``001-bg-01-090``),
+  ``TYPE-NN`` (``bg-01``); else ``meta["sequence"]`` (the ``oumvlp`` loader: ``00`` / ``01``); else ``condition``;
+* its *probe-list key* (``probe_list_key_of``), how OpenGait's ``evaluate_Gait3D`` names a sequence in
+  ``PROBE_SET``: ``label-type-view`` (``0002-camid33_videoid2-seq0``), i.e. the first three ``/``-separated parts of
+  ``sequence_id`` joined by ``-``. The ``opengait`` loader's ids are ``SUBJECT/TYPE/VIEW[/stem]`` and the
+  ``gait3d`` loader's ``<subject>/camid<C>_videoid<V>/seq<S>``, so both give OpenGait's key; a list entry equal
+  to the whole ``sequence_id`` matches too.
+
 Split records (``split_record``) name every list's sequences by ``sequence_id``, so a split saved next to a run
 can be checked against the data later (``compare_split_records``) and reused exactly when resuming
 (``split_from_record``), whatever order the loader returns the sequences in.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -50,7 +71,7 @@ class Split:
     probe: list[int] = field(default_factory=list)
     val_gallery: list[int] = field(default_factory=list)  # retrieval: val = val_gallery + val_probe
     val_probe: list[int] = field(default_factory=list)
-    probe_by_condition: dict[str, list[int]] = field(default_factory=dict)  # cross_condition_split only
+    probe_by_condition: dict[str, list[int]] = field(default_factory=dict)  # cross_condition / partition
     dropped: list[int] = field(default_factory=list)
     subjects: dict[str, list[str]] = field(default_factory=dict)  # sorted subject labels of each non-empty list
     params: dict = field(default_factory=dict)
@@ -447,6 +468,289 @@ def cross_condition_split(sequences, gallery_conditions: Sequence[str] = ("nm",)
     split.val = split.val_gallery + split.val_probe
     if split.dropped:
         split.notes.append(f"dropped {len(split.dropped)} test/validation sequences of other conditions")
+    return _finish(split, sequences)
+
+
+# ------------------------------------------------------------------------------------------ published partitions
+
+PARTITION_SETS = ("TRAIN_SET", "TEST_SET")  # the subject lists of an OpenGait dataset partition
+_CASIA_B_NAME = re.compile(r"^[0-9]+-([A-Za-z]+-[0-9]+)-[0-9]+$")  # SUBJECT-TYPE-NN-VIEW -> TYPE-NN
+
+
+def sequence_type(seq) -> str:
+    """The OpenGait type of a sequence (``nm-01``, ``bg-02``, ``00``): see the module docstring for the rule."""
+    meta = getattr(seq, "meta", None) or {}
+    if meta.get("type"):
+        return str(meta["type"])
+    casia_b = _CASIA_B_NAME.match(str(getattr(seq, "sequence_id", "") or ""))
+    if casia_b:
+        return casia_b.group(1)
+    if meta.get("sequence"):
+        return str(meta["sequence"])
+    return str(getattr(seq, "condition", "") or "")
+
+
+def probe_list_key_of(seq) -> str:
+    """How a probe list names the sequence: OpenGait's ``label-type-view`` (see the module docstring)."""
+    return "-".join(str(seq.sequence_id).split("/")[:3])
+
+
+def _load_partition(partition, fn: str) -> tuple[str, object]:
+    """(a name for messages, the parsed JSON or the mapping itself)."""
+    if isinstance(partition, Mapping):
+        return "the partition mapping", partition
+    if not isinstance(partition, (str, os.PathLike)):
+        raise ValueError(f"{fn}: partition must be a JSON file path or a mapping, got {type(partition).__name__}")
+    if not str(partition).strip():
+        raise ValueError(f"{fn}: no partition file given (an OpenGait dataset partition such as "
+                         f"datasets/CASIA-B/CASIA-B.json)")
+    path = Path(partition)
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (a relative path is read from the working directory {os.getcwd()})"
+        raise ValueError(f"{fn}: partition file {path} not found{where}")
+    try:
+        return str(partition), json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{fn}: {path} is not valid JSON: {error.msg} (line {error.lineno}, column "
+                         f"{error.colno})") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{fn}: {path} is not UTF-8 text ({error.reason})") from None
+
+
+def _id_list(raw: Mapping, key: str, name: str, what: str, fn: str) -> list[str]:
+    if key not in raw:
+        keys = ", ".join(map(str, raw)) or "none"
+        raise ValueError(f"{fn}: {name} has no {key!r} list of {what} (an OpenGait partition is "
+                         f'{{"TRAIN_SET": [...], "TEST_SET": [...]}}; its keys: {keys})')
+    values = raw[key]
+    if not isinstance(values, list):
+        raise ValueError(f"{fn}: {name}: {key!r} must be a list of {what}, got {type(values).__name__}")
+    for position, value in enumerate(values):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{fn}: {name}: {key}[{position}] is {value!r}, not a non-empty string ({what} are "
+                             f"strings, as the folder names they match)")
+    return values
+
+
+def read_partition(partition, probe_list_key: str | None = None) -> dict[str, list[str]]:
+    """An OpenGait dataset partition, checked: ``partition`` is a JSON file path (relative to the working
+    directory) or an already-parsed mapping. Returns ``{"TRAIN_SET": [...], "TEST_SET": [...]}`` plus
+    ``probe_list_key``'s list when given. ValueError naming the file and the problem for a missing or non-JSON
+    file, a value that is not a JSON object, a missing list, a non-string entry, or subjects in both sets."""
+    fn = "read_partition"
+    name, raw = _load_partition(partition, fn)
+    return _partition_lists(raw, name, probe_list_key, fn)
+
+
+def _partition_lists(raw, name: str, probe_list_key: str | None, fn: str) -> dict[str, list[str]]:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f'{fn}: {name} is a JSON {type(raw).__name__}, not an OpenGait partition (an object '
+                         f'{{"TRAIN_SET": [subject ids], "TEST_SET": [subject ids]}})')
+    lists = {key: _id_list(raw, key, name, "subject ids", fn) for key in PARTITION_SETS}
+    both = sorted(set(lists["TRAIN_SET"]) & set(lists["TEST_SET"]))
+    if both:
+        raise ValueError(f"{fn}: {name}: {_plural(len(both), 'subject')} in both TRAIN_SET and TEST_SET: "
+                         f"{_sample(both)}")
+    if probe_list_key is not None:
+        if probe_list_key in PARTITION_SETS:
+            raise ValueError(f"{fn}: probe_list_key {probe_list_key!r} names a subject list, not a list of probe "
+                             f"sequences (Gait3D's is 'PROBE_SET')")
+        lists[probe_list_key] = _id_list(raw, probe_list_key, name, "sequence names", fn)
+    return lists
+
+
+def _digest(lists: dict[str, list[str]]) -> str:
+    """What the split read from the partition, order-free: a changed file shows as a params change."""
+    text = json.dumps({key: sorted(set(values)) for key, values in lists.items()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_types(gallery_types: tuple, probe_types: dict[str, tuple], fn: str) -> None:
+    if not gallery_types or not probe_types:
+        raise ValueError(f"{fn}: give gallery_types and probe_types (e.g. CASIA-B: gallery nm-01..nm-04, probe sets "
+                         f"NM: nm-05/06, BG: bg-01/02, CL: cl-01/02), or a probe list (probe_list_key / "
+                         f"probe_sequences)")
+    owner = {t: "gallery_types" for t in gallery_types}
+    if len(owner) < len(gallery_types):
+        raise ValueError(f"{fn}: gallery_types lists a type more than once: {list(gallery_types)}")
+    for group, types in probe_types.items():
+        if not types:
+            raise ValueError(f"{fn}: probe set {group!r} has no type")
+        for type_ in types:
+            if type_ in owner:
+                raise ValueError(f"{fn}: type {type_!r} is in {owner[type_]} and in probe set {group!r}")
+            owner[type_] = f"probe set {group!r}"
+
+
+def partition_split(sequences, partition, gallery_types: Sequence[str] = (),
+                    probe_types: Mapping[str, Sequence[str]] | None = None, probe_list_key: str | None = None,
+                    probe_sequences: Sequence[str] | None = None, val_subjects: int | float = 0,
+                    seed: int = 0) -> Split:
+    """A published partition (OpenGait's ``datasets/<DATASET>/<DATASET>.json``) with the field's gallery / probe.
+
+    ``partition``: the JSON file (a path, relative to the working directory) or its parsed mapping, checked by
+    ``read_partition``. Every sequence of a ``TRAIN_SET`` subject trains (all its types); ``val_subjects`` (a count
+    or fraction, see the module docstring) of the ``TRAIN_SET`` subjects present in the data are drawn with the
+    seeded generator for validation instead (0: none). ``TEST_SET`` subjects are divided into gallery and probe
+    in one of two ways:
+
+    * by type (``sequence_type``): ``gallery_types`` -> ``gallery``; each probe set of ``probe_types`` (name ->
+      types, e.g. ``{"NM": ["nm-05", "nm-06"], "BG": ["bg-01", "bg-02"], "CL": ["cl-01", "cl-02"]}``) ->
+      ``probe`` and ``probe_by_condition[name]``; test sequences of any other type are dropped. Validation
+      subjects are divided the same way (``val_gallery`` / ``val_probe``).
+    * by a probe list (Gait3D): ``probe_list_key`` names a list in the partition (``"PROBE_SET"``), or
+      ``probe_sequences`` gives one; a test sequence whose ``probe_list_key_of`` key (or whole ``sequence_id``)
+      is listed is a probe, every other test sequence is in the gallery. ``probe_by_condition`` stays empty.
+      Validation subjects get one probe each (as Gait3D's list has one per test subject), drawn with the seeded
+      generator from the subject's sequences in ``sequence_id`` order; a validation subject with a single
+      sequence has only a gallery sequence.
+
+    Sequences of subjects in neither set are dropped. Never silent (``notes``): partition subjects missing from
+    the data, data subjects in neither set, dropped test sequences and their types, probe-list entries that match
+    no sequence, keys of the file that were not read, empty probe sets. ValueError naming the problem for: a
+    partition that is not the JSON shape, subjects in both sets, both or neither of the two gallery / probe
+    ways, a type in two places, no training sequence, no gallery or no probe, a probe-list entry naming a
+    sequence of a subject outside ``TEST_SET``.
+
+    Recordings: train, validation and test subjects are disjoint. By type, each type is its own walk (CASIA-B,
+    OU-MVLP), so gallery and probe share no recording; by probe list, gallery and probe may hold clips of one
+    recording, exactly as Gait3D's official evaluation has it.
+    """
+    fn = "partition_split"
+    _check_sequences(sequences, fn)
+    gallery_types = tuple(gallery_types)
+    probe_types = {str(group): tuple(types) for group, types in (probe_types or {}).items()}
+    if probe_list_key is not None and probe_sequences is not None:
+        raise ValueError(f"{fn}: give probe_list_key (a list in the partition) or probe_sequences, not both")
+    by_list = probe_list_key is not None or probe_sequences is not None
+    if by_list and (gallery_types or probe_types):
+        raise ValueError(f"{fn}: give gallery_types / probe_types or a probe list, not both (with a probe list the "
+                         f"gallery is every other test sequence)")
+    name, raw = _load_partition(partition, fn)
+    if not by_list:
+        _check_types(gallery_types, probe_types, fn)
+    lists = _partition_lists(raw, name, probe_list_key, fn)
+    if probe_sequences is not None:
+        if isinstance(probe_sequences, str):
+            raise ValueError(f"{fn}: probe_sequences must be a list of sequence names, not one string")
+        lists["probe_sequences"] = _id_list({"probe_sequences": list(probe_sequences)}, "probe_sequences",
+                                            "probe_sequences", "sequence names", fn)
+    train_set, test_set = set(lists["TRAIN_SET"]), set(lists["TEST_SET"])
+    split = Split("partition", params={"partition": name, "partition_sha256": _digest(lists),
+                                       "gallery_types": gallery_types, "probe_types": probe_types,
+                                       "probe_list_key": probe_list_key,
+                                       "probe_sequences": None if probe_sequences is None else len(probe_sequences),
+                                       "val_subjects": val_subjects, "seed": seed})
+    notes = split.notes
+    unread = [str(key) for key in raw if key not in lists]
+    if unread:
+        notes.append(f"not read from {name}: {', '.join(unread)}")
+    for key in PARTITION_SETS:
+        repeated = sorted(sid for sid, count in Counter(lists[key]).items() if count > 1)
+        if repeated:
+            notes.append(f"{key} lists {_plural(len(repeated), 'subject')} more than once: {_sample(repeated)}")
+
+    groups = {str(subject): indices for subject, indices in _by_subject(sequences).items()}
+    for key, members in (("TRAIN_SET", train_set), ("TEST_SET", test_set)):
+        missing = sorted(members - set(groups))
+        if missing:
+            verb = "is" if len(missing) == 1 else "are"
+            notes.append(f"{len(missing)} of the {len(members)} {key} subjects {verb} not in the data: "
+                         f"{_sample(missing)}")
+    outside = sorted(set(groups) - train_set - test_set)
+    if outside:
+        notes.append(f"{_plural(len(outside), 'subject')} of the data in neither TRAIN_SET nor TEST_SET: "
+                     f"{_sample(outside)}; their {_plural(sum(len(groups[s]) for s in outside), 'sequence')} "
+                     f"dropped")
+    candidates = [s for s in groups if s in train_set]
+    if not candidates:
+        raise ValueError(f"{fn}: no training sequence: none of the {len(train_set)} TRAIN_SET subjects of {name} "
+                         f"is in the data (data subjects: {_sample(list(groups))})")
+    rng = np.random.default_rng(seed)
+    num_val = _num_subjects(val_subjects, len(candidates), "val_subjects", fn)
+    if num_val >= len(candidates):
+        raise ValueError(f"{fn}: val_subjects={val_subjects!r} takes {num_val} of the {len(candidates)} TRAIN_SET "
+                         f"subjects in the data: no training subject left")
+    val = {candidates[i] for i in rng.permutation(len(candidates))[:num_val]}
+
+    probes: set[str] = set()
+    type_group: dict[str, str] = {}  # probe type -> its probe set
+    if by_list:
+        probes = set(lists[probe_list_key if probe_sequences is None else "probe_sequences"])
+        keyed = {i: (probe_list_key_of(seq), str(seq.sequence_id)) for i, seq in enumerate(sequences)}
+        named = {i for i, keys in keyed.items() if keys[0] in probes or keys[1] in probes}
+        wrong = sorted({str(sequences[i].subject) for i in named} - test_set)
+        if wrong:
+            raise ValueError(f"{fn}: the probe list names sequences of {_plural(len(wrong), 'subject')} outside "
+                             f"TEST_SET: {_sample(wrong)}")
+        matched = {key for i in named for key in keyed[i]}
+        unmatched = sorted(probes - matched)
+        if unmatched:
+            notes.append(f"{len(unmatched)} of the {len(probes)} probe-list entries name no sequence of the data: "
+                         f"{_sample(unmatched)}")
+    else:
+        split.probe_by_condition = {group: [] for group in probe_types}
+        type_group.update({t: group for group, types in probe_types.items() for t in types})
+    other_types: Counter = Counter()
+    val_other = 0
+    for subject, indices in groups.items():
+        if subject in train_set and subject not in val:
+            split.train += indices
+        elif subject not in train_set and subject not in test_set:
+            split.dropped += indices
+        elif by_list and subject in test_set:
+            for i in indices:
+                keys = (probe_list_key_of(sequences[i]), str(sequences[i].sequence_id))
+                (split.probe if keys[0] in probes or keys[1] in probes else split.gallery).append(i)
+        elif by_list:  # a validation subject: one probe drawn, the rest gallery
+            ordered = sorted(indices, key=lambda i: _sort_key(sequences, i))
+            chosen = ordered[int(rng.integers(len(ordered)))] if len(ordered) > 1 else None
+            for i in ordered:
+                (split.val_probe if i == chosen else split.val_gallery).append(i)
+        else:
+            test = subject in test_set
+            for i in indices:
+                type_ = sequence_type(sequences[i])
+                if type_ in gallery_types:
+                    (split.gallery if test else split.val_gallery).append(i)
+                elif type_ in type_group:
+                    (split.probe if test else split.val_probe).append(i)
+                    if test:
+                        split.probe_by_condition[type_group[type_]].append(i)
+                else:
+                    split.dropped.append(i)
+                    if test:
+                        other_types[type_] += 1
+                    else:
+                        val_other += 1
+    split.val = split.val_gallery + split.val_probe
+
+    test_types = sorted({sequence_type(sequences[i]) for s in test_set & set(groups) for i in groups[s]})
+    if not split.gallery or not split.probe:
+        side = "gallery" if not split.gallery else "probe"
+        if by_list and side == "probe":
+            sample = _sample(sorted(probes), 2)
+            data_keys = _sample(sorted(probe_list_key_of(sequences[i]) for s in test_set & set(groups)
+                                       for i in groups[s]), 2)
+            data_keys = data_keys or "nothing: no TEST_SET subject is in the data"
+            raise ValueError(f"{fn}: no probe: none of the {len(probes)} probe-list entries ({sample}) names a "
+                             f"sequence of a TEST_SET subject (whose keys, sequence_id parts joined by '-', look "
+                             f"like {data_keys})")
+        if by_list:
+            raise ValueError(f"{fn}: no gallery: every test sequence is on the probe list")
+        wanted = list(gallery_types) if side == "gallery" else [t for ts in probe_types.values() for t in ts]
+        present = _sample(test_types, 12) or "none, no TEST_SET subject is in the data"
+        raise ValueError(f"{fn}: no {side}: no sequence of a TEST_SET subject has a {side} type {wanted} (types of "
+                         f"the test subjects' sequences: {present})")
+    for group, members in split.probe_by_condition.items():
+        if not members:
+            notes.append(f"probe set {group}: no test sequence of its types {list(probe_types[group])}")
+    if other_types:
+        shown = _sample([f"{t} ({n})" for t, n in sorted(other_types.items())])
+        notes.append(f"dropped {_plural(sum(other_types.values()), 'test sequence')} of neither a gallery nor a probe "
+                     f"type: {shown}")
+    if val_other:
+        notes.append(f"dropped {_plural(val_other, 'validation sequence')} of neither a gallery nor a probe type")
     return _finish(split, sequences)
 
 

@@ -22,7 +22,9 @@ chain or the overrides, defaults aside) but that the resulting config does not u
 * protocol parameters: subject-disjoint uses ``data.test_subjects`` / ``data.val_subjects``; closed-set
   ``data.closed_set.*``; camera ``data.camera.*``, plus ``data.test_subjects`` / ``data.val_subjects`` only with
   ``data.camera.open_set: true``; cross-condition ``data.test_subjects``, ``data.val_subjects`` and
-  ``data.cross_condition.*``;
+  ``data.cross_condition.*``; partition ``data.val_subjects`` and ``data.partition.*`` (the file's TEST_SET is the
+  test subjects, so not ``data.test_subjects``), but not ``data.partition.gallery_types`` / ``probe_types`` when
+  ``data.partition.probe_list_key`` is set (the probes are then that list of the file);
 * ``data.synthetic.*`` unless ``data.source`` is synthetic; ``data.lenient`` when it is (the generator has no bad
   files to skip);
 * ``model.num_classes`` (the pipeline sets it from the training subjects);
@@ -67,7 +69,7 @@ from bpmt_fast.data.transforms import NORMALISATION_MODES
 from bpmt_fast.model.common import ModelConfig
 from bpmt_fast.model.skeleton import FORMATS
 
-Protocol = Literal["subject-disjoint", "closed-set", "camera", "cross-condition"]
+Protocol = Literal["subject-disjoint", "closed-set", "camera", "cross-condition", "partition"]
 Device = Literal["auto", "cpu", "cuda"]
 ModelName = Literal["bpmt", "baseline"]
 StageName = Literal["1", "2", "ft"]  # quote them in YAML: [1, 2, ft] reads as two integers and a string
@@ -115,6 +117,24 @@ class CrossConditionConfig:
 
 
 @dataclass
+class PartitionConfig:
+    """data.partition: a published train / test partition (OpenGait's datasets/<DATASET>/<DATASET>.json) and the
+    field's gallery / probe rule for it (bpmt_fast.data.splits.partition_split)."""
+
+    # the JSON file {"TRAIN_SET": [subject ids], "TEST_SET": [subject ids]}; a relative path is read from the
+    # working directory (where bpmt-fast runs), not from the preset's folder
+    file: str = ""
+    # test subjects' sequences of these types (OpenGait type folders, e.g. nm-01) form the gallery
+    gallery_types: list[str] = field(default_factory=list)
+    # probe-set name -> its types, e.g. {NM: [nm-05, nm-06], BG: [bg-01, bg-02], CL: [cl-01, cl-02]}; a mapping of
+    # names to lists of strings (checked by the section's rules)
+    probe_types: dict = field(default_factory=dict)
+    # a list of probe sequences in the file (Gait3D: PROBE_SET, entries label-type-view); when set, the gallery is
+    # every other test sequence and gallery_types / probe_types are not read
+    probe_list_key: str | None = None
+
+
+@dataclass
 class DataConfig:
     source: str = "synthetic"  # synthetic | gait3d:PATH | alphapose:PATH | casiab:PATH | npz:PATH | opengait:PATH
     protocol: Protocol = "subject-disjoint"  # which keys each one reads: see the module docstring
@@ -125,10 +145,12 @@ class DataConfig:
     # subject-disjoint, cross-condition and open-set camera protocols: fraction (below 1) or count (a whole number
     # >= 1) of the candidate subjects held out for testing
     test_subjects: float = bounded(0.3, "(0, inf)")
-    val_subjects: float = bounded(0.15, "[0, inf)")  # ... and for validation (early stopping); 0: none
+    # ... and for validation (early stopping; partition: drawn from the TRAIN_SET subjects); 0: none
+    val_subjects: float = bounded(0.15, "[0, inf)")
     closed_set: ClosedSetConfig = field(default_factory=ClosedSetConfig)  # closed-set protocol
     camera: CameraConfig = field(default_factory=CameraConfig)  # camera protocol
     cross_condition: CrossConditionConfig = field(default_factory=CrossConditionConfig)  # cross-condition protocol
+    partition: PartitionConfig = field(default_factory=PartitionConfig)  # partition protocol
     lenient: bool = False  # file sources: skip (and report) corrupt files instead of failing
     # hips: centre on the hips, scale to unit torso; body: also one rotation per sequence that makes the spine
     # vertical and a rescale to a fixed body height (GPGait's human-oriented transformation; see normalise)
@@ -295,6 +317,27 @@ def _cross_condition_rules(c: CrossConditionConfig):
         yield "probe_conditions", f"{', '.join(both)} also in gallery_conditions"
 
 
+def _partition_rules(c: PartitionConfig):
+    yield from _duplicates("gallery_types", c.gallery_types)
+    owner = {t: "gallery_types" for t in c.gallery_types}
+    for name, types in c.probe_types.items():
+        key = f"probe_types.{name}"
+        if not isinstance(name, str) or not name.strip():
+            yield "probe_types", f"probe-set names must be non-empty strings, got {_shown(name)}"
+            return
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            yield key, f"expected a list of types (strings), got {_shown(types)}"
+            return
+        yield from _not_empty(key, types)
+        yield from _duplicates(key, types)
+        for type_ in types:
+            if type_ in owner:
+                yield key, f"{type_} also in {owner[type_]}"
+            owner[type_] = f"probe_types.{name}"
+    if c.probe_list_key is not None and not c.probe_list_key.strip():
+        yield "probe_list_key", "must not be empty (leave it out, or null, to divide by gallery / probe types)"
+
+
 def _augment_rules(c: AugmentConfig):
     low, high = c.speed
     if low > high:
@@ -351,7 +394,8 @@ def _train_rules(c: TrainConfig):
 
 
 _RULES = {DataConfig: _data_rules, ClosedSetConfig: _closed_set_rules, CameraConfig: _camera_rules,
-          CrossConditionConfig: _cross_condition_rules, AugmentConfig: _augment_rules, PretrainConfig: _warmup_rule,
+          CrossConditionConfig: _cross_condition_rules, PartitionConfig: _partition_rules,
+          AugmentConfig: _augment_rules, PretrainConfig: _warmup_rule,
           FinetuneConfig: _finetune_rules, ModelConfig: _model_rules, EvaluationConfig: _evaluation_rules,
           RuntimeConfig: _runtime_rules, TrainConfig: _train_rules}
 
@@ -551,7 +595,9 @@ def has_validation(data: DataConfig) -> bool:
     return data.val_subjects > 0
 
 
-PROTOCOL_KEYS = ("data.test_subjects", "data.val_subjects", "data.closed_set", "data.camera", "data.cross_condition")
+PROTOCOL_KEYS = ("data.test_subjects", "data.val_subjects", "data.closed_set", "data.camera", "data.cross_condition",
+                 "data.partition")
+_SECTIONS = ("data.closed_set", "data.camera", "data.cross_condition", "data.partition")  # listed as `key.*`
 
 
 def protocol_keys(data: DataConfig) -> tuple[str, ...]:
@@ -563,18 +609,26 @@ def protocol_keys(data: DataConfig) -> tuple[str, ...]:
         return ("data.camera",) + (subjects if data.camera.open_set else ())
     if data.protocol == "cross-condition":
         return subjects + ("data.cross_condition",)
+    if data.protocol == "partition":
+        return ("data.val_subjects", "data.partition")
     return subjects
 
 
 def _unused_protocol_keys(data: DataConfig) -> dict[str, str]:
     used = protocol_keys(data)
-    listed = ", ".join(f"{key}.*" if key in ("data.closed_set", "data.camera", "data.cross_condition") else key
-                       for key in used)
+    listed = ", ".join(f"{key}.*" if key in _SECTIONS else key for key in used)
     why = f"is not used by protocol {data.protocol!r} (it uses {listed})"
     unused = {key: why for key in PROTOCOL_KEYS if key not in used}
     if data.protocol == "camera" and not data.camera.open_set:
         for key in ("data.test_subjects", "data.val_subjects"):
             unused[key] = why[:-1] + "; data.camera.open_set: true uses it, for retrieval on unseen subjects)"
+    if data.protocol == "partition":
+        unused["data.test_subjects"] = why[:-1] + "; the test subjects are data.partition.file's TEST_SET)"
+        if data.partition.probe_list_key is not None:
+            for key in ("gallery_types", "probe_types"):
+                unused[f"data.partition.{key}"] = (f"is not read with data.partition.probe_list_key set (the probes "
+                                                   f"are the file's {data.partition.probe_list_key!r} list, the "
+                                                   f"gallery every other test sequence)")
     return unused
 
 

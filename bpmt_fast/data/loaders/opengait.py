@@ -3,10 +3,13 @@
 This is how CASIA-B-Pose, OU-MVLP-Pose, GREW-Pose and Gait3D-Pose are distributed for those toolkits (e.g.
 ``001/nm-01/090/090.pkl``). C = 3 (x, y, confidence) or 2 (x, y; confidence 1); V picks the skeleton: 17 COCO-17,
 18 OpenPose-18, 25 BODY_25, 26 Halpe-26. Labels come from the folders: subject, type (condition: the letters
-before "-NN", e.g. "nm" for "nm-01", else the whole type), view; the sequence id is ``SUBJECT/TYPE/VIEW``
-(plus the file stem when a view folder holds several files); the recording is ``SUBJECT/TYPE`` (the views of
-one walk stay on one side of a split). Files are read with ``bpmt_fast.data.safe_pickle`` (never
-``pickle.load``): a pickle that names anything but containers, numbers, strings and NumPy arrays is refused.
+before "-NN", e.g. "nm" for "nm-01", else the whole type), view; the whole type is kept as ``meta["type"]``
+("nm-01", OU-MVLP's "00"), which the published partitions' gallery / probe rules read
+(``bpmt_fast.data.splits.partition_split``); the sequence id is ``SUBJECT/TYPE/VIEW`` (plus the file stem when a
+view folder holds several files), so ``SUBJECT-TYPE-VIEW`` is OpenGait's name of it in Gait3D's ``PROBE_SET``;
+the recording is ``SUBJECT/TYPE`` (the views of one walk stay on one side of a split). Files are read with
+``bpmt_fast.data.safe_pickle`` (never ``pickle.load``): a pickle that names anything but containers, numbers,
+strings and NumPy arrays is refused.
 A bad file is one unit (strict: DataError naming it; lenient: skipped and recorded); ``.pkl`` files at another
 depth and other visible entries go to ``LoadReport.ignored``.
 """
@@ -57,7 +60,7 @@ def load_opengait_file(path: Path, root: Path, ctx: Context, several: bool) -> P
     sequence_id = f"{subject}/{type_}/{view}" + (f"/{path.stem}" if several else "")
     return build_sequence(ctx, poses, np.arange(len(poses)), where=str(path), subject=subject, view=view,
                           condition=match.group(1) if match else type_, skeleton=skeleton, sequence_id=sequence_id,
-                          recording=f"{subject}/{type_}", source=str(path))
+                          recording=f"{subject}/{type_}", source=str(path), meta={"type": type_})
 
 
 def load_opengait(path: str | os.PathLike, *, lenient: bool = False,
