@@ -136,7 +136,7 @@ class PartitionConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # synthetic | gait3d:PATH | alphapose:PATH | casiab:PATH | npz:PATH | opengait:PATH
+    source: str = "synthetic"  # synthetic | SCHEME:PATH (a loader of bpmt_fast.data.loaders.SCHEMES)
     protocol: Protocol = "subject-disjoint"  # which keys each one reads: see the module docstring
     # overrides of SyntheticGaitConfig (synthetic source only); checked against its fields
     synthetic: dict = field(default_factory=dict, metadata={"schema": SyntheticGaitConfig})

@@ -13,7 +13,7 @@ from bpmt_fast.data.dataset import IdentityBatchSampler, PoseDataset, collate_to
 from bpmt_fast.data.dataset import frame_buckets  # noqa: F401  (the training loop builds its buckets from here)
 from bpmt_fast.data.sequence import LoadReport, PoseSequence
 from bpmt_fast.data.splits import (Split, camera_split, closed_set_split, cross_condition_split, gallery_probe,
-                                   subject_disjoint_split)
+                                   partition_split, subject_disjoint_split)
 from bpmt_fast.data.transforms import (Compose, JointNoise, Mirror, PartMask, PointNoise, RandomMove, ReverseTime,
                                        SpeedChange, TemporalCrop)
 from bpmt_fast.eval.inference import evaluation_frames
@@ -164,6 +164,12 @@ def make_split(sequences, config: DataConfig) -> Split:
                                      probe_conditions=tuple(conditions.probe_conditions),
                                      test_subjects=_subjects(config.test_subjects),
                                      val_subjects=_subjects(config.val_subjects), seed=seed)
+    if config.protocol == "partition":  # the field's published partition file (OpenGait dataset JSON)
+        part = config.partition
+        return partition_split(sequences, part.file, gallery_types=tuple(part.gallery_types),
+                               probe_types={name: tuple(types) for name, types in part.probe_types.items()},
+                               probe_list_key=part.probe_list_key, val_subjects=_subjects(config.val_subjects),
+                               seed=seed)
     raise ValueError(f"unknown protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
 
 
