@@ -89,3 +89,21 @@ def test_not_a_folder(tmp_path):
     write(tmp_path / "one.pkl", poses(3))
     with pytest.raises(DataError, match="a folder ROOT/SUBJECT/TYPE/VIEW"):
         load_dataset(f"opengait:{tmp_path / 'one.pkl'}")
+
+
+def test_gait3d_layout_reads_the_camera_as_the_view(tmp_path):
+    """Gait3D-Pose as OpenGait lays it out, SUBJECT/camidC_videoidV/seqS: the view is the camera (the reid
+    protocol removes same-camera gallery items) and there is no walking condition."""
+    import pickle
+
+    import numpy as np
+
+    from bpmt_fast.data.loaders import load_dataset
+    from bpmt_fast.data.splits import probe_list_key_of
+
+    folder = tmp_path / "0002" / "camid33_videoid2" / "seq0"
+    folder.mkdir(parents=True)
+    (folder / "seq0.pkl").write_bytes(pickle.dumps(np.ones((5, 17, 3), np.float32)))
+    (walk,), _ = load_dataset(f"opengait:{tmp_path}")
+    assert (walk.subject, walk.view, walk.condition, walk.recording) == ("0002", "camid33", "", "0002/camid33_videoid2")
+    assert probe_list_key_of(walk) == "0002-camid33_videoid2-seq0"  # the entry of Gait3D's PROBE_SET

@@ -3,7 +3,9 @@
 This is how CASIA-B-Pose, OU-MVLP-Pose, GREW-Pose and Gait3D-Pose are distributed for those toolkits (e.g.
 ``001/nm-01/090/090.pkl``). C = 3 (x, y, confidence) or 2 (x, y; confidence 1); V picks the skeleton: 17 COCO-17,
 18 OpenPose-18, 25 BODY_25, 26 Halpe-26. Labels come from the folders: subject, type (condition: the letters
-before "-NN", e.g. "nm" for "nm-01", else the whole type), view; the whole type is kept as ``meta["type"]``
+before "-NN", e.g. "nm" for "nm-01", else the whole type), view. Gait3D's layout is
+``SUBJECT/camidC_videoidV/seqS``: there the view is the camera ``camidC`` (as the ``gait3d`` loader has it, so
+the camera-based ``reid`` protocol reads cameras) and the condition is empty. The whole type is kept as ``meta["type"]``
 ("nm-01", OU-MVLP's "00"), which the published partitions' gallery / probe rules read
 (``bpmt_fast.data.splits.partition_split``); the sequence id is ``SUBJECT/TYPE/VIEW`` (plus the file stem when a
 view folder holds several files), so ``SUBJECT-TYPE-VIEW`` is OpenGait's name of it in Gait3D's ``PROBE_SET``;
@@ -27,6 +29,7 @@ from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
 
 SKELETON_BY_JOINTS = {17: "coco17", 18: "openpose18", 25: "openpose25", 26: "halpe26"}
 _TYPE = re.compile(r"^([A-Za-z]+)-\d+$")
+_GAIT3D_TYPE = re.compile(r"^(camid\d+)_videoid\d+$")
 
 
 def _read(path: Path) -> tuple[np.ndarray, str]:
@@ -56,10 +59,14 @@ def load_opengait_file(path: Path, root: Path, ctx: Context, several: bool) -> P
             raise  # strict: the refusal keeps its own type
         ctx.fail(path, str(exc).removeprefix(f"{path}: "))
         return None
-    match = _TYPE.match(type_)
     sequence_id = f"{subject}/{type_}/{view}" + (f"/{path.stem}" if several else "")
+    camera, kind = _GAIT3D_TYPE.match(type_), _TYPE.match(type_)
+    if camera:  # Gait3D: SUBJECT/camidC_videoidV/seqS, the camera is the view; no walking condition
+        view, condition = camera.group(1), ""
+    else:
+        condition = kind.group(1) if kind else type_
     return build_sequence(ctx, poses, np.arange(len(poses)), where=str(path), subject=subject, view=view,
-                          condition=match.group(1) if match else type_, skeleton=skeleton, sequence_id=sequence_id,
+                          condition=condition, skeleton=skeleton, sequence_id=sequence_id,
                           recording=f"{subject}/{type_}", source=str(path), meta={"type": type_})
 
 
