@@ -19,22 +19,18 @@ from bpmt_fast.api import Embeddings, load_run
 from bpmt_fast.cli import main
 from bpmt_fast.data.convert import convert_poses
 from bpmt_fast.train import checkpoint
-from bpmt_fast.train.config import load_config
+from bpmt_fast.train.config import load_config, merge
 from bpmt_fast.train.pipeline import run_pipeline
 from bpmt_fast.train.stages import build_model
+from test_pipeline import TINY as PIPELINE_TINY
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = {
-    "model": {"dim": 16, "heads": 2, "part_layers": 1, "pair_layers": 1, "embedding_dim": 16},
-    "data": {"synthetic": {"num_subjects": 10, "sequences_per_subject": 6, "min_frames": 20, "max_frames": 40},
-             "max_frames": 16, "test_subjects": 0.3, "val_subjects": 0.2},
-    "stage1": {"epochs": 1, "batch_size": 16},
-    "stage2": {"epochs": 1, "batch_size": 16},
-    "finetune": {"epochs": 4, "identities_per_batch": 4, "sequences_per_identity": 2, "batches_per_epoch": 2},
-    # what the run records and embed must repeat: every frame in 16-frame chunks, and the flip average
-    "evaluation": {"all_frames": True, "chunk_frames": 16, "flip": True},
-}
+# the pipeline tests' tiny run, with what the run records and embed must repeat: every frame in 16-frame chunks
+# (walks of up to 40 frames), and the flip average
+TINY = merge(PIPELINE_TINY, {"data": {"synthetic": {"max_frames": 40}, "max_frames": 16}, "stage1": {"epochs": 1},
+                             "finetune": {"epochs": 4},
+                             "evaluation": {"all_frames": True, "chunk_frames": 16, "flip": True}})
 
 
 @pytest.fixture(scope="module")
