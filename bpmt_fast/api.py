@@ -167,24 +167,30 @@ class TrainedRun:
         run's own data on one side of its saved split (SIDE: all, train, val, test (the test sequences: the
         closed-set test list, or the test gallery and probes), or gallery / probe: the two sets its test retrieval
         compared). `options`: see `embed_sequences`."""
-        info = {"data": spec}
-        embeddings = self.embed_sequences(self.sequences(spec, lenient=lenient), **options)
-        embeddings.info.update(info)
+        sequences, report = self.load(spec, lenient=lenient)
+        embeddings = self.embed_sequences(sequences, **options)
+        embeddings.info.update(data=spec, load_report={"loaded": report.loaded, "skipped": report.skipped,
+                                                       "ignored": report.ignored})
         return embeddings
 
     # ---- data --------------------------------------------------------------------------------------
     def sequences(self, spec: str, *, lenient: bool = False) -> list[PoseSequence]:
         """The sequences of a data spec (see `embed_dataset`)."""
+        return self.load(spec, lenient=lenient)[0]
+
+    def load(self, spec: str, *, lenient: bool = False):
+        """The sequences of a data spec and the load report (what was skipped or ignored, and why)."""
+        from bpmt_fast.data.loaders import load_dataset
+        from bpmt_fast.data.sequence import LoadReport
+
         scheme, _, side = str(spec).partition(":")
         if scheme != "run":
-            from bpmt_fast.data.loaders import load_dataset
-
-            return load_dataset(spec, lenient=lenient)[0]
+            return load_dataset(spec, lenient=lenient)
         if side not in RUN_SIDES:
             raise ValueError(f"data spec {spec!r}: expected run:SIDE with SIDE one of {', '.join(RUN_SIDES)}")
         data = self.run_data()
         if side == "all":
-            return list(data.sequences)
+            return list(data.sequences), LoadReport(loaded=len(data.sequences))
         if side in ("gallery", "probe"):
             from bpmt_fast.train.pipeline import retrieval_test_lists
 
@@ -195,7 +201,7 @@ class TrainedRun:
             indices = getattr(data.split, side)
         if not indices:
             raise ValueError(f"data spec {spec!r}: the run's {data.split.protocol} split has no {side} sequences")
-        return [data.sequences[i] for i in indices]
+        return [data.sequences[i] for i in indices], LoadReport(loaded=len(indices))
 
     def run_data(self):
         """The run's data, split as its `split.json` records (checked: data that no longer gives it is refused)."""

@@ -164,9 +164,14 @@ def embeddings_of(run, spec: str, args):
     """A data spec embedded with the run, or an embeddings file (`bpmt-fast embed` output, a path without a
     SCHEME: prefix) checked to come from the same model and weights."""
     from bpmt_fast.api import Embeddings
+    from bpmt_fast.data.sequence import LoadReport
 
     if ":" in spec:
-        return run.embed_dataset(spec, lenient=args.lenient, flip=args.flip, l2_normalise=args.l2_normalise)
+        embeddings = run.embed_dataset(spec, lenient=args.lenient, flip=args.flip, l2_normalise=args.l2_normalise)
+        report = embeddings.info["load_report"]
+        if report["skipped"] or report["ignored"]:  # say what was left out, as train does
+            print(f"{spec}: " + str(LoadReport(**report)))
+        return embeddings
     embeddings = Embeddings.load(spec)
     expected = run.info(False, args.l2_normalise)
     for key in ("model", "weights", "l2_normalised"):

@@ -276,3 +276,20 @@ def test_the_readme_data_format_example_runs_as_written(tmp_path, monkeypatch):
     assert namespace["sequences"][0].skeleton == "openpose18" and namespace["coco"].shape == (30, 17, 3)
     table = {m for m in re.findall(r"\| `([a-z0-9]+):", section)}
     assert table == set(SCHEMES)
+
+
+def test_embed_says_what_a_lenient_load_left_out(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    walk = load_run(run_dir).sequences("run:probe")[0].poses
+    good, bad = tmp_path / "poses" / "001" / "nm-01" / "090", tmp_path / "poses" / "002" / "nm-01" / "090"
+    good.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    (good / "090.pkl").write_bytes(pickle.dumps(walk))
+    (bad / "090.pkl").write_bytes(b"not a pickle")
+    (tmp_path / "poses" / "README.txt").write_text("stray")
+    out = tmp_path / "emb.npz"
+    assert main(["embed", str(run_dir), "--data", f"opengait:{tmp_path / 'poses'}", "--lenient", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1" in printed and "002" in printed and "README.txt" in printed
+    report = Embeddings.load(out).info["load_report"]
+    assert report["loaded"] == 1 and len(report["skipped"]) == 1 and len(report["ignored"]) == 1
