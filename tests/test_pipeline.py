@@ -163,3 +163,23 @@ def test_an_untrainable_split_fails_before_training_with_a_clear_error(tmp_path,
     monkeypatch.setattr("sys.argv", ["bpmt-fast", "train", "--config", str(preset), "--run-dir", str(tmp_path / "cli")])
     assert console_main() == 2
     assert "bpmt-fast: error: finetune.identities_per_batch=50" in capsys.readouterr().err
+
+
+def test_a_run_directory_refuses_to_resume_under_changed_training_settings(tmp_path):
+    """Checkpoints belong to the settings that trained them: a changed learning rate or width is refused, naming
+    each key; what runs now, the backend and the evaluation may change; a directory without checkpoints starts
+    over with any config."""
+    run_dir = tmp_path / "run"
+    run_pipeline(tiny_config(run_dir, models=["baseline"]), stages=["1"])
+    changed = tiny_config(run_dir, models=["baseline"], stage1={**TINY["stage1"], "lr": 0.01},
+                          model={**TINY["model"], "dim": 32, "heads": 4})
+    with pytest.raises(ValueError, match=r"(?s)other settings.*model\.dim: 16 -> 32.*model\.heads: 2 -> 4.*"
+                                         r"stage1\.lr: 0\.001 -> 0\.01"):
+        run_pipeline(changed, stages=["1"])
+    allowed = tiny_config(run_dir, models=["baseline"], evaluation={"flip": True},
+                          model={**TINY["model"], "attn_backend": "math"})
+    run_pipeline(allowed, stages=["1"])
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text("model:\n  dim: 99\n")  # a config but no checkpoint: nothing to mix
+    run_pipeline(tiny_config(fresh, models=["baseline"]), stages=["1"])

@@ -218,6 +218,47 @@ def evaluate_trained(model, config: TrainConfig, data, device) -> dict:
     return result
 
 
+# Settings a run directory may be resumed with after a change: what runs now and where, how often it checkpoints,
+# how it computes (train.*: precision, compilation, workers; the attention backend) and how the finished models are
+# evaluated. Every other setting shapes the weights the resumed stages continue from.
+RESUMABLE_CHANGES = ("models", "stages", "device", "run_dir", "checkpoint_every", "train", "model.attn_backend",
+                     "evaluation")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        out.update(_flat(value, name + ".") if isinstance(value, dict) and value else {name: value})
+    return out
+
+
+def check_resumed_config(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to continue a run directory's checkpoints under different training settings (a changed learning
+    rate, epoch count, model width or data would make a resumed run silently differ from the one its checkpoints
+    belong to), naming each changed key. Keys a saved config lacks (written by an older version) are not compared;
+    a directory without checkpoints may start over with any config."""
+    saved_path, ckpt_dir = run_dir / "config.yaml", run_dir / "checkpoints"
+    if not saved_path.is_file() or not any(ckpt_dir.glob(f"*{checkpoint.POINTER_SUFFIX}")):
+        return
+    saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
+    current = yaml.safe_load(yaml.safe_dump(to_dict(config)))  # through YAML, as the saved one went
+
+    def now(key: str):
+        value = current
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    changed = [f"{key}: {saved[key]!r} -> {now(key)!r}" for key in sorted(saved)
+               if saved[key] != now(key)
+               and not any(key == free or key.startswith(free + ".") for free in RESUMABLE_CHANGES)]
+    if changed:
+        raise ValueError(f"{run_dir} holds checkpoints trained with other settings; resuming would mix them:\n  "
+                         + "\n  ".join(changed) + f"\nuse the saved settings ({saved_path}), or a new run directory")
+
+
 def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
     main = parallel.is_main
     say = print if main else (lambda *args: None)
@@ -225,6 +266,7 @@ def _run(config: TrainConfig, stages: list[str], parallel, device) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        check_resumed_config(run_dir, config)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         for path in checkpoint.remove_stale(ckpt_dir):
             say(f"removed {path} (left by a killed save)")
