@@ -193,7 +193,8 @@ def test_unused_protocol_messages():
     with pytest.raises(ValueError, match="open_set: true uses it"):
         load_config(overrides={"data": {"protocol": "camera", "val_subjects": 2}})
     for protocol in PROTOCOLS:  # every protocol reads some of the keys, and only keys of PROTOCOL_KEYS
-        used = protocol_keys(load_config(overrides={"data": {"protocol": protocol}}).data)
+        data = {"protocol": protocol, **({"partition": {"file": "x.json"}} if protocol == "partition" else {})}
+        used = protocol_keys(load_config(overrides={"data": data}).data)
         assert used and set(used) <= set(PROTOCOL_KEYS)
 
 
@@ -478,6 +479,9 @@ def draw_data(draw, values):
             maybe(draw, values, "data.camera.val_cameras", st.integers(0, minimum - 1 - probe))
     if protocol in ("subject-disjoint", "cross-condition") or open_set:
         maybe(draw, values, "data.test_subjects", subject_spec(1))
+        maybe(draw, values, "data.val_subjects", st.one_of(st.floats(0, 0.99), st.integers(0, 20)))
+    if protocol == "partition":  # the file is required; it is read when the split is made, not here
+        values.update(put(values, "data.partition.file", draw(st.sampled_from(["CASIA-B.json", "/data/Gait3D.json"]))))
         maybe(draw, values, "data.val_subjects", st.one_of(st.floats(0, 0.99), st.integers(0, 20)))
     if protocol == "cross-condition" and draw(st.booleans()):
         conditions = draw(st.lists(st.sampled_from(["nm", "bg", "cl", "ph", "txt"]), min_size=2, unique=True))

@@ -77,7 +77,8 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tree, tmp_path):
 @pytest.mark.parametrize("bad, message", [
     (np.zeros((10, 17)), r"expected one \(T, V, 2 or 3\) numeric array"),
     ({"poses": np.zeros((10, 17, 3))}, r"expected one .* array .*, got dict"),
-    (np.zeros((10, 19, 3)), "19 joints: expected 17, 18, 25, 26"),
+    (np.zeros((10, 19, 3)), r"19 keypoints: expected 17 \(coco17\), 18 \(openpose18\), "
+     r"25 \(openpose25\), 26 \(halpe26\)"),
 ])
 def test_bad_arrays_name_the_file(tree, bad, message):
     write(tree / "005/nm-01/000/000.pkl", bad)

@@ -473,9 +473,8 @@ def test_config_reaches_the_split(tmp_path, monkeypatch):
                                                              "probe_list_key": "PROBE_SET"}},
                                       "finetune": {"patience": 3}})
     assert len(split_from_config(sequences, with_val.data).subjects["val"]) == 2
-    bare = load_config(overrides={"data": {"protocol": "partition"}})  # loads; the split names what is missing
-    with pytest.raises(ValueError, match="no partition file given"):
-        split_from_config(sequences, bare.data)
+    with pytest.raises(ValueError, match=r"^config data\.partition\.file: required by protocol 'partition'"):
+        load_config(overrides={"data": {"protocol": "partition"}})  # refused when the config loads, not at the split
 
 
 def test_make_split_uses_the_partition(tmp_path, monkeypatch):
@@ -488,26 +487,22 @@ def test_make_split_uses_the_partition(tmp_path, monkeypatch):
     values["data"]["val_subjects"] = 1
     data = load_config(overrides=values).data
     sequences = casia_like()
-    try:
-        split = make_split(sequences, data)
-    except ValueError as error:
-        if "unknown protocol 'partition'" in str(error):
-            pytest.skip("bpmt_fast/train/data.py's make_split has no partition branch yet")
-        raise
+    split = make_split(sequences, data)
     assert split_record(split, sequences) == split_record(split_from_config(sequences, data), sequences)
 
 
 @pytest.mark.parametrize("overrides, key, reason", [
-    ({"data": {"protocol": "partition", "test_subjects": 3}}, "data.test_subjects",
+    ({"data": {"protocol": "partition", "partition": {"file": "x.json"}, "test_subjects": 3}}, "data.test_subjects",
      "the test subjects are data.partition.file's TEST_SET"),
     ({"data": {"partition": {"file": "x.json"}}}, "data.partition.file", "is not used by protocol 'subject-disjoint'"),
     ({"data": {"protocol": "cross-condition", "partition": {"probe_types": {"NM": ["nm-05"]}}}},
      "data.partition.probe_types.NM", "is not used by protocol 'cross-condition'"),
-    ({"data": {"protocol": "partition", "closed_set": {"val_fraction": 0.2}}}, "data.closed_set.val_fraction",
-     "is not used by protocol 'partition' (it uses data.val_subjects, data.partition.*)"),
-    ({"data": {"protocol": "partition", "partition": {"probe_list_key": "PROBE_SET", "gallery_types": ["nm-01"]}}},
+    ({"data": {"protocol": "partition", "partition": {"file": "x.json"}, "closed_set": {"val_fraction": 0.2}}},
+     "data.closed_set.val_fraction", "is not used by protocol 'partition' (it uses data.val_subjects, data.partition.*)"),
+    ({"data": {"protocol": "partition", "partition": {"file": "x.json", "probe_list_key": "PROBE_SET",
+                                                      "gallery_types": ["nm-01"]}}},
      "data.partition.gallery_types", "not read with data.partition.probe_list_key set"),
-    ({"data": {"protocol": "partition", "partition": {"probe_list_key": "PROBE_SET",
+    ({"data": {"protocol": "partition", "partition": {"file": "x.json", "probe_list_key": "PROBE_SET",
                                                       "probe_types": {"NM": ["nm-05"]}}}},
      "data.partition.probe_types.NM", "the probes are the file's 'PROBE_SET' list"),
 ])

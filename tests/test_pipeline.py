@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from bpmt_fast.train import checkpoint
 from bpmt_fast.train.config import load_config
@@ -179,6 +180,10 @@ def test_a_run_directory_refuses_to_resume_under_changed_training_settings(tmp_p
     allowed = tiny_config(run_dir, models=["baseline"], evaluation={"flip": True},
                           model={**TINY["model"], "attn_backend": "math"})
     run_pipeline(allowed, stages=["1"])
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["stage1"]["lr"]  # a key an older version did not write: not compared
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    run_pipeline(tiny_config(run_dir, models=["baseline"], stage1={**TINY["stage1"], "lr": 0.01}), stages=["1"])
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "config.yaml").write_text("model:\n  dim: 99\n")  # a config but no checkpoint: nothing to mix

@@ -143,7 +143,8 @@ def bad_annotations():
         (wrong_score, r"'keypoint_score' must be \(M, T, V\)"),
         (nan, r"non-finite values \(NaN/inf\) in 'keypoint'"),
         (annotation("bad", 1, total_frames=11), "'total_frames' is 11 but 'keypoint' has 10 frames"),
-        (annotation("bad", 1, joints=19), "19 keypoints: expected 17, 18, 25, 26"),
+        (annotation("bad", 1, joints=19), r"19 keypoints: expected 17 \(coco17\), 18 \(openpose18\), "
+         r"25 \(openpose25\), 26 \(halpe26\)"),
         (annotation("bad", 1, score=0.0), "all joints have zero confidence|empty sequence"),
         (annotation("good", 1), "frame_dir already loaded from"),
     ]

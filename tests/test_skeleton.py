@@ -248,3 +248,13 @@ def test_formats_are_frozen_and_hashable():
     with pytest.raises(AttributeError):
         fmt.name = "x"  # type: ignore[misc]
     assert len({f: n for n, f in FORMATS.items()}) == len(FORMATS)
+
+
+def test_a_joint_count_names_its_format():
+    from bpmt_fast.model.skeleton import FORMATS, format_with_joints
+
+    assert {count: format_with_joints(count).name for count in (17, 18, 25, 26)} == \
+           {17: "coco17", 18: "openpose18", 25: "openpose25", 26: "halpe26"}
+    assert len({fmt.num_joints for fmt in FORMATS.values()}) == len(FORMATS)  # a count names one format only
+    with pytest.raises(ValueError, match=r"^19 keypoints: expected 17 \(coco17\), 18 \(openpose18\)"):
+        format_with_joints(19)

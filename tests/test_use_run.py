@@ -210,7 +210,7 @@ def test_bad_input_is_named(trained, tmp_path):
         (lambda: run.embed([walk[..., :2]]), r"\(T >= 1, 17, 3 or 4\), got \(\d+, 17, 2\)"),
         (lambda: run.embed([]), "nothing to embed"),
         (lambda: run.sequences("run:everything"), "run:SIDE"),
-        (lambda: run.sequences("run:test")[0] and run.embed_dataset("nope:/x"), "unknown dataset spec"),
+        (lambda: run.embed_dataset("nope:/x"), "unknown dataset spec"),
         (lambda: Embeddings.load(tmp_path / "missing.npz"), "not an embeddings file"),
         (lambda: main(["identify", str(run_dir), "--gallery", "run:gallery", "--probe", "run:probe",
                        "--out", str(tmp_path / "m.txt")]), r"\.csv or \.json"),

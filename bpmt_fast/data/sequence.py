@@ -1,9 +1,13 @@
 """The one record every loader yields: a pose sequence with its identity labels."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# CASIA-B's sequence name, SUBJECT-TYPE-NN-VIEW ("001-bg-01-090"), as PYSKL frame_dirs and GaitGraph CSVs carry it
+CASIA_B_NAME = re.compile(r"^(?P<subject>\d+)-(?P<type>[A-Za-z]+)-(?P<number>\d+)-(?P<view>\d+)$")
 
 
 class DataError(ValueError):

@@ -48,13 +48,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from bpmt_fast.data.sequence import CASIA_B_NAME
 
 PARTS = ("train", "val", "test", "gallery", "probe")  # with `dropped`, these partition the input
 
@@ -474,7 +475,6 @@ def cross_condition_split(sequences, gallery_conditions: Sequence[str] = ("nm",)
 # ------------------------------------------------------------------------------------------ published partitions
 
 PARTITION_SETS = ("TRAIN_SET", "TEST_SET")  # the subject lists of an OpenGait dataset partition
-_CASIA_B_NAME = re.compile(r"^[0-9]+-([A-Za-z]+-[0-9]+)-[0-9]+$")  # SUBJECT-TYPE-NN-VIEW -> TYPE-NN
 
 
 def sequence_type(seq) -> str:
@@ -482,9 +482,9 @@ def sequence_type(seq) -> str:
     meta = getattr(seq, "meta", None) or {}
     if meta.get("type"):
         return str(meta["type"])
-    casia_b = _CASIA_B_NAME.match(str(getattr(seq, "sequence_id", "") or ""))
+    casia_b = CASIA_B_NAME.match(str(getattr(seq, "sequence_id", "") or ""))
     if casia_b:
-        return casia_b.group(1)
+        return f"{casia_b['type']}-{casia_b['number']}"
     if meta.get("sequence"):
         return str(meta["sequence"])
     return str(getattr(seq, "condition", "") or "")
@@ -674,6 +674,7 @@ def partition_split(sequences, partition, gallery_types: Sequence[str] = (),
     val = {candidates[i] for i in rng.permutation(len(candidates))[:num_val]}
 
     probes: set[str] = set()
+    named: set[int] = set()  # by probe list: the indices of the listed sequences
     type_group: dict[str, str] = {}  # probe type -> its probe set
     if by_list:
         probes = set(lists[probe_list_key if probe_sequences is None else "probe_sequences"])
@@ -700,8 +701,7 @@ def partition_split(sequences, partition, gallery_types: Sequence[str] = (),
             split.dropped += indices
         elif by_list and subject in test_set:
             for i in indices:
-                keys = (probe_list_key_of(sequences[i]), str(sequences[i].sequence_id))
-                (split.probe if keys[0] in probes or keys[1] in probes else split.gallery).append(i)
+                (split.probe if i in named else split.gallery).append(i)
         elif by_list:  # a validation subject: one probe drawn, the rest gallery
             ordered = sorted(indices, key=lambda i: _sort_key(sequences, i))
             chosen = ordered[int(rng.integers(len(ordered)))] if len(ordered) > 1 else None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bpmt_fast.eval.metrics import PROTOCOLS, distance_matrix, evaluate_retrieval
+from bpmt_fast.eval.metrics import check_protocols, distance_matrix, evaluate_retrieval
 
 MATCH_COLUMNS = ("probe", "probe_subject", "rank", "gallery", "gallery_subject", "distance", "correct")
 
@@ -48,9 +48,7 @@ def retrieval_figures(probe, gallery, protocols, metric: str, ranks=(1, 5, 10)) 
     """The named protocols' results (`bpmt_fast.eval.metrics.evaluate_retrieval`, overall and per probe
     condition) when every probe and gallery item has a subject, else none; protocols that need views are left
     out, with a note, where a view is unknown."""
-    unknown = [name for name in protocols if name not in PROTOCOLS]
-    if unknown:
-        raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; valid: {', '.join(PROTOCOLS)}")
+    protocols = check_protocols(protocols)  # named even when no figure can be computed
     if not (probe.labelled() and gallery.labelled()):
         return {}, ["identities unknown (a probe or gallery item has no subject): no retrieval figures"]
     has_views = all(probe.view) and all(gallery.view)
@@ -64,9 +62,8 @@ def retrieval_figures(probe, gallery, protocols, metric: str, ranks=(1, 5, 10)) 
         return {"features": side.features, "labels": np.array([subjects[s] for s in side.subject]),
                 "views": np.array(side.view), "conditions": np.array(side.condition)}
 
-    conditions = probe.condition if all(probe.condition) and "all" not in probe.condition else None
     probe_set = retrieval_set(probe)
-    if conditions is None:
+    if not all(probe.condition) or "all" in probe.condition:  # no per-condition rows without every condition
         probe_set.pop("conditions")
     return evaluate_retrieval(probe_set, retrieval_set(gallery), protocols=usable, metric=metric,
                               ranks=ranks), notes

@@ -463,7 +463,7 @@ def _retrieval_set(data: Mapping, name: str) -> dict:
     return out
 
 
-def _check_protocols(protocols) -> tuple[str, ...]:
+def check_protocols(protocols) -> tuple[str, ...]:
     protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
     unknown = [name for name in protocols if name not in PROTOCOLS]
     if unknown or not protocols:
@@ -484,7 +484,7 @@ def evaluate_retrieval(probe: Mapping, gallery: Mapping, protocols: Sequence[str
     probe condition (sorted) when conditions are given. The distance matrix is computed once. ``cross-view`` uses
     the view list of the whole probe and gallery sets for every condition, as OpenGait does.
     """
-    protocols = _check_protocols(protocols)
+    protocols = check_protocols(protocols)
     ranks = _check_ranks(ranks)
     probe, gallery = _retrieval_set(probe, "probe"), _retrieval_set(gallery, "gallery")
     for name in protocols:

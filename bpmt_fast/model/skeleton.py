@@ -293,3 +293,13 @@ def get_format(name: str | SkeletonFormat) -> SkeletonFormat:
             f"unknown skeleton format {name!r}; valid names: {', '.join(FORMATS)} (aliases: {aliases})"
         )
     return FORMATS[key]
+
+
+def format_with_joints(count: int) -> SkeletonFormat:
+    """The format with `count` joints (pose files name no format: their joint count tells it); ValueError naming
+    the counts there are."""
+    for fmt in FORMATS.values():
+        if fmt.num_joints == count:
+            return fmt
+    known = ", ".join(f"{fmt.num_joints} ({fmt.name})" for fmt in FORMATS.values())
+    raise ValueError(f"{count} keypoints: expected {known}")

@@ -292,6 +292,9 @@ def _data_rules(c: DataConfig):
     yield from _duplicates("pretrain_sources", c.pretrain_sources)
     yield from _subject_count_problems("test_subjects", c.test_subjects)
     yield from _subject_count_problems("val_subjects", c.val_subjects)
+    if c.protocol == "partition" and not c.partition.file.strip():
+        yield "partition.file", ("required by protocol 'partition': the published partition, an OpenGait dataset "
+                                 "JSON such as datasets/CASIA-B/CASIA-B.json")
 
 
 def _closed_set_rules(c: ClosedSetConfig):
@@ -632,23 +635,29 @@ def _unused_protocol_keys(data: DataConfig) -> dict[str, str]:
     return unused
 
 
-def explicit_keys(values: dict, path: str = "") -> list[str]:
-    """Dotted paths of the leaves of a raw (merged) config mapping: what a preset chain or override set."""
-    keys = []
+def leaves(values: dict, path: str = "") -> dict:
+    """Dotted path -> value of each leaf of a config mapping (an empty mapping is no leaf): what a preset chain
+    or override set, or what a saved config.yaml holds."""
+    out = {}
     for key, value in values.items():
-        if isinstance(value, dict) and value:
-            keys += explicit_keys(value, _join(path, key))
-        elif not isinstance(value, dict):
-            keys.append(_join(path, key))
-    return keys
+        if isinstance(value, dict):
+            out.update(leaves(value, _join(path, key)))
+        else:
+            out[_join(path, key)] = value
+    return out
+
+
+def within(key: str, prefix: str) -> bool:
+    """Whether dotted `key` is `prefix` or lies under it ("data.camera.views" within "data.camera")."""
+    return key == prefix or key.startswith(prefix + ".")
 
 
 def check_unused(config: TrainConfig, values: dict) -> None:
     """ValueError for the first key set in `values` (the raw mapping `config` came from) that `config` ignores."""
     unused = unused_settings(config)
-    for key in explicit_keys(values):
+    for key in leaves(values):
         for prefix, why in unused.items():
-            if key == prefix or key.startswith(prefix + "."):
+            if within(key, prefix):
                 raise ValueError(f"config {key} {why}")
 
 

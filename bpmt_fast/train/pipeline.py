@@ -14,7 +14,7 @@ from bpmt_fast.eval.metrics import closed_set_result, distance_matrix, evaluate_
 from bpmt_fast.eval.pose_stats import reference_features
 
 from . import checkpoint
-from .config import TrainConfig, load_resolved_config, to_dict
+from .config import TrainConfig, leaves, load_resolved_config, parse_yaml, to_dict, within
 from .data import build_datasets, load_sequences, make_split, pretraining_sequences
 from .distributed import SINGLE, close_parallel, init_parallel, resolve_device
 from .plots import plot_run
@@ -225,15 +225,6 @@ RESUMABLE_CHANGES = ("models", "stages", "device", "run_dir", "checkpoint_every"
                      "evaluation")
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    out = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        out.update(_flat(value, name + ".") if isinstance(value, dict) and value else {name: value})
-    return out
-
-
 def check_resumed_config(run_dir: Path, config: TrainConfig) -> None:
     """Refuse to continue a run directory's checkpoints under different training settings (a changed learning
     rate, epoch count, model width or data would make a resumed run silently differ from the one its checkpoints
@@ -242,18 +233,10 @@ def check_resumed_config(run_dir: Path, config: TrainConfig) -> None:
     saved_path, ckpt_dir = run_dir / "config.yaml", run_dir / "checkpoints"
     if not saved_path.is_file() or not any(ckpt_dir.glob(f"*{checkpoint.POINTER_SUFFIX}")):
         return
-    saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
-    current = yaml.safe_load(yaml.safe_dump(to_dict(config)))  # through YAML, as the saved one went
-
-    def now(key: str):
-        value = current
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
-
-    changed = [f"{key}: {saved[key]!r} -> {now(key)!r}" for key in sorted(saved)
-               if saved[key] != now(key)
-               and not any(key == free or key.startswith(free + ".") for free in RESUMABLE_CHANGES)]
+    saved = leaves(parse_yaml(saved_path.read_text()) or {})
+    current = leaves(to_dict(config))
+    changed = [f"{key}: {value!r} -> {current.get(key)!r}" for key, value in sorted(saved.items())
+               if value != current.get(key) and not any(within(key, free) for free in RESUMABLE_CHANGES)]
     if changed:
         raise ValueError(f"{run_dir} holds checkpoints trained with other settings; resuming would mix them:\n  "
                          + "\n  ".join(changed) + f"\nuse the saved settings ({saved_path}), or a new run directory")

@@ -34,7 +34,7 @@ from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
 NUM_JOINTS = 17
 NUM_VALUES = 2 + 3 * NUM_JOINTS  # crop offset + joints
 _FRAME_RE = re.compile(r"f([0-9]+)\.txt$")
-_CAMERA_RE = re.compile(r"^camid([0-9]+)_videoid([0-9]+)$")
+CAMERA_FOLDER = re.compile(r"^camid([0-9]+)_videoid([0-9]+)$")  # a Gait3D type folder: camera and video
 _SEQ_RE = re.compile(r"^seq([0-9]+)$")
 
 
@@ -68,7 +68,7 @@ def find_sequences(root: Path, ctx: Context | None = None) -> list[Path]:
     met on the way is recorded in ``ctx.report.ignored`` with the reason."""
     ctx = ctx or Context()
     return [seq for subject in _layout_folders(ctx, root, None, "<subject> folders")
-            for camera in _layout_folders(ctx, subject, _CAMERA_RE, "camid<C>_videoid<V> folders")
+            for camera in _layout_folders(ctx, subject, CAMERA_FOLDER, "camid<C>_videoid<V> folders")
             for seq in _layout_folders(ctx, camera, _SEQ_RE, "seq<S> folders")]
 
 
@@ -156,7 +156,7 @@ def _load_sequence(ctx: Context, root: Path, seq_dir: Path) -> PoseSequence | No
     if not poses:
         ctx.fail(seq_dir, "empty sequence (no usable frame)")
         return None
-    camera = _CAMERA_RE.match(seq_dir.parent.name)  # find_sequences only yields folders that match
+    camera = CAMERA_FOLDER.match(seq_dir.parent.name)  # find_sequences only yields folders that match
     meta = {"camid": camera.group(1), "videoid": camera.group(2), "seq": _SEQ_RE.match(seq_dir.name).group(1),
             "crop_offset": np.stack(offsets)}
     return build_sequence(

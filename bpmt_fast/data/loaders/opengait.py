@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from bpmt_fast.data.loaders._common import Context, build_sequence, find_files, load_files
+from bpmt_fast.data.loaders.gait3d import CAMERA_FOLDER
 from bpmt_fast.data.safe_pickle import UnsafePickleError, load_pickle
 from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
+from bpmt_fast.model.skeleton import format_with_joints
 
-SKELETON_BY_JOINTS = {17: "coco17", 18: "openpose18", 25: "openpose25", 26: "halpe26"}
 _TYPE = re.compile(r"^([A-Za-z]+)-\d+$")
-_GAIT3D_TYPE = re.compile(r"^(camid\d+)_videoid\d+$")
 
 
 def _read(path: Path) -> tuple[np.ndarray, str]:
@@ -39,10 +39,7 @@ def _read(path: Path) -> tuple[np.ndarray, str]:
             or poses.shape[2] not in (2, 3):
         got = f"{poses.dtype} array {poses.shape}" if isinstance(poses, np.ndarray) else type(poses).__name__
         raise ValueError(f"expected one (T, V, 2 or 3) numeric array (x, y[, confidence]), got {got}")
-    skeleton = SKELETON_BY_JOINTS.get(poses.shape[1])
-    if skeleton is None:
-        raise ValueError(f"{poses.shape[1]} joints: expected {', '.join(map(str, SKELETON_BY_JOINTS))} "
-                         f"({', '.join(SKELETON_BY_JOINTS.values())})")
+    skeleton = format_with_joints(poses.shape[1]).name
     with np.errstate(all="ignore"):  # values beyond float32 become inf and are reported as non-finite
         poses = poses.astype(np.float32)
     if poses.shape[2] == 2:
@@ -60,9 +57,9 @@ def load_opengait_file(path: Path, root: Path, ctx: Context, several: bool) -> P
         ctx.fail(path, str(exc).removeprefix(f"{path}: "))
         return None
     sequence_id = f"{subject}/{type_}/{view}" + (f"/{path.stem}" if several else "")
-    camera, kind = _GAIT3D_TYPE.match(type_), _TYPE.match(type_)
-    if camera:  # Gait3D: SUBJECT/camidC_videoidV/seqS, the camera is the view; no walking condition
-        view, condition = camera.group(1), ""
+    camera, kind = CAMERA_FOLDER.match(type_), _TYPE.match(type_)
+    if camera:  # Gait3D: SUBJECT/camidC_videoidV/seqS, the camera is the view (as the gait3d loader names it)
+        view, condition = f"camid{camera.group(1)}", ""
     else:
         condition = kind.group(1) if kind else type_
     return build_sequence(ctx, poses, np.arange(len(poses)), where=str(path), subject=subject, view=view,

@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from bpmt_fast.data.loaders._common import Context, build_sequence, find_files, frame_number, load_files, read_text
-from bpmt_fast.data.loaders.opengait import SKELETON_BY_JOINTS
 from bpmt_fast.data.loaders.pyskl import person_detections, walker_poses
 from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
+from bpmt_fast.model.skeleton import format_with_joints
 
 VIEW_SEQ = re.compile(r"^(?P<view>\d{3})[_-](?P<seq>\d{2})$")
 _FRAME = re.compile(r"(\d+)(?:_keypoints?)?$")
@@ -91,9 +91,10 @@ def read_people(path: Path) -> np.ndarray:
         if row.ndim != 1 or row.dtype.kind not in "fiu" or len(row) % 3:
             raise ValueError(f"person {i}: pose_keypoints_2d must be 3 x V numbers (x, y, confidence), got "
                              f"{str(values)[:60]}")
-        if len(row) // 3 not in SKELETON_BY_JOINTS:
-            raise ValueError(f"person {i}: {len(row) // 3} keypoints: expected "
-                             f"{', '.join(map(str, SKELETON_BY_JOINTS))} ({', '.join(SKELETON_BY_JOINTS.values())})")
+        try:
+            format_with_joints(len(row) // 3)
+        except ValueError as exc:
+            raise ValueError(f"person {i}: {exc}") from None
         if rows and len(row) != len(rows[0]):
             raise ValueError(f"person {i} has {len(row) // 3} keypoints, person 0 has {len(rows[0]) // 3}")
         with np.errstate(all="ignore"):
@@ -133,7 +134,7 @@ def load_oumvlp_sequence(folder: Path, files: list[tuple[int, Path]], root: Path
         dets.extend(person_detections(people[:, None], [frame]))
     poses, times = walker_poses(dets, joints or 18, 3)
     return build_sequence(ctx, poses, times, where=str(folder), subject=subject, view=m["view"], condition="nm",
-                          skeleton=SKELETON_BY_JOINTS[joints or 18], sequence_id=f"{subject}/{view_seq}",
+                          skeleton=format_with_joints(joints or 18).name, sequence_id=f"{subject}/{view_seq}",
                           recording=f"{subject}/{m['seq']}", source=str(folder),
                           meta={"sequence": m["seq"], "files": len(files), "empty_frames": empty})
 

@@ -42,7 +42,6 @@ frame_dir; lenient: skipped and recorded). Split entries naming no annotation an
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -50,11 +49,10 @@ import numpy as np
 
 from bpmt_fast.data.loaders._common import Context, build_sequence, find_files, load_files, progress
 from bpmt_fast.data.loaders.alphapose import Detection, select_walker
-from bpmt_fast.data.loaders.opengait import SKELETON_BY_JOINTS
 from bpmt_fast.data.safe_pickle import UnsafePickleError, load_pickle
-from bpmt_fast.data.sequence import DataError, LoadReport, PoseSequence
+from bpmt_fast.data.sequence import CASIA_B_NAME, DataError, LoadReport, PoseSequence
+from bpmt_fast.model.skeleton import format_with_joints
 
-CASIA_B_NAME = re.compile(r"^(?P<subject>\d+)-(?P<type>[A-Za-z]+)-(?P<number>\d+)-(?P<view>\d+)$")
 TOP_LEVEL_KEYS = ("split", "annotations")
 MAX_SCORE = 1.5  # a score channel beyond this is not a confidence (3-D coordinates without scores)
 
@@ -142,10 +140,7 @@ def parse_annotation(ann) -> tuple[int, np.ndarray, str]:
     persons, frames, joints, channels = keypoint.shape
     if channels not in (2, 3) or persons < 1:
         raise ValueError(f"'keypoint' must be (M >= 1 persons, T frames, V keypoints, 2 or 3), got {keypoint.shape}")
-    skeleton = SKELETON_BY_JOINTS.get(joints)
-    if skeleton is None:
-        raise ValueError(f"{joints} keypoints: expected {', '.join(map(str, SKELETON_BY_JOINTS))} "
-                         f"({', '.join(SKELETON_BY_JOINTS.values())})")
+    skeleton = format_with_joints(joints).name
     total = ann.get("total_frames")
     if total is not None and _int(total) != frames:
         raise ValueError(f"'total_frames' is {str(total)[:20]} but 'keypoint' has {frames} frames")
